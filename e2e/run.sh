@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs the end-to-end tests or the demo against a cluster. With KUBECONFIG unset it boots
+# the local cluster and, for the tests, always takes it down again, also on failure.
+#   run.sh all    cluster-up, images, e2e tests, cluster-down
+#   run.sh tests  e2e tests against the running cluster
+#   run.sh demo   cluster-up (left running), images, the demo
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+. "$here/cluster/versions.sh"
+mode=${1:-all}
+
+use_local_cluster() {
+  if [ -n "${KUBECONFIG:-}" ]; then
+    echo "[e2e] KUBECONFIG is set ($KUBECONFIG): using that cluster" >&2
+    return 1
+  fi
+  return 0
+}
+
+started_here=0
+if [ "$mode" != tests ] && use_local_cluster; then
+  bash "$here/cluster/install-deps.sh"
+  bash "$here/cluster/build.sh"
+  if [ "$mode" = all ]; then
+    started_here=1
+    trap 'bash "$here/cluster/down.sh"' EXIT
+  fi
+  bash "$here/cluster/up.sh" >/dev/null
+fi
+if [ -z "${KUBECONFIG:-}" ] && [ -f "$CLUSTER_DIR/env" ]; then
+  # shellcheck disable=SC1091
+  . "$CLUSTER_DIR/env"
+fi
+[ -n "${KUBECONFIG:-}" ] || { echo "[e2e] no cluster: run make cluster-up or set KUBECONFIG" >&2; exit 1; }
+export PATH="$TOOLS_BIN:$PATH"
+
+cd "$top"
+if [ "$mode" != tests ]; then
+  cargo build --workspace --bins
+  bash "$here/images/build-images.sh"
+fi
+
+case "$mode" in
+  all|tests)
+    # One test binary per area; tests in it share the cluster, so keep them few at a time.
+    cargo test -p maestro-e2e -- --test-threads=2
+    ;;
+  demo)
+    bash "$here/demo.sh"
+    ;;
+esac
+[ $started_here -eq 1 ] && echo "[e2e] taking the local cluster down" >&2
+exit 0

@@ -1,0 +1,102 @@
+//! Helpers shared by Maestro's end-to-end tests: a client for the cluster KUBECONFIG
+//! names, throwaway namespaces, polling with a deadline that says what it waited for.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ObjectMeta, PostParams},
+};
+
+/// The agent image the tests run; `make images` imports it into the local cluster.
+pub fn agent_image() -> String {
+    std::env::var("MAESTRO_AGENT_IMAGE").unwrap_or_else(|_| "localhost/maestro/agent:dev".into())
+}
+
+/// A client for the cluster that KUBECONFIG names (the local one after `make cluster-up`).
+pub async fn client() -> Result<Client> {
+    Client::try_default()
+        .await
+        .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")
+}
+
+/// A namespace for one test, enforcing the restricted Pod Security Standard; deleted when
+/// dropped so a failing test leaves nothing behind on a shared cluster.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() % 1_000_000_000)
+            .unwrap_or_default();
+        let name = format!("e2e-{prefix}-{suffix}");
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(
+                    [
+                        ("pod-security.kubernetes.io/enforce", "restricted"),
+                        ("maestro.dev/e2e", "true"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        // Drop cannot await; delete from a thread with its own runtime and wait for it.
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let _ = rt.block_on(api.delete(&name, &DeleteParams::background()));
+        });
+        let _ = handle.join();
+    }
+}
+
+/// Polls `probe` every 500 ms until it returns `Ok`, or fails after `timeout` naming
+/// `what` and the last state the probe described in its `Err`, so a timeout says what
+/// was missing.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(v) => return Ok(v),
+            Err(state) if tokio::time::Instant::now() >= deadline => {
+                bail!("timed out after {timeout:?} waiting for {what}; last seen: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}

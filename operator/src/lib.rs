@@ -1,0 +1,4 @@
+//! Maestro's operator: the API types (custom resources), the pure composition engine
+//! and the controllers that wire it to Kubernetes.
+
+pub mod telemetry;
