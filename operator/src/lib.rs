@@ -1,4 +1,5 @@
 //! Maestro's operator: the API types (custom resources), the pure composition engine
 //! and the controllers that wire it to Kubernetes.
 
+pub mod api;
 pub mod telemetry;
