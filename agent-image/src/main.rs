@@ -1,7 +1,22 @@
 //! `maestro-agent`: runs inside every Maestro step pod.
 
+mod builtin;
+mod exec;
+mod install;
+mod logging;
+mod outputs;
+mod result;
+mod step_env;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+
+use crate::exec::{StepCommand, run_step_command};
+use crate::result::{EXIT_AGENT_FAILURE, EXIT_BAD_INPUT, StepResult, write_result};
+use crate::step_env::StepPaths;
 
 /// Maestro's agent: runs a step's command or built-in task inside its pod and reports the
 /// result to the operator through the pod's termination message.
@@ -14,23 +29,88 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Copy this executable to DIR/maestro-agent (run by the step pod's init container).
+    Install {
+        /// The directory shared with the step's main container, e.g. /maestro/bin.
+        dir: PathBuf,
+    },
+    /// Run a command as the step (`maestro-agent exec -- COMMAND ARGS...`): forward signals to
+    /// it, collect its outputs from $MAESTRO_OUTPUTS and write the result to
+    /// $MAESTRO_RESULT_PATH.
+    Exec {
+        /// The command and its arguments, after `--`.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Run a built-in task (shell, git, http, ec2-provision, ec2-deprovision, notify,
+    /// container) with the inputs in $MAESTRO_INPUTS.
+    Builtin {
+        /// The built-in task's name.
+        name: String,
+    },
     /// Print the agent's version and exit.
     Version,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let filter =
-        EnvFilter::try_from_env("MAESTRO_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init_logging();
     match args.command {
+        Command::Install { dir } => match install::install_current_exe(&dir) {
+            Ok(installed) => {
+                tracing::debug!(path = %installed.display(), "agent installed");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("maestro-agent: error: install failed: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Exec { command } => run_step(|paths| async move {
+            let mut parts = command.into_iter();
+            match parts.next() {
+                Some(program) => {
+                    let command = StepCommand::new(program, parts);
+                    run_step_command(&command, &paths.outputs_dir).await
+                }
+                // clap requires at least one value; kept as a result rather than a panic.
+                None => StepResult::failure(EXIT_BAD_INPUT, "no command given to exec"),
+            }
+        }),
+        Command::Builtin { name } => {
+            run_step(|paths| async move { builtin::run_builtin(&name, &paths).await })
+        }
         Command::Version => {
-            tracing::debug!("version requested");
             println!("maestro-agent {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
         }
     }
-    Ok(())
+}
+
+/// Runs a step to its result, writes the result, and returns the agent's exit code.
+fn run_step<Step, StepFuture>(step: Step) -> ExitCode
+where
+    Step: FnOnce(StepPaths) -> StepFuture,
+    StepFuture: Future<Output = StepResult>,
+{
+    let paths = StepPaths::from_process_env();
+    // One thread is plenty to wait for one child, and keeps the agent light in every pod.
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(step(paths.clone())),
+        Err(error) => StepResult::failure(
+            EXIT_AGENT_FAILURE,
+            format!("cannot start the agent's runtime: {error}"),
+        ),
+    };
+    let exit_code = write_result(&result, &paths.result_path);
+    // Exit codes are 0..=255 on Unix; anything else would be a bug, reported as a failure.
+    ExitCode::from(u8::try_from(exit_code).unwrap_or(1))
 }

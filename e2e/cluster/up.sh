@@ -172,7 +172,7 @@ wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
 
 # The sandbox (pause) image must be in containerd before the first pod; nothing can be pulled.
 if ! ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
-  "$here/../images/build-images.sh" --pause-only --address "$CONTAINERD_SOCK"
+  CONTAINERD_ADDRESS="$CONTAINERD_SOCK" bash "$here/../images/build-images.sh" --pause-only
 fi
 
 # ---------------------------------------------------------------- etcd
@@ -199,6 +199,7 @@ start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+  --kubelet-preferred-address-types InternalIP,Hostname \
   --allow-privileged=true --profiling=false --v=1
 wait_for kube-apiserver 90 "${KUBECTL[@]}" get --raw /readyz
 

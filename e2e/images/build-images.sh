@@ -3,6 +3,10 @@
 # Docker, as docker-archive tars, and imports them into the local cluster's containerd.
 #
 #   e2e/images/build-images.sh [--no-import]
+#   e2e/images/build-images.sh --pause-only [--no-import]   only the pause image: the cluster
+#                   needs it before its first pod, long before the Rust binaries exist
+#   e2e/images/build-images.sh --prepare   only warm the cache (base layers, pause binary):
+#                   needs no Rust binaries, so it can run beside cargo build
 #
 # Env: BIN_DIR      where maestro-agent and maestro-operator are read from
 #                   (default ${CARGO_TARGET_DIR:-$HOME/.cache/maestro/target}/debug)
@@ -21,7 +25,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-# Bump the folder's version when the base recipe below changes: old caches are then ignored.
+# A new layout of this folder gets a new version (images-v2); a change of what goes into a
+# base layer (debootstrap flags, trim_rootfs) bumps "recipe-N" in build_base_layer instead.
 cache="${MAESTRO_CACHE:-$HOME/.cache/maestro}/images-v1"
 out="$cache/out"
 bin_dir="${BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/maestro/target}/debug}"
@@ -34,12 +39,14 @@ oci=(python3 "$here/oci_archive.py")
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-do_import=1
+do_import=1 mode=all
 for arg in "$@"; do
   case "$arg" in
     --no-import) do_import=0 ;;
+    --pause-only) mode=pause ;;
+    --prepare) mode=prepare ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument: $arg (usage: $0 [--no-import])" ;;
+    *) die "unknown argument: $arg (usage: $0 [--no-import] [--pause-only|--prepare])" ;;
   esac
 done
 
@@ -80,8 +87,10 @@ build_base_layer() {
   remove_rootfs "$work"
   mkdir -p "$work"
   trap 'remove_rootfs "'"$work"'"' EXIT
-  if ! debootstrap --variant=minbase --include="${pkgs// /,}" "$suite" "$work/rootfs" "$mirror" \
-      >"$work/debootstrap.log" 2>&1; then
+  # --cache-dir: the agent's and the operator's bases share most packages; download once.
+  mkdir -p "$cache/debs"
+  if ! debootstrap --variant=minbase --include="${pkgs// /,}" --cache-dir="$cache/debs" \
+      "$suite" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1; then
     tail -n 30 "$work/debootstrap.log" >&2
     [ -f "$work/rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$work/rootfs/debootstrap/debootstrap.log" >&2
     die "debootstrap failed"
@@ -130,24 +139,34 @@ build_pause() {
   log "pause: compiled ($(du -h "$PAUSE_BIN" | cut -f1))"
 }
 
-for b in maestro-agent maestro-operator; do
-  [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: cargo build -p maestro-agent -p maestro-operator (or set BIN_DIR)"
-done
+if [ "$mode" = prepare ]; then
+  build_base_layer "$repo/agent-image/Containerfile"
+  build_base_layer "$repo/operator/Containerfile"
+  build_pause
+  exit 0
+fi
 
-build_base_layer "$repo/agent-image/Containerfile"
-"${oci[@]}" build "$repo/agent-image/Containerfile" --base-layer "$BASE_LAYER" \
-  --file "$bin_dir/maestro-agent" --tag "$agent_image" --out "$out/agent.tar" >&2
+archives=() names=()
+if [ "$mode" = all ]; then
+  for b in maestro-agent maestro-operator; do
+    [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: cargo build -p maestro-agent -p maestro-operator (or set BIN_DIR)"
+  done
 
-build_base_layer "$repo/operator/Containerfile"
-"${oci[@]}" build "$repo/operator/Containerfile" --base-layer "$BASE_LAYER" \
-  --file "$bin_dir/maestro-operator" --tag "$operator_image" --out "$out/operator.tar" >&2
+  build_base_layer "$repo/agent-image/Containerfile"
+  "${oci[@]}" build "$repo/agent-image/Containerfile" --base-layer "$BASE_LAYER" \
+    --file "$bin_dir/maestro-agent" --tag "$agent_image" --out "$out/agent.tar" >&2
+  archives+=("$out/agent.tar") names+=("$agent_image")
+
+  build_base_layer "$repo/operator/Containerfile"
+  "${oci[@]}" build "$repo/operator/Containerfile" --base-layer "$BASE_LAYER" \
+    --file "$bin_dir/maestro-operator" --tag "$operator_image" --out "$out/operator.tar" >&2
+  archives+=("$out/operator.tar") names+=("$operator_image")
+fi
 
 build_pause
 "${oci[@]}" build "$here/pause/Containerfile" \
   --file "$PAUSE_BIN" --tag "$pause_image" --out "$out/pause.tar" >&2
-
-archives=("$out/agent.tar" "$out/operator.tar" "$out/pause.tar")
-names=("$agent_image" "$operator_image" "$pause_image")
+archives+=("$out/pause.tar") names+=("$pause_image")
 
 # The archives on stdout, one a line, whether imported or not: callers may load them
 # elsewhere (another containerd, kind load image-archive).

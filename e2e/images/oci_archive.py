@@ -33,6 +33,7 @@ import shlex
 import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -206,10 +207,18 @@ def apply_command(stage: Stage, words: list[str], line: str) -> None:
         opts, rest = take_options(
             args,
             {
-                "-u": "uid=", "--uid": "uid=", "-g": "gid=", "--gid": "gid=",
-                "-d": "home=", "--home-dir": "home=", "-s": "shell=", "--shell": "shell=",
-                "-c": "comment=", "--comment": "comment=",
-                "-M": "nohome", "--no-create-home": "nohome",
+                "-u": "uid=",
+                "--uid": "uid=",
+                "-g": "gid=",
+                "--gid": "gid=",
+                "-d": "home=",
+                "--home-dir": "home=",
+                "-s": "shell=",
+                "--shell": "shell=",
+                "-c": "comment=",
+                "--comment": "comment=",
+                "-M": "nohome",
+                "--no-create-home": "nohome",
             },
             line,
         )
@@ -230,7 +239,16 @@ def apply_command(stage: Stage, words: list[str], line: str) -> None:
         return
     if cmd == "install" and args[:1] == ["-d"]:
         opts, dirs = take_options(
-            args[1:], {"-o": "owner=", "--owner": "owner=", "-g": "group=", "--group": "group=", "-m": "mode=", "--mode": "mode="}, line
+            args[1:],
+            {
+                "-o": "owner=",
+                "--owner": "owner=",
+                "-g": "group=",
+                "--group": "group=",
+                "-m": "mode=",
+                "--mode": "mode=",
+            },
+            line,
         )
         if not dirs:
             raise BuildError(f"RUN {line}: no directory")
@@ -263,16 +281,16 @@ def parse_containerfile(path: str) -> Stage:
     with open(path, encoding="utf-8") as f:
         lines = logical_lines(f.read())
     # Only the final stage ends up in the image; earlier stages build what it COPYs.
-    starts = [i for i, l in enumerate(lines) if l.split(None, 1)[0].upper() == "FROM"]
+    starts = [i for i, ln in enumerate(lines) if ln.split(None, 1)[0].upper() == "FROM"]
     if not starts:
         raise BuildError(f"{path}: no FROM")
-    final = lines[starts[-1]:]
+    final = lines[starts[-1] :]
     from_words = final[0].split()
     if len(from_words) not in (2, 4) or any(w.startswith("--") for w in from_words):
         raise BuildError(f"{path}: {final[0]}: expected FROM IMAGE [AS NAME]")
     stage = Stage(base=from_words[1])
     if stage.base != "scratch":
-        stage.suite  # validate early
+        _ = stage.suite  # fail on an unsupported FROM before anything is built
     stage.env["PATH"] = DEFAULT_PATH.split("=", 1)[1]
 
     for line in final[1:]:
@@ -418,7 +436,7 @@ class BaseInfo:
         status = self.files.get("var/lib/dpkg/status", b"").decode()
         installed = set()
         for para in status.split("\n\n"):
-            fields = dict(l.split(": ", 1) for l in para.splitlines() if ": " in l and not l.startswith(" "))
+            fields = dict(ln.split(": ", 1) for ln in para.splitlines() if ": " in ln and not ln.startswith(" "))
             if fields.get("Status") == "install ok installed":
                 installed.add(fields.get("Package", ""))
         return installed
@@ -532,7 +550,12 @@ def account_files(stage: Stage, base: BaseInfo, layer: LayerWriter) -> None:
         # useradd writes today's date in field 3; leave it empty to keep the layer stable.
         shadow.append(f"{u.name}:!*::0:99999:7:::")
 
-    for name, content in (("etc/passwd", passwd), ("etc/group", group), ("etc/shadow", shadow), ("etc/gshadow", gshadow)):
+    for name, content in (
+        ("etc/passwd", passwd),
+        ("etc/group", group),
+        ("etc/shadow", shadow),
+        ("etc/gshadow", gshadow),
+    ):
         lower = base.entries.get(name)
         if lower is None and name in ("etc/shadow", "etc/gshadow"):
             continue
@@ -564,7 +587,7 @@ def build(args: argparse.Namespace) -> None:
         if args.base_layer:
             created = (
                 f"debootstrap --variant=minbase --include={','.join(stage.packages)} {stage.suite}, trimmed "
-                f"(FROM {stage.base}" + "".join(f"; RUN {l}" for l in stage.run_lines if "apt-get" in l) + ")"
+                f"(FROM {stage.base}" + "".join(f"; RUN {r}" for r in stage.run_lines if "apt-get" in r) + ")"
             )
             layers.append((args.base_layer, created))
 
@@ -580,7 +603,7 @@ def build(args: argparse.Namespace) -> None:
         if setup.items:
             p = os.path.join(tmpdir, "setup.tar")
             setup.write(p)
-            other_runs = [l for l in stage.run_lines if "apt-get" not in l]
+            other_runs = [r for r in stage.run_lines if "apt-get" not in r]
             layers.append((p, "RUN " + " ; ".join(other_runs) if other_runs else f"WORKDIR {stage.workdir}"))
 
         for i, c in enumerate(stage.copies):
@@ -599,7 +622,7 @@ def build(args: argparse.Namespace) -> None:
             raise BuildError(f"--file {', '.join(sorted(unused))}: no COPY in the final stage takes it")
 
         diff_ids = [sha256_file(p) for p, _ in layers]
-        created_at = "1970-01-01T00:00:00Z" if EPOCH == 0 else _rfc3339(EPOCH)
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(EPOCH))
         config = {
             "architecture": args.arch,
             "os": "linux",
@@ -614,7 +637,7 @@ def build(args: argparse.Namespace) -> None:
             },
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
             "history": [{"created": created_at, "created_by": h} for _, h in layers]
-            + [{"created": created_at, "created_by": l, "empty_layer": True} for l in stage.meta_lines],
+            + [{"created": created_at, "created_by": m, "empty_layer": True} for m in stage.meta_lines],
         }
         config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
         config_id = hashlib.sha256(config_bytes).hexdigest()
@@ -629,7 +652,7 @@ def build(args: argparse.Namespace) -> None:
         tmp_out = args.out + ".tmp"
         with tarfile.open(tmp_out, "w", format=tarfile.PAX_FORMAT) as tar:
             seen = set()
-            for (p, _), d in zip(layers, diff_ids):
+            for (p, _), d in zip(layers, diff_ids, strict=True):
                 if d in seen:
                     continue
                 seen.add(d)
@@ -653,15 +676,11 @@ def build(args: argparse.Namespace) -> None:
         os.rmdir(tmpdir)
 
 
-def _rfc3339(t: int) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def host_arch() -> str:
     machine = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}.get(machine, machine)
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}.get(
+        machine, machine
+    )
 
 
 def main() -> int:

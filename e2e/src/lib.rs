@@ -26,7 +26,6 @@ pub async fn client() -> Result<Client> {
 /// dropped so a failing test leaves nothing behind on a shared cluster.
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
 }
 
 impl TestNamespace {
@@ -56,18 +55,15 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        Ok(Self {
-            name,
-            client: client.clone(),
-        })
+        Ok(Self { name })
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let api = Api::<Namespace>::all(self.client.clone());
         let name = self.name.clone();
-        // Drop cannot await; delete from a thread with its own runtime and wait for it.
+        // Drop cannot await, and the test's client is bound to the test's runtime, which
+        // this thread blocks: delete from a thread with its own runtime and client.
         let handle = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -75,7 +71,12 @@ impl Drop for TestNamespace {
             else {
                 return;
             };
-            let _ = rt.block_on(api.delete(&name, &DeleteParams::background()));
+            rt.block_on(async {
+                if let Ok(client) = Client::try_default().await {
+                    let api = Api::<Namespace>::all(client);
+                    let _ = api.delete(&name, &DeleteParams::background()).await;
+                }
+            });
         });
         let _ = handle.join();
     }

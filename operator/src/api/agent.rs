@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
     shortname = "magent",
     category = "maestro",
     printcolumn(name = "Capacity", type_ = "integer", json_path = ".spec.capacity"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {

@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Step", type_ = "string", json_path = ".spec.step"),
     printcolumn(name = "Decision", type_ = "string", json_path = ".spec.decision"),
     printcolumn(name = "By", type_ = "string", json_path = ".spec.approvedBy"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("an approval cannot be changed; create a new one"))]
 #[serde(rename_all = "camelCase")]

@@ -67,7 +67,10 @@ pub enum RunPhase {
 impl RunPhase {
     /// Whether the run has ended.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Invalid)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Invalid
+        )
     }
 }
 
@@ -96,7 +99,10 @@ pub enum StepPhase {
 impl StepPhase {
     /// Whether the step has ended.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
     }
 }
 

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| "crds".into());
+    let dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "crds".into());
     std::fs::create_dir_all(&dir)?;
     for (name, crd) in maestro_operator::api::crds() {
         let path = dir.join(format!("{name}.yaml"));

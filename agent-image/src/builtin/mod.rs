@@ -1,0 +1,113 @@
+//! The built-in tasks: steps that run `maestro-agent builtin <name>` instead of a command of
+//! their own image.
+
+mod shell;
+
+use std::ffi::OsString;
+
+use serde_json::{Map, Value};
+
+use crate::result::{EXIT_BAD_INPUT, StepResult};
+use crate::step_env::{INPUTS_VAR, StepPaths};
+
+/// A step's resolved inputs, by name.
+pub type Inputs = Map<String, Value>;
+
+/// The names of the built-in tasks, as the operator passes them.
+pub const BUILTIN_TASK_NAMES: [&str; 7] = [
+    "shell",
+    "git",
+    "http",
+    "ec2-provision",
+    "ec2-deprovision",
+    "notify",
+    "container",
+];
+
+/// Runs the built-in task `name` with the inputs in `MAESTRO_INPUTS`.
+pub async fn run_builtin(name: &str, paths: &StepPaths) -> StepResult {
+    match name {
+        "shell" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
+            Ok(inputs) => shell::run_shell(&inputs, paths).await,
+            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
+        },
+        known if BUILTIN_TASK_NAMES.contains(&known) => StepResult::failure(
+            EXIT_BAD_INPUT,
+            format!("built-in task {known} is not implemented in this agent version"),
+        ),
+        unknown => StepResult::failure(
+            EXIT_BAD_INPUT,
+            format!(
+                "unknown built-in task {unknown:?}; the built-in tasks are {}",
+                BUILTIN_TASK_NAMES.join(", ")
+            ),
+        ),
+    }
+}
+
+/// Parses the value of `MAESTRO_INPUTS`; no variable means no inputs.
+fn inputs_from(raw: Option<OsString>) -> Result<Inputs, String> {
+    let Some(raw) = raw else {
+        return Ok(Inputs::new());
+    };
+    let text = raw
+        .into_string()
+        .map_err(|_| format!("{INPUTS_VAR} is not UTF-8"))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(inputs)) => Ok(inputs),
+        Ok(_) => Err(format!("{INPUTS_VAR} must be a JSON object")),
+        Err(error) => Err(format!("{INPUTS_VAR} is not valid JSON: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_inputs_are_empty() {
+        assert_eq!(inputs_from(None), Ok(Inputs::new()));
+    }
+
+    #[test]
+    fn inputs_must_be_a_json_object() {
+        assert_eq!(
+            inputs_from(Some(OsString::from("[1]"))),
+            Err("MAESTRO_INPUTS must be a JSON object".to_owned())
+        );
+        let error = inputs_from(Some(OsString::from("{")))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("MAESTRO_INPUTS is not valid JSON: "),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unimplemented_builtins_fail_with_exit_code_2() {
+        let paths = StepPaths::from_lookup(|_| None);
+        let result = run_builtin("git", &paths).await;
+        assert_eq!(
+            result,
+            StepResult::failure(
+                2,
+                "built-in task git is not implemented in this agent version"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_builtins_fail_with_exit_code_2() {
+        let paths = StepPaths::from_lookup(|_| None);
+        let result = run_builtin("teleport", &paths).await;
+        assert_eq!(result.exit_code, 2);
+        assert_eq!(
+            result.error.as_deref(),
+            Some(
+                "unknown built-in task \"teleport\"; the built-in tasks are shell, git, http, \
+                 ec2-provision, ec2-deprovision, notify, container"
+            )
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Collecting a step's outputs: one file per output in the outputs directory.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+/// Reads every output file in `dir`: the file name is the output's name, its content the value
+/// with a single trailing newline trimmed (so `echo value > $MAESTRO_OUTPUTS/name` works).
+/// Entries that cannot be outputs (not regular files, or names that are not identifiers) are
+/// skipped with a warning rather than failing the step: a tool may leave scratch files there.
+/// A missing directory means no outputs, since the command may have removed it.
+pub fn collect_outputs(dir: &Path) -> io::Result<BTreeMap<String, String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(error) => return Err(error),
+    };
+    let mut outputs = BTreeMap::new();
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            tracing::warn!(path = %path.display(), "ignoring output file: name is not UTF-8");
+            continue;
+        };
+        if !is_valid_output_name(&name) {
+            tracing::warn!(
+                "ignoring output file {name:?}: an output name starts with a letter and has \
+                 only letters, digits and underscores"
+            );
+            continue;
+        }
+        // file_type() does not follow symlinks, so a symlink is skipped like a directory:
+        // it could point anywhere, e.g. at a huge file or a device.
+        if !entry.file_type()?.is_file() {
+            tracing::warn!("ignoring output {name:?}: not a regular file");
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let value = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!("output {name:?} is not UTF-8; invalid bytes are replaced");
+                String::from_utf8_lossy(error.as_bytes()).into_owned()
+            }
+        };
+        outputs.insert(name, trim_one_trailing_newline(value));
+    }
+    Ok(outputs)
+}
+
+/// Whether `name` matches `^[a-zA-Z][a-zA-Z0-9_]*$`, the names outputs can have.
+pub fn is_valid_output_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic())
+        && chars.all(|rest| rest.is_ascii_alphanumeric() || rest == '_')
+}
+
+fn trim_one_trailing_newline(mut value: String) -> String {
+    if value.ends_with('\n') {
+        value.pop();
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_identifiers() {
+        for valid in ["a", "greeting", "imageTag", "x_1", "Z9"] {
+            assert!(is_valid_output_name(valid), "{valid}");
+        }
+        for invalid in ["", "1a", "_a", "a-b", "a.txt", "a b", "é", ".hidden"] {
+            assert!(!is_valid_output_name(invalid), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn collects_files_trimming_one_trailing_newline() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("greeting"), "hello\n")?;
+        std::fs::write(dir.path().join("twoLines"), "a\nb\n\n")?;
+        std::fs::write(dir.path().join("noNewline"), "raw")?;
+        std::fs::write(dir.path().join("empty"), "")?;
+        let outputs = collect_outputs(dir.path())?;
+        assert_eq!(
+            outputs,
+            BTreeMap::from([
+                ("empty".to_owned(), String::new()),
+                ("greeting".to_owned(), "hello".to_owned()),
+                ("noNewline".to_owned(), "raw".to_owned()),
+                ("twoLines".to_owned(), "a\nb\n".to_owned()),
+            ])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn ignores_bad_names_directories_and_symlinks() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("good"), "1")?;
+        std::fs::write(dir.path().join("bad-name"), "2")?;
+        std::fs::write(dir.path().join(".hidden"), "3")?;
+        std::fs::create_dir(dir.path().join("subdir"))?;
+        std::os::unix::fs::symlink(dir.path().join("good"), dir.path().join("link"))?;
+        let outputs = collect_outputs(dir.path())?;
+        assert_eq!(
+            outputs,
+            BTreeMap::from([("good".to_owned(), "1".to_owned())])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn replaces_invalid_utf8() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("binary"), b"a\xffb\n")?;
+        let outputs = collect_outputs(dir.path())?;
+        assert_eq!(
+            outputs.get("binary").map(String::as_str),
+            Some("a\u{fffd}b")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn missing_directory_has_no_outputs() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(collect_outputs(&dir.path().join("gone"))?.is_empty());
+        Ok(())
+    }
+}

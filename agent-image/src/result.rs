@@ -1,0 +1,248 @@
+//! The step result: what the agent reports to the operator, and writing it within the size
+//! limit of a pod's termination message.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// The kubelet keeps at most this many bytes of a container's termination message.
+pub const RESULT_SIZE_LIMIT_BYTES: usize = 4096;
+
+/// Exit code for a step whose command could not be started (the shells' convention).
+pub const EXIT_CANNOT_START: i32 = 127;
+/// Exit code for a step the agent rejected before running anything (bad input, unknown task).
+pub const EXIT_BAD_INPUT: i32 = 2;
+/// Exit code for a step whose command succeeded but whose result the agent could not deliver.
+pub const EXIT_AGENT_FAILURE: i32 = 1;
+
+/// The result of a step, serialized as the JSON the operator reads from the termination
+/// message. Empty fields are left out so small results stay small.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepResult {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ExternalResource>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub report: BTreeMap<String, ReportValue>,
+    pub exit_code: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An external resource a step created (e.g. an EC2 instance), so the operator can track and
+/// clean it up.
+/// Only the EC2 built-ins create resources, and they are not in this agent version yet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExternalResource {
+    pub kind: String,
+    pub id: String,
+    pub region: String,
+}
+
+/// A value of a step's report: a number or a string.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "filled by built-ins that report, not implemented yet"
+    )
+)]
+pub enum ReportValue {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+impl StepResult {
+    /// A result for a step that failed before or instead of running its command.
+    pub fn failure(exit_code: i32, error: impl Into<String>) -> Self {
+        Self {
+            exit_code,
+            error: Some(error.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A result ready to write: the JSON and the exit code the agent exits with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverableResult {
+    pub json: String,
+    pub exit_code: i32,
+    /// The error the delivered result carries, to repeat in the pod log.
+    pub error: Option<String>,
+}
+
+/// Serializes `result` compactly, replacing it by a failure when it is over the size limit:
+/// a truncated termination message would lose the result anyway, and a step whose outputs do
+/// not fit must fail rather than succeed without them.
+pub fn serialize_within_limit(result: &StepResult) -> DeliverableResult {
+    let full = match serde_json::to_string(result) {
+        Ok(json) => json,
+        // Serializing maps of strings cannot fail; still, report rather than panic.
+        Err(error) => return replacement(result, format!("cannot serialize the result: {error}")),
+    };
+    if full.len() <= RESULT_SIZE_LIMIT_BYTES {
+        return DeliverableResult {
+            json: full,
+            exit_code: result.exit_code,
+            error: result.error.clone(),
+        };
+    }
+    let message = format!(
+        "outputs are {} bytes, over the {RESULT_SIZE_LIMIT_BYTES}-byte limit of a step's \
+         result; write large data to the workspace and output its path",
+        full.len()
+    );
+    replacement(result, message)
+}
+
+/// The small result that replaces one that cannot be delivered: it keeps the command's exit
+/// code, or fails the step if the command had succeeded.
+fn replacement(result: &StepResult, message: String) -> DeliverableResult {
+    let exit_code = failed_exit_code(result.exit_code);
+    let small = StepResult::failure(exit_code, message);
+    let json =
+        serde_json::to_string(&small).unwrap_or_else(|_| format!("{{\"exitCode\":{exit_code}}}"));
+    DeliverableResult {
+        json,
+        exit_code,
+        error: small.error,
+    }
+}
+
+/// The exit code of a step that failed after its command exited with `command_exit_code`.
+fn failed_exit_code(command_exit_code: i32) -> i32 {
+    if command_exit_code == 0 {
+        EXIT_AGENT_FAILURE
+    } else {
+        command_exit_code
+    }
+}
+
+/// Writes the result to `path` (normally `/dev/termination-log`) and returns the exit code the
+/// agent should exit with. A result that cannot be written fails a step that had succeeded,
+/// because the operator would otherwise see success without the step's outputs.
+pub fn write_result(result: &StepResult, path: &Path) -> i32 {
+    let delivered = serialize_within_limit(result);
+    if let Some(error) = &delivered.error {
+        // The pod log is where a user looks first; the result only shows in the run status.
+        eprintln!("maestro-agent: error: {error}");
+    }
+    // A plain overwrite, not temp file + rename: the termination log is a bind-mounted file.
+    match std::fs::write(path, delivered.json.as_bytes()) {
+        Ok(()) => delivered.exit_code,
+        Err(error) => {
+            eprintln!(
+                "maestro-agent: error: cannot write the step result to {}: {error}",
+                path.display()
+            );
+            failed_exit_code(delivered.exit_code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_fields_are_omitted() {
+        let result = StepResult::default();
+        let delivered = serialize_within_limit(&result);
+        assert_eq!(delivered.json, r#"{"exitCode":0}"#);
+        assert_eq!(delivered.exit_code, 0);
+    }
+
+    #[test]
+    fn all_fields_serialize_in_camel_case() {
+        let result = StepResult {
+            outputs: BTreeMap::from([("greeting".to_owned(), "hello".to_owned())]),
+            resources: vec![ExternalResource {
+                kind: "ec2-instance".to_owned(),
+                id: "i-0123".to_owned(),
+                region: "eu-west-1".to_owned(),
+            }],
+            report: BTreeMap::from([
+                ("count".to_owned(), ReportValue::Number(3.into())),
+                ("note".to_owned(), ReportValue::Text("ok".to_owned())),
+            ]),
+            exit_code: 4,
+            error: Some("boom".to_owned()),
+        };
+        let delivered = serialize_within_limit(&result);
+        assert_eq!(delivered.exit_code, 4);
+        assert_eq!(
+            delivered.json,
+            r#"{"outputs":{"greeting":"hello"},"resources":[{"kind":"ec2-instance","id":"i-0123","region":"eu-west-1"}],"report":{"count":3,"note":"ok"},"exitCode":4,"error":"boom"}"#
+        );
+    }
+
+    fn result_with_output_of(bytes: usize, exit_code: i32) -> StepResult {
+        StepResult {
+            outputs: BTreeMap::from([("big".to_owned(), "x".repeat(bytes))]),
+            exit_code,
+            ..StepResult::default()
+        }
+    }
+
+    #[test]
+    fn result_at_the_limit_is_kept() {
+        let overhead = r#"{"outputs":{"big":""},"exitCode":0}"#.len();
+        let result = result_with_output_of(RESULT_SIZE_LIMIT_BYTES - overhead, 0);
+        let delivered = serialize_within_limit(&result);
+        assert_eq!(delivered.json.len(), RESULT_SIZE_LIMIT_BYTES);
+        assert_eq!(delivered.exit_code, 0);
+    }
+
+    #[test]
+    fn oversized_result_of_a_successful_command_fails_the_step() {
+        let result = result_with_output_of(5000, 0);
+        let full_len = serde_json::to_string(&result)
+            .map(|json| json.len())
+            .unwrap_or(0);
+        let delivered = serialize_within_limit(&result);
+        assert_eq!(delivered.exit_code, 1);
+        let expected = format!(
+            "{{\"exitCode\":1,\"error\":\"outputs are {full_len} bytes, over the 4096-byte limit \
+             of a step's result; write large data to the workspace and output its path\"}}"
+        );
+        assert_eq!(delivered.json, expected);
+    }
+
+    #[test]
+    fn oversized_result_of_a_failed_command_keeps_its_exit_code() {
+        let delivered = serialize_within_limit(&result_with_output_of(5000, 3));
+        assert_eq!(delivered.exit_code, 3);
+        assert!(
+            delivered
+                .json
+                .starts_with(r#"{"exitCode":3,"error":"outputs are "#),
+            "{}",
+            delivered.json
+        );
+    }
+
+    #[test]
+    fn write_result_writes_the_file_and_returns_the_exit_code() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("result.json");
+        let exit_code = write_result(&StepResult::failure(2, "bad"), &path);
+        assert_eq!(exit_code, 2);
+        assert_eq!(
+            std::fs::read_to_string(&path)?,
+            r#"{"exitCode":2,"error":"bad"}"#
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unwritable_result_fails_a_successful_step() {
+        let path = Path::new("/nonexistent-dir/result.json");
+        assert_eq!(write_result(&StepResult::default(), path), 1);
+    }
+}
