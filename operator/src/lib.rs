@@ -2,4 +2,6 @@
 //! and the controllers that wire it to Kubernetes.
 
 pub mod api;
+pub mod engine;
+pub mod labels;
 pub mod telemetry;

@@ -135,7 +135,13 @@ pub struct CompositionRunStatus {
     /// The run started by `onFailure`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure_run: Option<String>,
-    /// Ready, Invalid and Cancelled conditions, with reasons and messages.
+    /// The composition's spec as it was when the run started; the run follows this
+    /// snapshot, so editing the composition does not change a run in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::any_json")]
+    pub composition_spec: Option<serde_json::Value>,
+    /// Succeeded (Unknown while the run goes on, then True or False with the reason) and,
+    /// for an invalid composition, Invalid with a message naming the problem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The generation of the spec this status describes.

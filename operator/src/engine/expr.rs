@@ -1,0 +1,191 @@
+//! CEL over a run's data: `when` conditions and `{{ }}` templates in step inputs.
+//! Expressions see `params`, `steps.<name>.outputs` (and `.phase`), `context` and `run`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+/// What expressions can read.
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct Scope {
+    pub params: BTreeMap<String, String>,
+    pub steps: BTreeMap<String, StepScope>,
+    pub context: BTreeMap<String, String>,
+    pub run: RunScope,
+}
+
+/// One step as expressions see it.
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct StepScope {
+    pub phase: String,
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The run as expressions see it.
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct RunScope {
+    pub name: String,
+    pub namespace: String,
+    pub composition: String,
+}
+
+/// Checks that `expr` parses, without evaluating it.
+pub fn check(expr: &str) -> Result<(), String> {
+    guarded(|| cel::Program::compile(expr).map(|_| ()).map_err(|e| parse_error(&e)))
+}
+
+/// Evaluates `expr` to JSON.
+pub fn eval(expr: &str, scope: &Scope) -> Result<Json, String> {
+    guarded(|| {
+        let program = cel::Program::compile(expr).map_err(|e| parse_error(&e))?;
+        let mut ctx = cel::Context::default();
+        for (name, value) in [
+            ("params", cel::to_value(&scope.params)),
+            ("steps", cel::to_value(&scope.steps)),
+            ("context", cel::to_value(&scope.context)),
+            ("run", cel::to_value(&scope.run)),
+        ] {
+            ctx.add_variable_from_value(name, value.map_err(|e| e.to_string())?);
+        }
+        let value = program.execute(&ctx).map_err(|e| e.to_string())?;
+        value.json().map_err(|e| e.to_string())
+    })
+}
+
+/// Evaluates a `when` condition, which must give a boolean.
+pub fn eval_condition(expr: &str, scope: &Scope) -> Result<bool, String> {
+    match eval(expr, scope)? {
+        Json::Bool(b) => Ok(b),
+        other => Err(format!("must be true or false, got {other}")),
+    }
+}
+
+/// The `{{ }}` expressions of a template string, in order.
+pub fn template_expressions(text: &str) -> Result<Vec<&str>, String> {
+    Ok(split_template(text)?
+        .into_iter()
+        .filter_map(|part| match part {
+            Part::Expr(e) => Some(e),
+            Part::Text(_) => None,
+        })
+        .collect())
+}
+
+/// Renders every string inside `value`: a string that is exactly one `{{ expr }}` takes
+/// the expression's value (and type); other strings get each expression's value as text.
+pub fn render(value: &Json, scope: &Scope) -> Result<Json, String> {
+    match value {
+        Json::String(text) => render_string(text, scope),
+        Json::Array(items) => items.iter().map(|v| render(v, scope)).collect::<Result<_, _>>().map(Json::Array),
+        Json::Object(map) => map
+            .iter()
+            .map(|(k, v)| render(v, scope).map(|v| (k.clone(), v)))
+            .collect::<Result<_, _>>()
+            .map(Json::Object),
+        other => Ok(other.clone()),
+    }
+}
+
+fn render_string(text: &str, scope: &Scope) -> Result<Json, String> {
+    let parts = split_template(text)?;
+    if let [Part::Expr(expr)] = parts.as_slice() {
+        return eval(expr, scope).map_err(|e| format!("{{{{ {expr} }}}}: {e}"));
+    }
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            Part::Text(t) => out.push_str(t),
+            Part::Expr(expr) => match eval(expr, scope).map_err(|e| format!("{{{{ {expr} }}}}: {e}"))? {
+                Json::String(s) => out.push_str(&s),
+                other => out.push_str(&other.to_string()),
+            },
+        }
+    }
+    Ok(Json::String(out))
+}
+
+enum Part<'a> {
+    Text(&'a str),
+    Expr(&'a str),
+}
+
+fn split_template(text: &str) -> Result<Vec<Part<'_>>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(Part::Text(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ in {text:?}"))?;
+        let expr = after[..close].trim();
+        if expr.is_empty() {
+            return Err(format!("empty {{{{ }}}} in {text:?}"));
+        }
+        parts.push(Part::Expr(expr));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest));
+    }
+    Ok(parts)
+}
+
+fn parse_error(e: &cel::ParseErrors) -> String {
+    format!("invalid CEL: {}", e.to_string().lines().next().unwrap_or("parse error"))
+}
+
+/// Runs CEL on user input, turning a panic inside the interpreter into an error: the
+/// operator never panics on user data.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err("the expression could not be evaluated".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope() -> Scope {
+        let mut s = Scope::default();
+        s.params.insert("version".into(), "1.4.2".into());
+        s.steps.insert(
+            "provision".into(),
+            StepScope { phase: "Succeeded".into(), outputs: [("publicIp".into(), "10.0.0.7".into())].into() },
+        );
+        s.run.name = "acc-x7k2p".into();
+        s
+    }
+
+    #[test]
+    fn renders_embedded_and_whole_expressions() {
+        let s = scope();
+        assert_eq!(
+            render(&json!("http://{{ steps.provision.outputs.publicIp }}:8080/app-{{params.version}}"), &s),
+            Ok(json!("http://10.0.0.7:8080/app-1.4.2"))
+        );
+        assert_eq!(render(&json!("{{ [1, 2] }}"), &s), Ok(json!([1, 2])));
+        assert_eq!(render(&json!({"a": ["{{ run.name }}"]}), &s), Ok(json!({"a": ["acc-x7k2p"]})));
+        assert_eq!(render(&json!(3), &s), Ok(json!(3)));
+    }
+
+    #[test]
+    fn conditions_must_be_boolean() {
+        let s = scope();
+        assert_eq!(eval_condition("params.version == '1.4.2'", &s), Ok(true));
+        assert_eq!(eval_condition("steps.provision.phase != 'Succeeded'", &s), Ok(false));
+        assert!(eval_condition("params.version", &s).unwrap_err().contains("true or false"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let s = scope();
+        assert!(render(&json!("{{ steps.nope.outputs.x }}"), &s).is_err());
+        assert!(check("1 +").unwrap_err().starts_with("invalid CEL"));
+        assert!(render(&json!("{{ unclosed"), &s).unwrap_err().contains("unclosed"));
+    }
+}

@@ -1,0 +1,269 @@
+//! Drives the pure engine from YAML fixtures in operator/tests/fixtures/engine/. Each fixture is a
+//! composition, its tasks, a run, and rounds: what was observed at a time, and what the
+//! engine must answer (phases, created and deleted objects, inputs, outputs, messages).
+//! The status one round returns is the status the next round starts from, as in the
+//! controller.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use crate::{
+    api::{CompositionRunSpec, CompositionRunStatus, CompositionSpec, TaskSpec, parse_duration},
+    engine::{self, Action, Observed, PlanInput},
+};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    #[allow(dead_code)]
+    description: String,
+    /// Absent: the composition was not found.
+    composition: Option<CompositionSpec>,
+    #[serde(default)]
+    tasks: Option<BTreeMap<String, TaskSpec>>,
+    run: CompositionRunSpec,
+    rounds: Vec<Round>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Round {
+    /// Time since the first round, like `30s`.
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    observe: Observed,
+    /// Request a cancel from this round on.
+    #[serde(default)]
+    cancel: bool,
+    expect: Expect,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Expect {
+    phase: Option<String>,
+    progress: Option<String>,
+    #[serde(default)]
+    steps: BTreeMap<String, String>,
+    /// Names of pods and runs created by this round (exactly these).
+    creates: Option<Vec<String>>,
+    /// Names of pods deleted and runs cancelled by this round (exactly these).
+    deletes: Option<Vec<String>>,
+    /// Inputs of pods created this round, by pod name (exactly these keys and values).
+    #[serde(default)]
+    inputs: BTreeMap<String, serde_json::Map<String, Json>>,
+    /// Params of runs created this round, by run name (these keys and values at least).
+    #[serde(default)]
+    params: BTreeMap<String, BTreeMap<String, String>>,
+    /// Outputs recorded for steps.
+    #[serde(default)]
+    outputs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Substrings of steps' messages.
+    #[serde(default)]
+    messages: BTreeMap<String, String>,
+    /// Substring of the Invalid condition's message.
+    invalid: Option<String>,
+    /// Reason of the Succeeded condition.
+    reason: Option<String>,
+    /// Reasons of the events recorded this round (exactly these, in order).
+    events: Option<Vec<String>>,
+    /// Whether the engine asks to be called again after a delay, and the delay.
+    requeue: Option<String>,
+    #[serde(default)]
+    approved_by: BTreeMap<String, String>,
+    #[serde(default)]
+    ledger: Vec<String>,
+}
+
+fn base_time() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().expect("valid timestamp")
+}
+
+fn default_tasks() -> BTreeMap<String, TaskSpec> {
+    serde_yaml::from_str(
+        r#"
+shell:
+  builtin: shell
+  inputs:
+    - {name: script, required: true}
+    - {name: shell, default: sh}
+"#,
+    )
+    .expect("default tasks parse")
+}
+
+fn run_fixture(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let fixture: Fixture = serde_yaml::from_str(&text).map_err(|e| format!("bad fixture: {e}"))?;
+    let tasks = fixture.tasks.unwrap_or_else(default_tasks);
+    let mut spec = fixture.run.clone();
+    let mut status = CompositionRunStatus::default();
+    for (n, round) in fixture.rounds.iter().enumerate() {
+        let offset = round.at.as_deref().map(parse_duration).transpose()?.unwrap_or_default();
+        let now = base_time() + SignedDuration::try_from(offset).map_err(|e| e.to_string())?;
+        spec.cancel |= round.cancel;
+        let input = PlanInput {
+            run_name: "r",
+            namespace: "ns",
+            generation: Some(1),
+            spec: &spec,
+            status: &status,
+            composition: fixture.composition.as_ref(),
+            tasks: &tasks,
+            observed: &round.observe,
+            now,
+        };
+        let plan = engine::plan(&input);
+        check(&round.expect, &plan).map_err(|e| format!("round {n}: {e}\nstatus: {:#?}\nactions: {:#?}", plan.status, plan.actions))?;
+        // Planning again from the same state must give the same answer: the controller
+        // may reconcile any number of times.
+        let again = engine::plan(&input);
+        if again != plan {
+            return Err(format!("round {n}: planning twice gave different answers"));
+        }
+        status = plan.status;
+    }
+    Ok(())
+}
+
+fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
+    let status = &plan.status;
+    if let Some(phase) = &expect.phase {
+        let got = format!("{:?}", status.phase);
+        if &got != phase {
+            return Err(format!("phase: want {phase}, got {got}"));
+        }
+    }
+    if let Some(progress) = &expect.progress {
+        if status.progress.as_ref() != Some(progress) {
+            return Err(format!("progress: want {progress}, got {:?}", status.progress));
+        }
+    }
+    for (step, phase) in &expect.steps {
+        let got = status.steps.iter().find(|s| &s.name == step).map(|s| format!("{:?}", s.phase));
+        if got.as_ref() != Some(phase) {
+            return Err(format!("step {step}: want {phase}, got {got:?}"));
+        }
+    }
+    let mut creates = BTreeSet::new();
+    let mut deletes = BTreeSet::new();
+    for action in &plan.actions {
+        match action {
+            Action::CreatePod(p) => {
+                creates.insert(p.name.clone());
+            }
+            Action::CreateRun(r) => {
+                creates.insert(r.name.clone());
+            }
+            Action::DeletePod { name } | Action::CancelRun { name } => {
+                deletes.insert(name.clone());
+            }
+        }
+    }
+    if let Some(want) = &expect.creates {
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        if want != creates {
+            return Err(format!("creates: want {want:?}, got {creates:?}"));
+        }
+    }
+    if let Some(want) = &expect.deletes {
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        if want != deletes {
+            return Err(format!("deletes: want {want:?}, got {deletes:?}"));
+        }
+    }
+    for (pod, want) in &expect.inputs {
+        let got = plan.actions.iter().find_map(|a| match a {
+            Action::CreatePod(p) if &p.name == pod => Some(&p.inputs),
+            _ => None,
+        });
+        if got != Some(want) {
+            return Err(format!("inputs of {pod}: want {want:?}, got {got:?}"));
+        }
+    }
+    for (run, want) in &expect.params {
+        let got = plan.actions.iter().find_map(|a| match a {
+            Action::CreateRun(r) if &r.name == run => Some(&r.params),
+            _ => None,
+        });
+        let Some(got) = got else { return Err(format!("run {run} not created")) };
+        for (k, v) in want {
+            if got.get(k) != Some(v) {
+                return Err(format!("params of {run}: {k} want {v:?}, got {:?}", got.get(k)));
+            }
+        }
+    }
+    for (step, want) in &expect.outputs {
+        let got = status.steps.iter().find(|s| &s.name == step).map(|s| &s.outputs);
+        if got != Some(want) {
+            return Err(format!("outputs of {step}: want {want:?}, got {got:?}"));
+        }
+    }
+    for (step, want) in &expect.messages {
+        let got = status.steps.iter().find(|s| &s.name == step).and_then(|s| s.message.clone()).unwrap_or_default();
+        if !got.contains(want.as_str()) {
+            return Err(format!("message of {step}: want it to contain {want:?}, got {got:?}"));
+        }
+    }
+    for (step, want) in &expect.approved_by {
+        let got = status.steps.iter().find(|s| &s.name == step).and_then(|s| s.approved_by.clone());
+        if got.as_ref() != Some(want) {
+            return Err(format!("approvedBy of {step}: want {want}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.invalid {
+        let got = status.conditions.iter().find(|c| c.type_ == "Invalid").map(|c| c.message.clone()).unwrap_or_default();
+        if !got.contains(want.as_str()) {
+            return Err(format!("Invalid condition: want it to contain {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.reason {
+        let got = status.conditions.iter().find(|c| c.type_ == "Succeeded").map(|c| c.reason.clone());
+        if got.as_ref() != Some(want) {
+            return Err(format!("Succeeded reason: want {want}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.events {
+        let got: Vec<&str> = plan.events.iter().map(|e| e.reason).collect();
+        if &got != want {
+            return Err(format!("events: want {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.requeue {
+        let want = parse_duration(want)?;
+        if plan.requeue_after != Some(want) {
+            return Err(format!("requeue: want {want:?}, got {:?}", plan.requeue_after));
+        }
+    }
+    if !expect.ledger.is_empty() {
+        let got: Vec<String> = status.resources.iter().map(|r| format!("{}/{}", r.kind, r.id)).collect();
+        if got != expect.ledger {
+            return Err(format!("ledger: want {:?}, got {got:?}", expect.ledger));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn engine_fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no fixtures in {}", dir.display());
+    let failures: Vec<String> = paths
+        .iter()
+        .filter_map(|p| run_fixture(p).err().map(|e| format!("{}: {e}", p.display())))
+        .collect();
+    println!("{} engine fixtures, {} failed", paths.len(), failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1,0 +1,819 @@
+//! The planning pass: from a run's state and observations to its next status and actions.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use serde_json::{Map, Value as Json};
+
+use super::{
+    Action, EventNote, NewRun, ObservedPod, ObservedRun, PlanInput, PodPhase, StepPod,
+    TaskRuns,
+    expr::{self, RunScope, Scope, StepScope},
+    graph::{self, Graph},
+};
+use crate::{
+    api::{
+        CompositionSpec, Decision, LedgerEntry, RunPhase, Step, StepPhase, StepStatus, TaskSpec,
+        WaitMode, parse_duration,
+    },
+    labels,
+};
+
+use super::Plan;
+
+/// Default wait before the first retry, and the cap of the doubling.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Plans the next status and actions of a run.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut planner = Planner {
+        input,
+        plan: Plan { status: input.status.clone(), ..Plan::default() },
+    };
+    planner.run();
+    planner.plan.status.observed_generation = input.generation;
+    planner.plan
+}
+
+struct Planner<'a> {
+    input: &'a PlanInput<'a>,
+    plan: Plan,
+}
+
+impl Planner<'_> {
+    fn run(&mut self) {
+        if self.plan.status.phase.is_finished() {
+            return;
+        }
+        let composition = match self.composition() {
+            Ok(c) => c,
+            Err(message) => return self.invalid(message),
+        };
+        let graph = match graph::validate(&composition, self.input.tasks, Some(&self.input.spec.params)) {
+            Ok(g) => g,
+            Err(problems) => return self.invalid(problems.join("; ")),
+        };
+        self.start(&composition);
+
+        if self.input.spec.cancel {
+            return self.cancel(&composition);
+        }
+        if let Some(limit) = composition.timeout.as_deref().and_then(|t| parse_duration(t).ok()) {
+            let started = self.plan.status.start_time.as_ref().map(|t| t.0);
+            if let Some(deadline) = started.map(|s| add(s, limit)) {
+                if self.input.now >= deadline {
+                    return self.time_out_run(&composition, limit);
+                }
+                self.requeue_at(deadline);
+            }
+        }
+
+        // Steps ending in this pass can let later steps start in the same pass; repeat
+        // until nothing changes (at most once per step, plus one).
+        for _ in 0..=composition.steps.len() {
+            let before = self.plan.status.steps.clone();
+            for i in 0..composition.steps.len() {
+                self.advance_step(&composition, &graph, i);
+            }
+            if before == self.plan.status.steps {
+                break;
+            }
+        }
+        self.finish_if_done(&composition);
+    }
+
+    /// The composition this run follows: its snapshot once started, else the live one.
+    fn composition(&self) -> Result<CompositionSpec, String> {
+        if let Some(snapshot) = &self.plan.status.composition_spec {
+            return serde_json::from_value(snapshot.clone())
+                .map_err(|e| format!("status.compositionSpec: unreadable snapshot: {e}"));
+        }
+        self.input.composition.cloned().ok_or_else(|| {
+            format!(
+                "spec.composition: composition {:?} not found in namespace {:?}",
+                self.input.spec.composition, self.input.namespace
+            )
+        })
+    }
+
+    fn invalid(&mut self, message: String) {
+        let now = self.input.now;
+        let status = &mut self.plan.status;
+        status.phase = RunPhase::Invalid;
+        status.completion_time.get_or_insert(Time(now));
+        set_condition(&mut status.conditions, "Invalid", "True", "Invalid", &message, now);
+        set_condition(&mut status.conditions, "Succeeded", "False", "Invalid", &message, now);
+        self.plan.events.push(warning("Invalid", message));
+    }
+
+    /// First pass of a valid run: snapshot the composition, list its steps, start the clock.
+    fn start(&mut self, composition: &CompositionSpec) {
+        let now = self.input.now;
+        let status = &mut self.plan.status;
+        if status.composition_spec.is_none() {
+            status.composition_spec = serde_json::to_value(composition).ok();
+        }
+        if status.steps.len() != composition.steps.len()
+            || status.steps.iter().zip(&composition.steps).any(|(s, c)| s.name != c.name)
+        {
+            status.steps = composition
+                .steps
+                .iter()
+                .map(|s| StepStatus { name: s.name.clone(), ..StepStatus::default() })
+                .collect();
+        }
+        if status.phase == RunPhase::Pending || status.phase == RunPhase::Queued {
+            status.phase = RunPhase::Running;
+            status.start_time.get_or_insert(Time(now));
+            set_condition(&mut status.conditions, "Succeeded", "Unknown", "Running", "the run has started", now);
+            self.plan.events.push(normal("RunStarted", format!("run of {} started", self.input.spec.composition)));
+        }
+        self.plan.status.context.entry("workspace".into()).or_insert_with(|| "/workspace".into());
+    }
+
+    fn advance_step(&mut self, composition: &CompositionSpec, graph: &Graph, i: usize) {
+        let step = &composition.steps[i];
+        match self.plan.status.steps[i].phase {
+            StepPhase::Pending => self.maybe_start_step(composition, graph, i),
+            StepPhase::Running => self.watch_running(composition, i),
+            StepPhase::Retrying => self.maybe_retry(composition, i),
+            StepPhase::WaitingApproval => self.watch_approval(step, i),
+            StepPhase::Succeeded | StepPhase::Failed | StepPhase::Skipped | StepPhase::Cancelled => {}
+        }
+    }
+
+    /// A step fails the run when it failed without `continueOnFailure`.
+    fn halted_by(&self, composition: &CompositionSpec) -> Option<String> {
+        self.plan
+            .status
+            .steps
+            .iter()
+            .zip(&composition.steps)
+            .find(|(s, c)| s.phase == StepPhase::Failed && !c.continue_on_failure)
+            .map(|(s, _)| s.name.clone())
+    }
+
+    fn maybe_start_step(&mut self, composition: &CompositionSpec, graph: &Graph, i: usize) {
+        if let Some(failed) = self.halted_by(composition) {
+            return self.finish_step(i, StepPhase::Skipped, format!("not started: step {failed:?} failed"));
+        }
+        let ready = graph.deps[i].iter().all(|&d| self.plan.status.steps[d].phase.is_finished());
+        if !ready {
+            return;
+        }
+        let step = &composition.steps[i];
+        let scope = self.scope();
+        if let Some(when) = &step.when {
+            match expr::eval_condition(when, &scope) {
+                Ok(true) => {}
+                Ok(false) => return self.finish_step(i, StepPhase::Skipped, format!("when is false: {when}")),
+                Err(e) => return self.finish_step(i, StepPhase::Failed, format!("when: {e}")),
+            }
+        }
+        let now = self.input.now;
+        self.plan.status.steps[i].start_time = Some(Time(now));
+        if let Some(task) = &step.task {
+            self.start_attempt(composition, i, task, 1);
+        } else if let Some(gate) = &step.approval {
+            let st = &mut self.plan.status.steps[i];
+            st.phase = StepPhase::WaitingApproval;
+            st.message = Some(gate.message.clone().unwrap_or_else(|| "waiting for approval".into()));
+            self.plan.events.push(normal("StepWaitingApproval", format!("step {} waits for approval", step.name)));
+            self.watch_approval(step, i);
+        } else if let Some(wait) = &step.wait_for {
+            self.plan.status.steps[i].phase = StepPhase::Running;
+            if wait.mode == WaitMode::Running {
+                let running = self
+                    .other_runs(&wait.composition)
+                    .filter(|r| !r.phase.is_finished())
+                    .min_by_key(|r| r.created)
+                    .map(|r| r.name.clone());
+                match running {
+                    Some(name) => {
+                        self.plan.status.steps[i].child_runs = vec![name.clone()];
+                        self.plan.status.steps[i].message = Some(format!("waiting for run {name}"));
+                    }
+                    None => {
+                        return self.finish_step(
+                            i,
+                            StepPhase::Succeeded,
+                            format!("no run of {} in progress", wait.composition),
+                        );
+                    }
+                }
+            }
+            self.plan.events.push(normal("StepStarted", format!("step {} waits for {}", step.name, wait.composition)));
+            self.watch_running(composition, i);
+        } else {
+            let targets: Vec<String> = match (&step.composition, &step.compositions) {
+                (Some(one), _) => vec![one.clone()],
+                (None, Some(many)) => many.clone(),
+                (None, None) => Vec::new(),
+            };
+            let params = match render_params(step, &scope) {
+                Ok(p) => p,
+                Err(e) => return self.finish_step(i, StepPhase::Failed, e),
+            };
+            let names: Vec<String> = (0..targets.len())
+                .map(|n| labels::child_run_name(self.input.run_name, &step.name, n))
+                .collect();
+            let st = &mut self.plan.status.steps[i];
+            st.phase = StepPhase::Running;
+            st.child_runs = names.clone();
+            st.message = Some(format!("started {}", names.join(", ")));
+            for (name, target) in names.iter().zip(targets) {
+                self.plan.actions.push(Action::CreateRun(NewRun {
+                    name: name.clone(),
+                    composition: target,
+                    params: params.clone(),
+                    step: Some(step.name.clone()),
+                    owned: true,
+                }));
+            }
+            self.plan.events.push(normal("StepStarted", format!("step {} started {}", step.name, names.join(", "))));
+        }
+    }
+
+    fn start_attempt(&mut self, composition: &CompositionSpec, i: usize, task_name: &str, attempt: u32) {
+        let step = &composition.steps[i];
+        let Some(task) = self.input.tasks.get(task_name) else {
+            return self.finish_step(i, StepPhase::Failed, format!("task {task_name:?} not found"));
+        };
+        let inputs = match resolve_inputs(step, task, &self.scope()) {
+            Ok(inputs) => inputs,
+            Err(e) => return self.finish_step(i, StepPhase::Failed, e),
+        };
+        let runs = match (&task.builtin, &task.container) {
+            (Some(b), _) => TaskRuns::Builtin(*b),
+            (None, Some(c)) => TaskRuns::Container {
+                image: c.image.clone(),
+                command: c.command.clone(),
+                pull_policy: c.image_pull_policy.clone(),
+            },
+            (None, None) => {
+                return self.finish_step(i, StepPhase::Failed, format!("task {task_name:?} runs neither a builtin nor a container"));
+            }
+        };
+        let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
+        let pod = StepPod {
+            name: name.clone(),
+            step: step.name.clone(),
+            attempt,
+            task: task_name.to_string(),
+            runs,
+            inputs,
+            context: self.plan.status.context.clone(),
+            service_account: composition.service_account_name.clone(),
+            timeout: step.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
+        };
+        let st = &mut self.plan.status.steps[i];
+        st.phase = StepPhase::Running;
+        st.attempts = attempt;
+        st.pod_name = Some(name.clone());
+        st.next_attempt_time = None;
+        st.message = None;
+        self.plan.actions.push(Action::CreatePod(pod));
+        self.plan.events.push(normal(
+            "StepStarted",
+            format!("step {} attempt {attempt} started as pod {name}", step.name),
+        ));
+    }
+
+    fn watch_running(&mut self, composition: &CompositionSpec, i: usize) {
+        let step = &composition.steps[i];
+        if let Some(task) = &step.task {
+            self.watch_pod(composition, i, task);
+        } else if let Some(wait) = &step.wait_for {
+            self.watch_wait(i, &wait.composition, wait.mode);
+        } else {
+            self.watch_children(composition, i);
+        }
+    }
+
+    fn watch_pod(&mut self, composition: &CompositionSpec, i: usize, task: &str) {
+        let step = &composition.steps[i];
+        let attempt = self.plan.status.steps[i].attempts.max(1);
+        let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
+        let Some(pod) = self.input.observed.pods.iter().find(|p| p.name == name).cloned() else {
+            // Not seen yet (just created, or the cache lags): creating again is harmless.
+            return self.recreate_attempt(composition, i, task, attempt);
+        };
+        if pod.node.is_some() {
+            self.plan.status.steps[i].node_name = pod.node.clone();
+        }
+        match pod.phase {
+            PodPhase::Pending | PodPhase::Running => {
+                let limit = step.timeout.as_deref().and_then(|t| parse_duration(t).ok());
+                let began = pod.created.or(self.plan.status.steps[i].start_time.as_ref().map(|t| t.0));
+                if let (Some(limit), Some(began)) = (limit, began) {
+                    let deadline = add(began, limit);
+                    if self.input.now >= deadline {
+                        self.plan.actions.push(Action::DeletePod { name: pod.name.clone() });
+                        let message = format!("attempt {attempt} timed out after {}", human(limit));
+                        return self.attempt_failed(composition, i, message, None);
+                    }
+                    self.requeue_at(deadline);
+                }
+            }
+            PodPhase::Succeeded => self.attempt_succeeded(composition, i, &pod),
+            PodPhase::Failed => {
+                let result = pod.result.clone().unwrap_or_default();
+                let code = result.exit_code;
+                let message = match (&result.error, code, &pod.message) {
+                    (Some(e), _, _) => e.clone(),
+                    (None, Some(c), _) => format!("exited with code {c}"),
+                    (None, None, Some(m)) => m.clone(),
+                    (None, None, None) => "the pod failed".into(),
+                };
+                self.record_resources(i, &pod);
+                self.plan.status.steps[i].outputs = result.outputs.clone();
+                self.attempt_failed(composition, i, message, code);
+            }
+        }
+    }
+
+    /// The pod of the current attempt is not observed: ask for it again.
+    fn recreate_attempt(&mut self, composition: &CompositionSpec, i: usize, task: &str, attempt: u32) {
+        let events = self.plan.events.len();
+        self.start_attempt(composition, i, task, attempt);
+        // Not a new start: no second StepStarted event.
+        self.plan.events.truncate(events);
+    }
+
+    fn attempt_succeeded(&mut self, composition: &CompositionSpec, i: usize, pod: &ObservedPod) {
+        let result = pod.result.clone().unwrap_or_default();
+        self.record_resources(i, pod);
+        let st = &mut self.plan.status.steps[i];
+        st.outputs = result.outputs;
+        st.exit_code = Some(result.exit_code.unwrap_or(0));
+        let name = composition.steps[i].name.clone();
+        self.finish_step(i, StepPhase::Succeeded, String::new());
+        self.plan.events.push(normal("StepSucceeded", format!("step {name} succeeded")));
+    }
+
+    fn record_resources(&mut self, i: usize, pod: &ObservedPod) {
+        let step = self.plan.status.steps[i].name.clone();
+        for r in pod.result.iter().flat_map(|r| &r.resources) {
+            let entry = LedgerEntry { kind: r.kind.clone(), id: r.id.clone(), region: r.region.clone(), step: step.clone() };
+            if !self.plan.status.resources.contains(&entry) {
+                self.plan.status.resources.push(entry);
+            }
+        }
+    }
+
+    fn attempt_failed(&mut self, composition: &CompositionSpec, i: usize, message: String, code: Option<i32>) {
+        let step = &composition.steps[i];
+        let attempts = self.plan.status.steps[i].attempts.max(1);
+        self.plan.status.steps[i].exit_code = code;
+        let limit = step.retries.as_ref().map_or(0, |r| r.limit);
+        if attempts <= limit {
+            let delay = backoff(step, attempts);
+            let at = add(self.input.now, delay);
+            let st = &mut self.plan.status.steps[i];
+            st.phase = StepPhase::Retrying;
+            st.next_attempt_time = Some(Time(at));
+            st.message = Some(format!("attempt {attempts} failed: {message}; retrying in {}", human(delay)));
+            self.plan.events.push(warning(
+                "StepRetried",
+                format!("step {} attempt {attempts} failed ({message}); attempt {} in {}", step.name, attempts + 1, human(delay)),
+            ));
+            self.requeue_at(at);
+        } else {
+            let name = step.name.clone();
+            self.finish_step(i, StepPhase::Failed, message.clone());
+            self.plan.events.push(warning("StepFailed", format!("step {name} failed: {message}")));
+        }
+    }
+
+    fn maybe_retry(&mut self, composition: &CompositionSpec, i: usize) {
+        let st = &self.plan.status.steps[i];
+        let due = st.next_attempt_time.as_ref().map(|t| t.0);
+        match due {
+            Some(at) if self.input.now < at => self.requeue_at(at),
+            _ => {
+                let next = st.attempts + 1;
+                if let Some(task) = composition.steps[i].task.clone() {
+                    self.start_attempt(composition, i, &task, next);
+                }
+            }
+        }
+    }
+
+    fn watch_approval(&mut self, step: &Step, i: usize) {
+        let decision = self
+            .input
+            .observed
+            .approvals
+            .iter()
+            .filter(|a| a.step == step.name)
+            .min_by_key(|a| (a.created, a.name.clone()))
+            .cloned();
+        if let Some(a) = decision {
+            self.plan.status.steps[i].approved_by = Some(a.by.clone());
+            return match a.decision {
+                Decision::Approve => {
+                    self.finish_step(i, StepPhase::Succeeded, format!("approved by {}", a.by));
+                    self.plan.events.push(normal("StepApproved", format!("step {} approved by {}", step.name, a.by)));
+                }
+                Decision::Reject => {
+                    self.finish_step(i, StepPhase::Failed, format!("rejected by {}", a.by));
+                    self.plan.events.push(warning("StepRejected", format!("step {} rejected by {}", step.name, a.by)));
+                }
+            };
+        }
+        let limit = step.approval.as_ref().and_then(|g| g.timeout.as_deref()).and_then(|t| parse_duration(t).ok());
+        let began = self.plan.status.steps[i].start_time.as_ref().map(|t| t.0);
+        if let (Some(limit), Some(began)) = (limit, began) {
+            let deadline = add(began, limit);
+            if self.input.now >= deadline {
+                let message = format!("no approval within {}", human(limit));
+                self.finish_step(i, StepPhase::Failed, message.clone());
+                self.plan.events.push(warning("ApprovalTimeout", format!("step {}: {message}", step.name)));
+            } else {
+                self.requeue_at(deadline);
+            }
+        }
+    }
+
+    fn watch_children(&mut self, composition: &CompositionSpec, i: usize) {
+        let step = &composition.steps[i];
+        let names = self.plan.status.steps[i].child_runs.clone();
+        let mut failed = Vec::new();
+        let mut pending = false;
+        for (n, name) in names.iter().enumerate() {
+            match self.input.observed.runs.iter().find(|r| &r.name == name) {
+                Some(run) if run.phase.is_finished() => {
+                    if run.phase != RunPhase::Succeeded {
+                        failed.push(format!("{name} {:?}", run.phase));
+                    }
+                }
+                Some(_) => pending = true,
+                None => {
+                    pending = true;
+                    // Not seen yet: ask for it again (AlreadyExists if it is there).
+                    let target = step.compositions.as_ref().and_then(|c| c.get(n)).or(step.composition.as_ref());
+                    if let (Some(target), Ok(params)) = (target, render_params(step, &self.scope())) {
+                        self.plan.actions.push(Action::CreateRun(NewRun {
+                            name: name.clone(),
+                            composition: target.clone(),
+                            params,
+                            step: Some(step.name.clone()),
+                            owned: true,
+                        }));
+                    }
+                }
+            }
+        }
+        if pending {
+            return;
+        }
+        if failed.is_empty() {
+            self.plan.status.steps[i].outputs.insert("runs".into(), names.join(","));
+            self.finish_step(i, StepPhase::Succeeded, format!("{} succeeded", names.join(", ")));
+            self.plan.events.push(normal("StepSucceeded", format!("step {} succeeded", step.name)));
+        } else {
+            let message = format!("child runs failed: {}", failed.join(", "));
+            self.finish_step(i, StepPhase::Failed, message.clone());
+            self.plan.events.push(warning("StepFailed", format!("step {}: {message}", step.name)));
+        }
+    }
+
+    fn watch_wait(&mut self, i: usize, composition: &str, mode: WaitMode) {
+        let awaited: Option<ObservedRun> = match mode {
+            WaitMode::Running => {
+                let name = self.plan.status.steps[i].child_runs.first().cloned();
+                name.and_then(|n| self.input.observed.runs.iter().find(|r| r.name == n).cloned())
+            }
+            WaitMode::Next => {
+                let since = self.plan.status.steps[i].start_time.as_ref().map(|t| t.0);
+                self.other_runs(composition)
+                    .filter(|r| r.phase.is_finished() && since.is_none_or(|s| r.completed.is_some_and(|c| c >= s)))
+                    .min_by_key(|r| r.completed)
+                    .cloned()
+            }
+        };
+        let Some(run) = awaited else {
+            if mode == WaitMode::Running {
+                // The awaited run is gone (deleted): nothing left to wait for.
+                let name = self.plan.status.steps[i].child_runs.first().cloned().unwrap_or_default();
+                self.finish_step(i, StepPhase::Succeeded, format!("run {name} no longer exists"));
+            }
+            return;
+        };
+        if !run.phase.is_finished() {
+            return;
+        }
+        self.plan.status.steps[i].child_runs = vec![run.name.clone()];
+        if run.phase == RunPhase::Succeeded {
+            self.finish_step(i, StepPhase::Succeeded, format!("run {} succeeded", run.name));
+        } else {
+            self.finish_step(i, StepPhase::Failed, format!("run {} ended {:?}", run.name, run.phase));
+        }
+    }
+
+    fn other_runs<'b>(&'b self, composition: &'b str) -> impl Iterator<Item = &'b ObservedRun> + 'b {
+        let me = self.input.run_name;
+        self.input.observed.runs.iter().filter(move |r| r.composition == composition && r.name != me)
+    }
+
+    fn finish_step(&mut self, i: usize, phase: StepPhase, message: String) {
+        let now = self.input.now;
+        let st = &mut self.plan.status.steps[i];
+        st.phase = phase;
+        st.finish_time = Some(Time(now));
+        st.next_attempt_time = None;
+        st.message = (!message.is_empty()).then_some(message);
+    }
+
+    fn cancel(&mut self, composition: &CompositionSpec) {
+        let now = self.input.now;
+        for i in 0..composition.steps.len() {
+            let st = &self.plan.status.steps[i];
+            if st.phase.is_finished() {
+                continue;
+            }
+            if st.phase == StepPhase::Running {
+                if let Some(pod) = st.pod_name.clone().filter(|_| composition.steps[i].task.is_some()) {
+                    self.plan.actions.push(Action::DeletePod { name: pod });
+                }
+                if composition.steps[i].wait_for.is_none() {
+                    for child in st.child_runs.clone() {
+                        self.plan.actions.push(Action::CancelRun { name: child });
+                    }
+                }
+            }
+            self.finish_step(i, StepPhase::Cancelled, "cancelled".into());
+        }
+        let status = &mut self.plan.status;
+        status.phase = RunPhase::Cancelled;
+        status.completion_time.get_or_insert(Time(now));
+        set_condition(&mut status.conditions, "Succeeded", "False", "Cancelled", "the run was cancelled", now);
+        self.update_progress();
+        self.plan.events.push(normal("RunCancelled", "the run was cancelled".into()));
+    }
+
+    fn time_out_run(&mut self, composition: &CompositionSpec, limit: Duration) {
+        let message = format!("the run timed out after {}", human(limit));
+        for i in 0..composition.steps.len() {
+            let st = &self.plan.status.steps[i];
+            match st.phase {
+                StepPhase::Running | StepPhase::Retrying | StepPhase::WaitingApproval => {
+                    if let Some(pod) = st.pod_name.clone().filter(|_| st.phase == StepPhase::Running && composition.steps[i].task.is_some()) {
+                        self.plan.actions.push(Action::DeletePod { name: pod });
+                    }
+                    self.finish_step(i, StepPhase::Failed, message.clone());
+                }
+                StepPhase::Pending => self.finish_step(i, StepPhase::Skipped, message.clone()),
+                _ => {}
+            }
+        }
+        self.end_run(composition, RunPhase::Failed, "Timeout", message);
+    }
+
+    fn finish_if_done(&mut self, composition: &CompositionSpec) {
+        self.update_progress();
+        let steps = &self.plan.status.steps;
+        if !steps.iter().all(|s| s.phase.is_finished()) {
+            let waiting = steps.iter().any(|s| s.phase == StepPhase::WaitingApproval);
+            let phase = if waiting { RunPhase::WaitingApproval } else { RunPhase::Running };
+            let (reason, message) = if waiting {
+                ("WaitingApproval", "a step waits for approval")
+            } else {
+                ("Running", "the run has started")
+            };
+            if self.plan.status.phase != phase {
+                self.plan.status.phase = phase;
+                set_condition(&mut self.plan.status.conditions, "Succeeded", "Unknown", reason, message, self.input.now);
+            }
+            return;
+        }
+        match self.halted_by(composition) {
+            Some(step) => {
+                let message = self.plan.status.steps.iter().find(|s| s.name == step).and_then(|s| s.message.clone());
+                let message = format!("step {step} failed: {}", message.unwrap_or_default());
+                self.end_run(composition, RunPhase::Failed, "StepFailed", message);
+            }
+            None => self.end_run(composition, RunPhase::Succeeded, "Succeeded", "every step succeeded or was skipped".into()),
+        }
+    }
+
+    fn end_run(&mut self, composition: &CompositionSpec, phase: RunPhase, reason: &str, message: String) {
+        let now = self.input.now;
+        let status = &mut self.plan.status;
+        status.phase = phase;
+        status.completion_time.get_or_insert(Time(now));
+        let ok = if phase == RunPhase::Succeeded { "True" } else { "False" };
+        set_condition(&mut status.conditions, "Succeeded", ok, reason, &message, now);
+        self.update_progress();
+        if phase == RunPhase::Succeeded {
+            self.plan.events.push(normal("RunSucceeded", message));
+            return;
+        }
+        self.plan.events.push(warning("RunFailed", message.clone()));
+        if let Some(call) = &composition.on_failure {
+            let failed_step = self
+                .plan
+                .status
+                .steps
+                .iter()
+                .find(|s| s.phase == StepPhase::Failed)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let mut scope = self.scope();
+            scope.context.insert("failedRun".into(), self.input.run_name.into());
+            scope.context.insert("failedStep".into(), failed_step.clone());
+            scope.context.insert("message".into(), message.clone());
+            let mut params = BTreeMap::new();
+            for (k, v) in &call.params {
+                let rendered = expr::render(&Json::String(v.clone()), &scope).map(json_text);
+                params.insert(k.clone(), rendered.unwrap_or_else(|e| format!("(template error: {e})")));
+            }
+            params.insert("failedRun".into(), self.input.run_name.into());
+            params.insert("failedStep".into(), failed_step);
+            params.insert("message".into(), message);
+            let name = labels::on_failure_run_name(self.input.run_name);
+            self.plan.status.on_failure_run = Some(name.clone());
+            self.plan.actions.push(Action::CreateRun(NewRun {
+                name: name.clone(),
+                composition: call.composition.clone(),
+                params,
+                step: None,
+                owned: false,
+            }));
+            self.plan.events.push(normal("OnFailureStarted", format!("started {name} of {}", call.composition)));
+        }
+    }
+
+    fn update_progress(&mut self) {
+        let steps = &self.plan.status.steps;
+        let done = steps.iter().filter(|s| s.phase.is_finished()).count();
+        self.plan.status.progress = Some(format!("{done}/{}", steps.len()));
+    }
+
+    /// What expressions see now.
+    fn scope(&self) -> Scope {
+        let mut params: BTreeMap<String, String> = BTreeMap::new();
+        if let Ok(c) = self.composition() {
+            for p in c.params {
+                if let Some(d) = p.default {
+                    params.insert(p.name, d);
+                }
+            }
+        }
+        params.extend(self.input.spec.params.clone());
+        Scope {
+            params,
+            steps: self
+                .plan
+                .status
+                .steps
+                .iter()
+                .map(|s| {
+                    (s.name.clone(), StepScope { phase: format!("{:?}", s.phase), outputs: s.outputs.clone() })
+                })
+                .collect(),
+            context: self.plan.status.context.clone(),
+            run: RunScope {
+                name: self.input.run_name.into(),
+                namespace: self.input.namespace.into(),
+                composition: self.input.spec.composition.clone(),
+            },
+        }
+    }
+
+    fn requeue_at(&mut self, at: Timestamp) {
+        let wait = at.duration_since(self.input.now);
+        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO).max(Duration::from_millis(200));
+        self.plan.requeue_after = Some(self.plan.requeue_after.map_or(wait, |w| w.min(wait)));
+    }
+}
+
+/// The step's inputs: `with` rendered, task defaults (rendered too) for the rest.
+fn resolve_inputs(step: &Step, task: &TaskSpec, scope: &Scope) -> Result<Map<String, Json>, String> {
+    let mut inputs = Map::new();
+    for (key, value) in &step.with {
+        let v = expr::render(value, scope).map_err(|e| format!("input {key:?}: {e}"))?;
+        inputs.insert(key.clone(), v);
+    }
+    for input in &task.inputs {
+        if inputs.contains_key(&input.name) {
+            continue;
+        }
+        match &input.default {
+            Some(d) => {
+                let v = expr::render(d, scope).map_err(|e| format!("default of input {:?}: {e}", input.name))?;
+                inputs.insert(input.name.clone(), v);
+            }
+            None if input.required => return Err(format!("input {:?} is required", input.name)),
+            None => {}
+        }
+    }
+    Ok(inputs)
+}
+
+/// A call step's `with` values rendered as the child run's parameters.
+fn render_params(step: &Step, scope: &Scope) -> Result<BTreeMap<String, String>, String> {
+    step.with
+        .iter()
+        .map(|(k, v)| expr::render(v, scope).map(|v| (k.clone(), json_text(v))).map_err(|e| format!("param {k:?}: {e}")))
+        .collect()
+}
+
+fn json_text(v: Json) -> String {
+    match v {
+        Json::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// The wait before attempt `failed + 1`: the step's backoff, doubled per failure, capped.
+fn backoff(step: &Step, failed: u32) -> Duration {
+    let retries = step.retries.as_ref();
+    let first = retries.and_then(|r| r.backoff.as_deref()).and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_BACKOFF);
+    let cap = retries
+        .and_then(|r| r.max_backoff.as_deref())
+        .and_then(|t| parse_duration(t).ok())
+        .unwrap_or(DEFAULT_MAX_BACKOFF);
+    let factor = 2u32.saturating_pow(failed.saturating_sub(1).min(20));
+    first.saturating_mul(factor).min(cap)
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// A duration as people write it: `1m30s`, `250ms`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// Sets a condition, keeping its lastTransitionTime when its status does not change.
+fn set_condition(conditions: &mut Vec<Condition>, type_: &str, status: &str, reason: &str, message: &str, now: Timestamp) {
+    let transition = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: transition,
+        observed_generation: None,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+fn normal(reason: &'static str, message: String) -> EventNote {
+    EventNote { reason, message, warning: false }
+}
+
+fn warning(reason: &'static str, message: String) -> EventNote {
+    EventNote { reason, message, warning: true }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let step: Step = serde_json::from_value(serde_json::json!({
+            "name": "s", "task": "shell", "retries": {"limit": 5, "backoff": "1s", "maxBackoff": "5s"}
+        }))
+        .unwrap();
+        let waits: Vec<u64> = (1..=5).map(|n| backoff(&step, n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_secs(90)), "1m30s");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(86400)), "24h");
+    }
+}

@@ -1,0 +1,82 @@
+//! Names and labels that tie step pods and child runs to their run. The operator, the CLI
+//! and the tests all derive names from here, so a name always means the same thing.
+
+/// Label on every object Maestro creates.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY`].
+pub const MANAGER: &str = "maestro";
+/// The run a step pod (or a child run) belongs to.
+pub const RUN: &str = "maestro.dev/run";
+/// The step a pod runs, or the step of the parent run that started a child run.
+pub const STEP: &str = "maestro.dev/step";
+/// The attempt number of a step pod (1 for the first).
+pub const ATTEMPT: &str = "maestro.dev/attempt";
+/// The composition a run (or pod) belongs to.
+pub const COMPOSITION: &str = "maestro.dev/composition";
+/// On a child run: the parent run that started it.
+pub const PARENT_RUN: &str = "maestro.dev/parent-run";
+/// On an onFailure run: the failed run that started it.
+pub const FAILED_RUN: &str = "maestro.dev/failed-run";
+/// The name of the step container in a step pod.
+pub const STEP_CONTAINER: &str = "step";
+
+/// Kubernetes object names (and label values) are at most 63 characters here.
+const MAX_NAME: usize = 63;
+
+/// The deterministic name of a step's pod: `<run>-<step>-<attempt>`, shortened with a
+/// hash when too long. Creating it twice fails with AlreadyExists, so a restarted operator
+/// never runs an attempt twice.
+pub fn step_pod_name(run: &str, step: &str, attempt: u32) -> String {
+    bounded_name(&format!("{run}-{step}-{attempt}"))
+}
+
+/// The deterministic name of the `index`th child run a step starts.
+pub fn child_run_name(run: &str, step: &str, index: usize) -> String {
+    bounded_name(&format!("{run}-{step}-{index}"))
+}
+
+/// The deterministic name of the run `onFailure` starts.
+pub fn on_failure_run_name(run: &str) -> String {
+    bounded_name(&format!("{run}-onfailure"))
+}
+
+/// `name` itself when short enough, else its first characters and a stable hash of it.
+fn bounded_name(name: &str) -> String {
+    if name.len() <= MAX_NAME {
+        return name.to_string();
+    }
+    let hash = fnv1a(name.as_bytes());
+    let keep = MAX_NAME - 9;
+    let mut prefix: String = name.chars().take(keep).collect();
+    while prefix.ends_with('-') {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash:08x}")
+}
+
+/// FNV-1a, 32 bits: stable across Rust versions, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_kept() {
+        assert_eq!(step_pod_name("hello-abcde", "greet", 2), "hello-abcde-greet-2");
+    }
+
+    #[test]
+    fn long_names_are_bounded_stable_and_distinct() {
+        let run = "a".repeat(60);
+        let one = step_pod_name(&run, "deploy", 1);
+        let two = step_pod_name(&run, "deploy", 2);
+        assert!(one.len() <= 63 && two.len() <= 63);
+        assert_ne!(one, two);
+        assert_eq!(one, step_pod_name(&run, "deploy", 1));
+    }
+}
