@@ -4,7 +4,7 @@
 use std::{future::Future, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::{
     Api, Client,
     api::{DeleteParams, ObjectMeta, PostParams},
@@ -55,6 +55,21 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
+        // Pods are refused until kube-controller-manager has made the namespace's default
+        // ServiceAccount.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for(
+            "the namespace's default ServiceAccount (is kube-controller-manager running?)",
+            Duration::from_secs(60),
+            || async {
+                match accounts.get_opt("default").await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("not created yet".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await?;
         Ok(Self { name })
     }
 }

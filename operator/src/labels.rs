@@ -56,9 +56,9 @@ fn bounded_name(name: &str) -> String {
 
 /// FNV-1a, 32 bits: stable across Rust versions, unlike `DefaultHasher`.
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 #[cfg(test)]
@@ -67,7 +67,10 @@ mod tests {
 
     #[test]
     fn short_names_are_kept() {
-        assert_eq!(step_pod_name("hello-abcde", "greet", 2), "hello-abcde-greet-2");
+        assert_eq!(
+            step_pod_name("hello-abcde", "greet", 2),
+            "hello-abcde-greet-2"
+        );
     }
 
     #[test]

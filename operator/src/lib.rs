@@ -2,6 +2,7 @@
 //! and the controllers that wire it to Kubernetes.
 
 pub mod api;
+pub mod controller;
 pub mod engine;
 pub mod labels;
 pub mod telemetry;

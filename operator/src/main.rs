@@ -1,10 +1,17 @@
 //! `maestro-operator`: reconciles Maestro's custom resources.
 
-use clap::Parser;
-use maestro_operator::telemetry::{self, LogFormat};
+use std::time::Duration;
 
-/// Maestro's operator: reconciles Compositions, CompositionRuns, Tasks and Agents and
-/// schedules each step as a pod.
+use anyhow::Context as _;
+use clap::Parser;
+use maestro_operator::{
+    api::parse_duration,
+    controller::{self, PodSettings, Settings},
+    telemetry::{self, LogFormat},
+};
+
+/// Maestro's operator: reconciles Compositions and CompositionRuns and runs each step as
+/// a pod.
 #[derive(Parser, Debug)]
 #[command(name = "maestro-operator", version, about)]
 struct Args {
@@ -14,17 +21,54 @@ struct Args {
     /// Log format.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// The agent image: built-in tasks run in it, and it installs maestro-agent into
+    /// every step pod.
+    #[arg(
+        long,
+        env = "MAESTRO_AGENT_IMAGE",
+        default_value = "localhost/maestro/agent:dev"
+    )]
+    agent_image: String,
+    /// Pull policy of the agent image.
+    #[arg(
+        long,
+        env = "MAESTRO_AGENT_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    agent_pull_policy: String,
+    /// The namespace of the standard Task library, searched after a run's own namespace.
+    #[arg(
+        long,
+        env = "MAESTRO_LIBRARY_NAMESPACE",
+        default_value = "maestro-system"
+    )]
+    library_namespace: String,
+    /// How long finished runs are kept before they (and their pods) are deleted.
+    #[arg(long, env = "MAESTRO_FINISHED_RUN_TTL", default_value = "24h", value_parser = ttl)]
+    finished_run_ttl: Duration,
+}
+
+fn ttl(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(&args.log_level, args.log_format)?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        "maestro-operator starting"
-    );
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("maestro-operator stopping");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), agent_image = %args.agent_image, "maestro-operator starting");
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let settings = Settings {
+        pods: PodSettings {
+            agent_image: args.agent_image,
+            agent_pull_policy: args.agent_pull_policy,
+        },
+        library_namespace: args.library_namespace,
+        finished_run_ttl: args.finished_run_ttl,
+    };
+    controller::run(client, settings).await?;
+    tracing::info!("maestro-operator stopped");
     Ok(())
 }

@@ -32,7 +32,11 @@ pub struct RunScope {
 
 /// Checks that `expr` parses, without evaluating it.
 pub fn check(expr: &str) -> Result<(), String> {
-    guarded(|| cel::Program::compile(expr).map(|_| ()).map_err(|e| parse_error(&e)))
+    guarded(|| {
+        cel::Program::compile(expr)
+            .map(|_| ())
+            .map_err(|e| parse_error(&e))
+    })
 }
 
 /// Evaluates `expr` to JSON.
@@ -77,7 +81,11 @@ pub fn template_expressions(text: &str) -> Result<Vec<&str>, String> {
 pub fn render(value: &Json, scope: &Scope) -> Result<Json, String> {
     match value {
         Json::String(text) => render_string(text, scope),
-        Json::Array(items) => items.iter().map(|v| render(v, scope)).collect::<Result<_, _>>().map(Json::Array),
+        Json::Array(items) => items
+            .iter()
+            .map(|v| render(v, scope))
+            .collect::<Result<_, _>>()
+            .map(Json::Array),
         Json::Object(map) => map
             .iter()
             .map(|(k, v)| render(v, scope).map(|v| (k.clone(), v)))
@@ -96,10 +104,12 @@ fn render_string(text: &str, scope: &Scope) -> Result<Json, String> {
     for part in parts {
         match part {
             Part::Text(t) => out.push_str(t),
-            Part::Expr(expr) => match eval(expr, scope).map_err(|e| format!("{{{{ {expr} }}}}: {e}"))? {
-                Json::String(s) => out.push_str(&s),
-                other => out.push_str(&other.to_string()),
-            },
+            Part::Expr(expr) => {
+                match eval(expr, scope).map_err(|e| format!("{{{{ {expr} }}}}: {e}"))? {
+                    Json::String(s) => out.push_str(&s),
+                    other => out.push_str(&other.to_string()),
+                }
+            }
         }
     }
     Ok(Json::String(out))
@@ -135,7 +145,10 @@ fn split_template(text: &str) -> Result<Vec<Part<'_>>, String> {
 }
 
 fn parse_error(e: &cel::ParseErrors) -> String {
-    format!("invalid CEL: {}", e.to_string().lines().next().unwrap_or("parse error"))
+    format!(
+        "invalid CEL: {}",
+        e.to_string().lines().next().unwrap_or("parse error")
+    )
 }
 
 /// Runs CEL on user input, turning a panic inside the interpreter into an error: the
@@ -155,7 +168,10 @@ mod tests {
         s.params.insert("version".into(), "1.4.2".into());
         s.steps.insert(
             "provision".into(),
-            StepScope { phase: "Succeeded".into(), outputs: [("publicIp".into(), "10.0.0.7".into())].into() },
+            StepScope {
+                phase: "Succeeded".into(),
+                outputs: [("publicIp".into(), "10.0.0.7".into())].into(),
+            },
         );
         s.run.name = "acc-x7k2p".into();
         s
@@ -165,11 +181,17 @@ mod tests {
     fn renders_embedded_and_whole_expressions() {
         let s = scope();
         assert_eq!(
-            render(&json!("http://{{ steps.provision.outputs.publicIp }}:8080/app-{{params.version}}"), &s),
+            render(
+                &json!("http://{{ steps.provision.outputs.publicIp }}:8080/app-{{params.version}}"),
+                &s
+            ),
             Ok(json!("http://10.0.0.7:8080/app-1.4.2"))
         );
         assert_eq!(render(&json!("{{ [1, 2] }}"), &s), Ok(json!([1, 2])));
-        assert_eq!(render(&json!({"a": ["{{ run.name }}"]}), &s), Ok(json!({"a": ["acc-x7k2p"]})));
+        assert_eq!(
+            render(&json!({"a": ["{{ run.name }}"]}), &s),
+            Ok(json!({"a": ["acc-x7k2p"]}))
+        );
         assert_eq!(render(&json!(3), &s), Ok(json!(3)));
     }
 
@@ -177,8 +199,15 @@ mod tests {
     fn conditions_must_be_boolean() {
         let s = scope();
         assert_eq!(eval_condition("params.version == '1.4.2'", &s), Ok(true));
-        assert_eq!(eval_condition("steps.provision.phase != 'Succeeded'", &s), Ok(false));
-        assert!(eval_condition("params.version", &s).unwrap_err().contains("true or false"));
+        assert_eq!(
+            eval_condition("steps.provision.phase != 'Succeeded'", &s),
+            Ok(false)
+        );
+        assert!(
+            eval_condition("params.version", &s)
+                .unwrap_err()
+                .contains("true or false")
+        );
     }
 
     #[test]
@@ -186,6 +215,10 @@ mod tests {
         let s = scope();
         assert!(render(&json!("{{ steps.nope.outputs.x }}"), &s).is_err());
         assert!(check("1 +").unwrap_err().starts_with("invalid CEL"));
-        assert!(render(&json!("{{ unclosed"), &s).unwrap_err().contains("unclosed"));
+        assert!(
+            render(&json!("{{ unclosed"), &s)
+                .unwrap_err()
+                .contains("unclosed")
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::{
     path::Path,
 };
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::{
     api::{CompositionRunSpec, CompositionRunStatus, CompositionSpec, TaskSpec, parse_duration},
     engine::{self, Action, Observed, PlanInput},
 };
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -105,7 +105,12 @@ fn run_fixture(path: &Path) -> Result<(), String> {
     let mut spec = fixture.run.clone();
     let mut status = CompositionRunStatus::default();
     for (n, round) in fixture.rounds.iter().enumerate() {
-        let offset = round.at.as_deref().map(parse_duration).transpose()?.unwrap_or_default();
+        let offset = round
+            .at
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or_default();
         let now = base_time() + SignedDuration::try_from(offset).map_err(|e| e.to_string())?;
         spec.cancel |= round.cancel;
         let input = PlanInput {
@@ -120,7 +125,12 @@ fn run_fixture(path: &Path) -> Result<(), String> {
             now,
         };
         let plan = engine::plan(&input);
-        check(&round.expect, &plan).map_err(|e| format!("round {n}: {e}\nstatus: {:#?}\nactions: {:#?}", plan.status, plan.actions))?;
+        check(&round.expect, &plan).map_err(|e| {
+            format!(
+                "round {n}: {e}\nstatus: {:#?}\nactions: {:#?}",
+                plan.status, plan.actions
+            )
+        })?;
         // Planning again from the same state must give the same answer: the controller
         // may reconcile any number of times.
         let again = engine::plan(&input);
@@ -140,13 +150,20 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             return Err(format!("phase: want {phase}, got {got}"));
         }
     }
-    if let Some(progress) = &expect.progress {
-        if status.progress.as_ref() != Some(progress) {
-            return Err(format!("progress: want {progress}, got {:?}", status.progress));
-        }
+    if let Some(progress) = &expect.progress
+        && status.progress.as_ref() != Some(progress)
+    {
+        return Err(format!(
+            "progress: want {progress}, got {:?}",
+            status.progress
+        ));
     }
     for (step, phase) in &expect.steps {
-        let got = status.steps.iter().find(|s| &s.name == step).map(|s| format!("{:?}", s.phase));
+        let got = status
+            .steps
+            .iter()
+            .find(|s| &s.name == step)
+            .map(|s| format!("{:?}", s.phase));
         if got.as_ref() != Some(phase) {
             return Err(format!("step {step}: want {phase}, got {got:?}"));
         }
@@ -192,39 +209,70 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             Action::CreateRun(r) if &r.name == run => Some(&r.params),
             _ => None,
         });
-        let Some(got) = got else { return Err(format!("run {run} not created")) };
+        let Some(got) = got else {
+            return Err(format!("run {run} not created"));
+        };
         for (k, v) in want {
             if got.get(k) != Some(v) {
-                return Err(format!("params of {run}: {k} want {v:?}, got {:?}", got.get(k)));
+                return Err(format!(
+                    "params of {run}: {k} want {v:?}, got {:?}",
+                    got.get(k)
+                ));
             }
         }
     }
     for (step, want) in &expect.outputs {
-        let got = status.steps.iter().find(|s| &s.name == step).map(|s| &s.outputs);
+        let got = status
+            .steps
+            .iter()
+            .find(|s| &s.name == step)
+            .map(|s| &s.outputs);
         if got != Some(want) {
             return Err(format!("outputs of {step}: want {want:?}, got {got:?}"));
         }
     }
     for (step, want) in &expect.messages {
-        let got = status.steps.iter().find(|s| &s.name == step).and_then(|s| s.message.clone()).unwrap_or_default();
+        let got = status
+            .steps
+            .iter()
+            .find(|s| &s.name == step)
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default();
         if !got.contains(want.as_str()) {
-            return Err(format!("message of {step}: want it to contain {want:?}, got {got:?}"));
+            return Err(format!(
+                "message of {step}: want it to contain {want:?}, got {got:?}"
+            ));
         }
     }
     for (step, want) in &expect.approved_by {
-        let got = status.steps.iter().find(|s| &s.name == step).and_then(|s| s.approved_by.clone());
+        let got = status
+            .steps
+            .iter()
+            .find(|s| &s.name == step)
+            .and_then(|s| s.approved_by.clone());
         if got.as_ref() != Some(want) {
             return Err(format!("approvedBy of {step}: want {want}, got {got:?}"));
         }
     }
     if let Some(want) = &expect.invalid {
-        let got = status.conditions.iter().find(|c| c.type_ == "Invalid").map(|c| c.message.clone()).unwrap_or_default();
+        let got = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Invalid")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
         if !got.contains(want.as_str()) {
-            return Err(format!("Invalid condition: want it to contain {want:?}, got {got:?}"));
+            return Err(format!(
+                "Invalid condition: want it to contain {want:?}, got {got:?}"
+            ));
         }
     }
     if let Some(want) = &expect.reason {
-        let got = status.conditions.iter().find(|c| c.type_ == "Succeeded").map(|c| c.reason.clone());
+        let got = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Succeeded")
+            .map(|c| c.reason.clone());
         if got.as_ref() != Some(want) {
             return Err(format!("Succeeded reason: want {want}, got {got:?}"));
         }
@@ -238,11 +286,18 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
     if let Some(want) = &expect.requeue {
         let want = parse_duration(want)?;
         if plan.requeue_after != Some(want) {
-            return Err(format!("requeue: want {want:?}, got {:?}", plan.requeue_after));
+            return Err(format!(
+                "requeue: want {want:?}, got {:?}",
+                plan.requeue_after
+            ));
         }
     }
     if !expect.ledger.is_empty() {
-        let got: Vec<String> = status.resources.iter().map(|r| format!("{}/{}", r.kind, r.id)).collect();
+        let got: Vec<String> = status
+            .resources
+            .iter()
+            .map(|r| format!("{}/{}", r.kind, r.id))
+            .collect();
         if got != expect.ledger {
             return Err(format!("ledger: want {:?}, got {got:?}", expect.ledger));
         }
@@ -262,7 +317,11 @@ fn engine_fixtures() {
     assert!(!paths.is_empty(), "no fixtures in {}", dir.display());
     let failures: Vec<String> = paths
         .iter()
-        .filter_map(|p| run_fixture(p).err().map(|e| format!("{}: {e}", p.display())))
+        .filter_map(|p| {
+            run_fixture(p)
+                .err()
+                .map(|e| format!("{}: {e}", p.display()))
+        })
         .collect();
     println!("{} engine fixtures, {} failed", paths.len(), failures.len());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

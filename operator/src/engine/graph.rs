@@ -25,7 +25,10 @@ pub fn validate(
     let mut index = BTreeMap::new();
     for (i, step) in spec.steps.iter().enumerate() {
         if index.insert(step.name.as_str(), i).is_some() {
-            problems.push(format!("spec.steps[{i}].name: duplicate step name {:?}", step.name));
+            problems.push(format!(
+                "spec.steps[{i}].name: duplicate step name {:?}",
+                step.name
+            ));
         }
     }
 
@@ -41,9 +44,8 @@ pub fn validate(
                             step.name
                         )),
                         Some(&j) => mine.push(j),
-                        None => problems.push(format!(
-                            "spec.steps[{i}].dependsOn: unknown step {name:?}"
-                        )),
+                        None => problems
+                            .push(format!("spec.steps[{i}].dependsOn: unknown step {name:?}")),
                     }
                 }
             }
@@ -55,7 +57,10 @@ pub fn validate(
     }
     if let Some(cycle) = find_cycle(&deps) {
         let names: Vec<&str> = cycle.iter().map(|&i| spec.steps[i].name.as_str()).collect();
-        problems.push(format!("spec.steps: dependency cycle {}", names.join(" -> ")));
+        problems.push(format!(
+            "spec.steps: dependency cycle {}",
+            names.join(" -> ")
+        ));
     }
 
     if let Some(call) = &spec.on_failure {
@@ -66,10 +71,10 @@ pub fn validate(
             }
         }
     }
-    if let Some(t) = &spec.timeout {
-        if let Err(e) = parse_duration(t) {
-            problems.push(format!("spec.timeout: {e}"));
-        }
+    if let Some(t) = &spec.timeout
+        && let Err(e) = parse_duration(t)
+    {
+        problems.push(format!("spec.timeout: {e}"));
     }
     if let Some(params) = run_params {
         for p in &spec.params {
@@ -79,15 +84,26 @@ pub fn validate(
         }
         for key in params.keys() {
             if !spec.params.iter().any(|p| &p.name == key) {
-                problems.push(format!("spec.params.{key}: the composition has no param {key:?}"));
+                problems.push(format!(
+                    "spec.params.{key}: the composition has no param {key:?}"
+                ));
             }
         }
     }
 
-    if problems.is_empty() { Ok(Graph { deps }) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(Graph { deps })
+    } else {
+        Err(problems)
+    }
 }
 
-fn check_step(i: usize, step: &Step, tasks: &BTreeMap<String, TaskSpec>, problems: &mut Vec<String>) {
+fn check_step(
+    i: usize,
+    step: &Step,
+    tasks: &BTreeMap<String, TaskSpec>,
+    problems: &mut Vec<String>,
+) {
     let at = format!("spec.steps[{i}]");
     let kinds = [
         step.task.is_some(),
@@ -101,10 +117,10 @@ fn check_step(i: usize, step: &Step, tasks: &BTreeMap<String, TaskSpec>, problem
             "{at}: a step runs exactly one of task, approval, composition, compositions, waitFor"
         ));
     }
-    if let Some(when) = &step.when {
-        if let Err(e) = expr::check(when) {
-            problems.push(format!("{at}.when: {e}"));
-        }
+    if let Some(when) = &step.when
+        && let Err(e) = expr::check(when)
+    {
+        problems.push(format!("{at}.when: {e}"));
     }
     for (key, value) in &step.with {
         if let Err(e) = template_exprs_in(value).and_then(check_all) {
@@ -113,9 +129,18 @@ fn check_step(i: usize, step: &Step, tasks: &BTreeMap<String, TaskSpec>, problem
     }
     for (field, value) in [
         ("timeout", step.timeout.as_deref()),
-        ("retries.backoff", step.retries.as_ref().and_then(|r| r.backoff.as_deref())),
-        ("retries.maxBackoff", step.retries.as_ref().and_then(|r| r.max_backoff.as_deref())),
-        ("approval.timeout", step.approval.as_ref().and_then(|a| a.timeout.as_deref())),
+        (
+            "retries.backoff",
+            step.retries.as_ref().and_then(|r| r.backoff.as_deref()),
+        ),
+        (
+            "retries.maxBackoff",
+            step.retries.as_ref().and_then(|r| r.max_backoff.as_deref()),
+        ),
+        (
+            "approval.timeout",
+            step.approval.as_ref().and_then(|a| a.timeout.as_deref()),
+        ),
     ] {
         if let Some(Err(e)) = value.map(parse_duration) {
             problems.push(format!("{at}.{field}: {e}"));
@@ -136,7 +161,9 @@ fn check_step(i: usize, step: &Step, tasks: &BTreeMap<String, TaskSpec>, problem
     }
     for key in step.with.keys() {
         if !task.inputs.iter().any(|input| &input.name == key) {
-            problems.push(format!("{at}.with.{key}: task {task_name:?} has no input {key:?}"));
+            problems.push(format!(
+                "{at}.with.{key}: task {task_name:?} has no input {key:?}"
+            ));
         }
     }
 }
@@ -151,7 +178,11 @@ fn template_exprs_in(value: &serde_json::Value) -> Result<Vec<String>, String> {
 fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) -> Result<(), String> {
     match value {
         serde_json::Value::String(s) => {
-            out.extend(expr::template_expressions(s)?.into_iter().map(str::to_string));
+            out.extend(
+                expr::template_expressions(s)?
+                    .into_iter()
+                    .map(str::to_string),
+            );
         }
         serde_json::Value::Array(items) => items.iter().try_for_each(|v| collect_exprs(v, out))?,
         serde_json::Value::Object(map) => map.values().try_for_each(|v| collect_exprs(v, out))?,
@@ -172,7 +203,12 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         Open,
         Done,
     }
-    fn visit(n: usize, deps: &[Vec<usize>], marks: &mut [Mark], path: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        n: usize,
+        deps: &[Vec<usize>],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         marks[n] = Mark::Open;
         path.push(n);
         for &d in &deps[n] {
@@ -198,10 +234,10 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
     }
     let mut marks = vec![Mark::New; deps.len()];
     for n in 0..deps.len() {
-        if marks[n] == Mark::New {
-            if let Some(c) = visit(n, deps, &mut marks, &mut Vec::new()) {
-                return Some(c);
-            }
+        if marks[n] == Mark::New
+            && let Some(c) = visit(n, deps, &mut marks, &mut Vec::new())
+        {
+            return Some(c);
         }
     }
     None

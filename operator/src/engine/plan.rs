@@ -9,8 +9,7 @@ use k8s_openapi::{
 use serde_json::{Map, Value as Json};
 
 use super::{
-    Action, EventNote, NewRun, ObservedPod, ObservedRun, PlanInput, PodPhase, StepPod,
-    TaskRuns,
+    Action, EventNote, NewRun, ObservedPod, ObservedRun, PlanInput, PodPhase, StepPod, TaskRuns,
     expr::{self, RunScope, Scope, StepScope},
     graph::{self, Graph},
 };
@@ -32,7 +31,10 @@ const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut planner = Planner {
         input,
-        plan: Plan { status: input.status.clone(), ..Plan::default() },
+        plan: Plan {
+            status: input.status.clone(),
+            ..Plan::default()
+        },
     };
     planner.run();
     planner.plan.status.observed_generation = input.generation;
@@ -53,7 +55,11 @@ impl Planner<'_> {
             Ok(c) => c,
             Err(message) => return self.invalid(message),
         };
-        let graph = match graph::validate(&composition, self.input.tasks, Some(&self.input.spec.params)) {
+        let graph = match graph::validate(
+            &composition,
+            self.input.tasks,
+            Some(&self.input.spec.params),
+        ) {
             Ok(g) => g,
             Err(problems) => return self.invalid(problems.join("; ")),
         };
@@ -62,7 +68,11 @@ impl Planner<'_> {
         if self.input.spec.cancel {
             return self.cancel(&composition);
         }
-        if let Some(limit) = composition.timeout.as_deref().and_then(|t| parse_duration(t).ok()) {
+        if let Some(limit) = composition
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+        {
             let started = self.plan.status.start_time.as_ref().map(|t| t.0);
             if let Some(deadline) = started.map(|s| add(s, limit)) {
                 if self.input.now >= deadline {
@@ -105,8 +115,22 @@ impl Planner<'_> {
         let status = &mut self.plan.status;
         status.phase = RunPhase::Invalid;
         status.completion_time.get_or_insert(Time(now));
-        set_condition(&mut status.conditions, "Invalid", "True", "Invalid", &message, now);
-        set_condition(&mut status.conditions, "Succeeded", "False", "Invalid", &message, now);
+        set_condition(
+            &mut status.conditions,
+            "Invalid",
+            "True",
+            "Invalid",
+            &message,
+            now,
+        );
+        set_condition(
+            &mut status.conditions,
+            "Succeeded",
+            "False",
+            "Invalid",
+            &message,
+            now,
+        );
         self.plan.events.push(warning("Invalid", message));
     }
 
@@ -118,21 +142,42 @@ impl Planner<'_> {
             status.composition_spec = serde_json::to_value(composition).ok();
         }
         if status.steps.len() != composition.steps.len()
-            || status.steps.iter().zip(&composition.steps).any(|(s, c)| s.name != c.name)
+            || status
+                .steps
+                .iter()
+                .zip(&composition.steps)
+                .any(|(s, c)| s.name != c.name)
         {
             status.steps = composition
                 .steps
                 .iter()
-                .map(|s| StepStatus { name: s.name.clone(), ..StepStatus::default() })
+                .map(|s| StepStatus {
+                    name: s.name.clone(),
+                    ..StepStatus::default()
+                })
                 .collect();
         }
         if status.phase == RunPhase::Pending || status.phase == RunPhase::Queued {
             status.phase = RunPhase::Running;
             status.start_time.get_or_insert(Time(now));
-            set_condition(&mut status.conditions, "Succeeded", "Unknown", "Running", "the run has started", now);
-            self.plan.events.push(normal("RunStarted", format!("run of {} started", self.input.spec.composition)));
+            set_condition(
+                &mut status.conditions,
+                "Succeeded",
+                "Unknown",
+                "Running",
+                "the run has started",
+                now,
+            );
+            self.plan.events.push(normal(
+                "RunStarted",
+                format!("run of {} started", self.input.spec.composition),
+            ));
         }
-        self.plan.status.context.entry("workspace".into()).or_insert_with(|| "/workspace".into());
+        self.plan
+            .status
+            .context
+            .entry("workspace".into())
+            .or_insert_with(|| "/workspace".into());
     }
 
     fn advance_step(&mut self, composition: &CompositionSpec, graph: &Graph, i: usize) {
@@ -142,7 +187,10 @@ impl Planner<'_> {
             StepPhase::Running => self.watch_running(composition, i),
             StepPhase::Retrying => self.maybe_retry(composition, i),
             StepPhase::WaitingApproval => self.watch_approval(step, i),
-            StepPhase::Succeeded | StepPhase::Failed | StepPhase::Skipped | StepPhase::Cancelled => {}
+            StepPhase::Succeeded
+            | StepPhase::Failed
+            | StepPhase::Skipped
+            | StepPhase::Cancelled => {}
         }
     }
 
@@ -159,9 +207,15 @@ impl Planner<'_> {
 
     fn maybe_start_step(&mut self, composition: &CompositionSpec, graph: &Graph, i: usize) {
         if let Some(failed) = self.halted_by(composition) {
-            return self.finish_step(i, StepPhase::Skipped, format!("not started: step {failed:?} failed"));
+            return self.finish_step(
+                i,
+                StepPhase::Skipped,
+                format!("not started: step {failed:?} failed"),
+            );
         }
-        let ready = graph.deps[i].iter().all(|&d| self.plan.status.steps[d].phase.is_finished());
+        let ready = graph.deps[i]
+            .iter()
+            .all(|&d| self.plan.status.steps[d].phase.is_finished());
         if !ready {
             return;
         }
@@ -170,7 +224,13 @@ impl Planner<'_> {
         if let Some(when) = &step.when {
             match expr::eval_condition(when, &scope) {
                 Ok(true) => {}
-                Ok(false) => return self.finish_step(i, StepPhase::Skipped, format!("when is false: {when}")),
+                Ok(false) => {
+                    return self.finish_step(
+                        i,
+                        StepPhase::Skipped,
+                        format!("when is false: {when}"),
+                    );
+                }
                 Err(e) => return self.finish_step(i, StepPhase::Failed, format!("when: {e}")),
             }
         }
@@ -181,8 +241,15 @@ impl Planner<'_> {
         } else if let Some(gate) = &step.approval {
             let st = &mut self.plan.status.steps[i];
             st.phase = StepPhase::WaitingApproval;
-            st.message = Some(gate.message.clone().unwrap_or_else(|| "waiting for approval".into()));
-            self.plan.events.push(normal("StepWaitingApproval", format!("step {} waits for approval", step.name)));
+            st.message = Some(
+                gate.message
+                    .clone()
+                    .unwrap_or_else(|| "waiting for approval".into()),
+            );
+            self.plan.events.push(normal(
+                "StepWaitingApproval",
+                format!("step {} waits for approval", step.name),
+            ));
             self.watch_approval(step, i);
         } else if let Some(wait) = &step.wait_for {
             self.plan.status.steps[i].phase = StepPhase::Running;
@@ -206,7 +273,10 @@ impl Planner<'_> {
                     }
                 }
             }
-            self.plan.events.push(normal("StepStarted", format!("step {} waits for {}", step.name, wait.composition)));
+            self.plan.events.push(normal(
+                "StepStarted",
+                format!("step {} waits for {}", step.name, wait.composition),
+            ));
             self.watch_running(composition, i);
         } else {
             let targets: Vec<String> = match (&step.composition, &step.compositions) {
@@ -234,14 +304,27 @@ impl Planner<'_> {
                     owned: true,
                 }));
             }
-            self.plan.events.push(normal("StepStarted", format!("step {} started {}", step.name, names.join(", "))));
+            self.plan.events.push(normal(
+                "StepStarted",
+                format!("step {} started {}", step.name, names.join(", ")),
+            ));
         }
     }
 
-    fn start_attempt(&mut self, composition: &CompositionSpec, i: usize, task_name: &str, attempt: u32) {
+    fn start_attempt(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        task_name: &str,
+        attempt: u32,
+    ) {
         let step = &composition.steps[i];
         let Some(task) = self.input.tasks.get(task_name) else {
-            return self.finish_step(i, StepPhase::Failed, format!("task {task_name:?} not found"));
+            return self.finish_step(
+                i,
+                StepPhase::Failed,
+                format!("task {task_name:?} not found"),
+            );
         };
         let inputs = match resolve_inputs(step, task, &self.scope()) {
             Ok(inputs) => inputs,
@@ -255,7 +338,11 @@ impl Planner<'_> {
                 pull_policy: c.image_pull_policy.clone(),
             },
             (None, None) => {
-                return self.finish_step(i, StepPhase::Failed, format!("task {task_name:?} runs neither a builtin nor a container"));
+                return self.finish_step(
+                    i,
+                    StepPhase::Failed,
+                    format!("task {task_name:?} runs neither a builtin nor a container"),
+                );
             }
         };
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
@@ -298,7 +385,14 @@ impl Planner<'_> {
         let step = &composition.steps[i];
         let attempt = self.plan.status.steps[i].attempts.max(1);
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
-        let Some(pod) = self.input.observed.pods.iter().find(|p| p.name == name).cloned() else {
+        let Some(pod) = self
+            .input
+            .observed
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+        else {
             // Not seen yet (just created, or the cache lags): creating again is harmless.
             return self.recreate_attempt(composition, i, task, attempt);
         };
@@ -308,11 +402,15 @@ impl Planner<'_> {
         match pod.phase {
             PodPhase::Pending | PodPhase::Running => {
                 let limit = step.timeout.as_deref().and_then(|t| parse_duration(t).ok());
-                let began = pod.created.or(self.plan.status.steps[i].start_time.as_ref().map(|t| t.0));
+                let began = pod
+                    .created
+                    .or(self.plan.status.steps[i].start_time.as_ref().map(|t| t.0));
                 if let (Some(limit), Some(began)) = (limit, began) {
                     let deadline = add(began, limit);
                     if self.input.now >= deadline {
-                        self.plan.actions.push(Action::DeletePod { name: pod.name.clone() });
+                        self.plan.actions.push(Action::DeletePod {
+                            name: pod.name.clone(),
+                        });
                         let message = format!("attempt {attempt} timed out after {}", human(limit));
                         return self.attempt_failed(composition, i, message, None);
                     }
@@ -337,7 +435,13 @@ impl Planner<'_> {
     }
 
     /// The pod of the current attempt is not observed: ask for it again.
-    fn recreate_attempt(&mut self, composition: &CompositionSpec, i: usize, task: &str, attempt: u32) {
+    fn recreate_attempt(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        task: &str,
+        attempt: u32,
+    ) {
         let events = self.plan.events.len();
         self.start_attempt(composition, i, task, attempt);
         // Not a new start: no second StepStarted event.
@@ -352,20 +456,33 @@ impl Planner<'_> {
         st.exit_code = Some(result.exit_code.unwrap_or(0));
         let name = composition.steps[i].name.clone();
         self.finish_step(i, StepPhase::Succeeded, String::new());
-        self.plan.events.push(normal("StepSucceeded", format!("step {name} succeeded")));
+        self.plan
+            .events
+            .push(normal("StepSucceeded", format!("step {name} succeeded")));
     }
 
     fn record_resources(&mut self, i: usize, pod: &ObservedPod) {
         let step = self.plan.status.steps[i].name.clone();
         for r in pod.result.iter().flat_map(|r| &r.resources) {
-            let entry = LedgerEntry { kind: r.kind.clone(), id: r.id.clone(), region: r.region.clone(), step: step.clone() };
+            let entry = LedgerEntry {
+                kind: r.kind.clone(),
+                id: r.id.clone(),
+                region: r.region.clone(),
+                step: step.clone(),
+            };
             if !self.plan.status.resources.contains(&entry) {
                 self.plan.status.resources.push(entry);
             }
         }
     }
 
-    fn attempt_failed(&mut self, composition: &CompositionSpec, i: usize, message: String, code: Option<i32>) {
+    fn attempt_failed(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        message: String,
+        code: Option<i32>,
+    ) {
         let step = &composition.steps[i];
         let attempts = self.plan.status.steps[i].attempts.max(1);
         self.plan.status.steps[i].exit_code = code;
@@ -376,16 +493,27 @@ impl Planner<'_> {
             let st = &mut self.plan.status.steps[i];
             st.phase = StepPhase::Retrying;
             st.next_attempt_time = Some(Time(at));
-            st.message = Some(format!("attempt {attempts} failed: {message}; retrying in {}", human(delay)));
+            st.message = Some(format!(
+                "attempt {attempts} failed: {message}; retrying in {}",
+                human(delay)
+            ));
             self.plan.events.push(warning(
                 "StepRetried",
-                format!("step {} attempt {attempts} failed ({message}); attempt {} in {}", step.name, attempts + 1, human(delay)),
+                format!(
+                    "step {} attempt {attempts} failed ({message}); attempt {} in {}",
+                    step.name,
+                    attempts + 1,
+                    human(delay)
+                ),
             ));
             self.requeue_at(at);
         } else {
             let name = step.name.clone();
             self.finish_step(i, StepPhase::Failed, message.clone());
-            self.plan.events.push(warning("StepFailed", format!("step {name} failed: {message}")));
+            self.plan.events.push(warning(
+                "StepFailed",
+                format!("step {name} failed: {message}"),
+            ));
         }
     }
 
@@ -417,22 +545,35 @@ impl Planner<'_> {
             return match a.decision {
                 Decision::Approve => {
                     self.finish_step(i, StepPhase::Succeeded, format!("approved by {}", a.by));
-                    self.plan.events.push(normal("StepApproved", format!("step {} approved by {}", step.name, a.by)));
+                    self.plan.events.push(normal(
+                        "StepApproved",
+                        format!("step {} approved by {}", step.name, a.by),
+                    ));
                 }
                 Decision::Reject => {
                     self.finish_step(i, StepPhase::Failed, format!("rejected by {}", a.by));
-                    self.plan.events.push(warning("StepRejected", format!("step {} rejected by {}", step.name, a.by)));
+                    self.plan.events.push(warning(
+                        "StepRejected",
+                        format!("step {} rejected by {}", step.name, a.by),
+                    ));
                 }
             };
         }
-        let limit = step.approval.as_ref().and_then(|g| g.timeout.as_deref()).and_then(|t| parse_duration(t).ok());
+        let limit = step
+            .approval
+            .as_ref()
+            .and_then(|g| g.timeout.as_deref())
+            .and_then(|t| parse_duration(t).ok());
         let began = self.plan.status.steps[i].start_time.as_ref().map(|t| t.0);
         if let (Some(limit), Some(began)) = (limit, began) {
             let deadline = add(began, limit);
             if self.input.now >= deadline {
                 let message = format!("no approval within {}", human(limit));
                 self.finish_step(i, StepPhase::Failed, message.clone());
-                self.plan.events.push(warning("ApprovalTimeout", format!("step {}: {message}", step.name)));
+                self.plan.events.push(warning(
+                    "ApprovalTimeout",
+                    format!("step {}: {message}", step.name),
+                ));
             } else {
                 self.requeue_at(deadline);
             }
@@ -455,8 +596,13 @@ impl Planner<'_> {
                 None => {
                     pending = true;
                     // Not seen yet: ask for it again (AlreadyExists if it is there).
-                    let target = step.compositions.as_ref().and_then(|c| c.get(n)).or(step.composition.as_ref());
-                    if let (Some(target), Ok(params)) = (target, render_params(step, &self.scope())) {
+                    let target = step
+                        .compositions
+                        .as_ref()
+                        .and_then(|c| c.get(n))
+                        .or(step.composition.as_ref());
+                    if let (Some(target), Ok(params)) = (target, render_params(step, &self.scope()))
+                    {
                         self.plan.actions.push(Action::CreateRun(NewRun {
                             name: name.clone(),
                             composition: target.clone(),
@@ -472,13 +618,25 @@ impl Planner<'_> {
             return;
         }
         if failed.is_empty() {
-            self.plan.status.steps[i].outputs.insert("runs".into(), names.join(","));
-            self.finish_step(i, StepPhase::Succeeded, format!("{} succeeded", names.join(", ")));
-            self.plan.events.push(normal("StepSucceeded", format!("step {} succeeded", step.name)));
+            self.plan.status.steps[i]
+                .outputs
+                .insert("runs".into(), names.join(","));
+            self.finish_step(
+                i,
+                StepPhase::Succeeded,
+                format!("{} succeeded", names.join(", ")),
+            );
+            self.plan.events.push(normal(
+                "StepSucceeded",
+                format!("step {} succeeded", step.name),
+            ));
         } else {
             let message = format!("child runs failed: {}", failed.join(", "));
             self.finish_step(i, StepPhase::Failed, message.clone());
-            self.plan.events.push(warning("StepFailed", format!("step {}: {message}", step.name)));
+            self.plan.events.push(warning(
+                "StepFailed",
+                format!("step {}: {message}", step.name),
+            ));
         }
     }
 
@@ -486,12 +644,22 @@ impl Planner<'_> {
         let awaited: Option<ObservedRun> = match mode {
             WaitMode::Running => {
                 let name = self.plan.status.steps[i].child_runs.first().cloned();
-                name.and_then(|n| self.input.observed.runs.iter().find(|r| r.name == n).cloned())
+                name.and_then(|n| {
+                    self.input
+                        .observed
+                        .runs
+                        .iter()
+                        .find(|r| r.name == n)
+                        .cloned()
+                })
             }
             WaitMode::Next => {
                 let since = self.plan.status.steps[i].start_time.as_ref().map(|t| t.0);
                 self.other_runs(composition)
-                    .filter(|r| r.phase.is_finished() && since.is_none_or(|s| r.completed.is_some_and(|c| c >= s)))
+                    .filter(|r| {
+                        r.phase.is_finished()
+                            && since.is_none_or(|s| r.completed.is_some_and(|c| c >= s))
+                    })
                     .min_by_key(|r| r.completed)
                     .cloned()
             }
@@ -499,8 +667,16 @@ impl Planner<'_> {
         let Some(run) = awaited else {
             if mode == WaitMode::Running {
                 // The awaited run is gone (deleted): nothing left to wait for.
-                let name = self.plan.status.steps[i].child_runs.first().cloned().unwrap_or_default();
-                self.finish_step(i, StepPhase::Succeeded, format!("run {name} no longer exists"));
+                let name = self.plan.status.steps[i]
+                    .child_runs
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
+                self.finish_step(
+                    i,
+                    StepPhase::Succeeded,
+                    format!("run {name} no longer exists"),
+                );
             }
             return;
         };
@@ -509,15 +685,30 @@ impl Planner<'_> {
         }
         self.plan.status.steps[i].child_runs = vec![run.name.clone()];
         if run.phase == RunPhase::Succeeded {
-            self.finish_step(i, StepPhase::Succeeded, format!("run {} succeeded", run.name));
+            self.finish_step(
+                i,
+                StepPhase::Succeeded,
+                format!("run {} succeeded", run.name),
+            );
         } else {
-            self.finish_step(i, StepPhase::Failed, format!("run {} ended {:?}", run.name, run.phase));
+            self.finish_step(
+                i,
+                StepPhase::Failed,
+                format!("run {} ended {:?}", run.name, run.phase),
+            );
         }
     }
 
-    fn other_runs<'b>(&'b self, composition: &'b str) -> impl Iterator<Item = &'b ObservedRun> + 'b {
+    fn other_runs<'b>(
+        &'b self,
+        composition: &'b str,
+    ) -> impl Iterator<Item = &'b ObservedRun> + 'b {
         let me = self.input.run_name;
-        self.input.observed.runs.iter().filter(move |r| r.composition == composition && r.name != me)
+        self.input
+            .observed
+            .runs
+            .iter()
+            .filter(move |r| r.composition == composition && r.name != me)
     }
 
     fn finish_step(&mut self, i: usize, phase: StepPhase, message: String) {
@@ -537,7 +728,11 @@ impl Planner<'_> {
                 continue;
             }
             if st.phase == StepPhase::Running {
-                if let Some(pod) = st.pod_name.clone().filter(|_| composition.steps[i].task.is_some()) {
+                if let Some(pod) = st
+                    .pod_name
+                    .clone()
+                    .filter(|_| composition.steps[i].task.is_some())
+                {
                     self.plan.actions.push(Action::DeletePod { name: pod });
                 }
                 if composition.steps[i].wait_for.is_none() {
@@ -551,9 +746,18 @@ impl Planner<'_> {
         let status = &mut self.plan.status;
         status.phase = RunPhase::Cancelled;
         status.completion_time.get_or_insert(Time(now));
-        set_condition(&mut status.conditions, "Succeeded", "False", "Cancelled", "the run was cancelled", now);
+        set_condition(
+            &mut status.conditions,
+            "Succeeded",
+            "False",
+            "Cancelled",
+            "the run was cancelled",
+            now,
+        );
         self.update_progress();
-        self.plan.events.push(normal("RunCancelled", "the run was cancelled".into()));
+        self.plan
+            .events
+            .push(normal("RunCancelled", "the run was cancelled".into()));
     }
 
     fn time_out_run(&mut self, composition: &CompositionSpec, limit: Duration) {
@@ -562,7 +766,9 @@ impl Planner<'_> {
             let st = &self.plan.status.steps[i];
             match st.phase {
                 StepPhase::Running | StepPhase::Retrying | StepPhase::WaitingApproval => {
-                    if let Some(pod) = st.pod_name.clone().filter(|_| st.phase == StepPhase::Running && composition.steps[i].task.is_some()) {
+                    if let Some(pod) = st.pod_name.clone().filter(|_| {
+                        st.phase == StepPhase::Running && composition.steps[i].task.is_some()
+                    }) {
                         self.plan.actions.push(Action::DeletePod { name: pod });
                     }
                     self.finish_step(i, StepPhase::Failed, message.clone());
@@ -579,7 +785,11 @@ impl Planner<'_> {
         let steps = &self.plan.status.steps;
         if !steps.iter().all(|s| s.phase.is_finished()) {
             let waiting = steps.iter().any(|s| s.phase == StepPhase::WaitingApproval);
-            let phase = if waiting { RunPhase::WaitingApproval } else { RunPhase::Running };
+            let phase = if waiting {
+                RunPhase::WaitingApproval
+            } else {
+                RunPhase::Running
+            };
             let (reason, message) = if waiting {
                 ("WaitingApproval", "a step waits for approval")
             } else {
@@ -587,27 +797,62 @@ impl Planner<'_> {
             };
             if self.plan.status.phase != phase {
                 self.plan.status.phase = phase;
-                set_condition(&mut self.plan.status.conditions, "Succeeded", "Unknown", reason, message, self.input.now);
+                set_condition(
+                    &mut self.plan.status.conditions,
+                    "Succeeded",
+                    "Unknown",
+                    reason,
+                    message,
+                    self.input.now,
+                );
             }
             return;
         }
         match self.halted_by(composition) {
             Some(step) => {
-                let message = self.plan.status.steps.iter().find(|s| s.name == step).and_then(|s| s.message.clone());
+                let message = self
+                    .plan
+                    .status
+                    .steps
+                    .iter()
+                    .find(|s| s.name == step)
+                    .and_then(|s| s.message.clone());
                 let message = format!("step {step} failed: {}", message.unwrap_or_default());
                 self.end_run(composition, RunPhase::Failed, "StepFailed", message);
             }
-            None => self.end_run(composition, RunPhase::Succeeded, "Succeeded", "every step succeeded or was skipped".into()),
+            None => self.end_run(
+                composition,
+                RunPhase::Succeeded,
+                "Succeeded",
+                "every step succeeded or was skipped".into(),
+            ),
         }
     }
 
-    fn end_run(&mut self, composition: &CompositionSpec, phase: RunPhase, reason: &str, message: String) {
+    fn end_run(
+        &mut self,
+        composition: &CompositionSpec,
+        phase: RunPhase,
+        reason: &str,
+        message: String,
+    ) {
         let now = self.input.now;
         let status = &mut self.plan.status;
         status.phase = phase;
         status.completion_time.get_or_insert(Time(now));
-        let ok = if phase == RunPhase::Succeeded { "True" } else { "False" };
-        set_condition(&mut status.conditions, "Succeeded", ok, reason, &message, now);
+        let ok = if phase == RunPhase::Succeeded {
+            "True"
+        } else {
+            "False"
+        };
+        set_condition(
+            &mut status.conditions,
+            "Succeeded",
+            ok,
+            reason,
+            &message,
+            now,
+        );
         self.update_progress();
         if phase == RunPhase::Succeeded {
             self.plan.events.push(normal("RunSucceeded", message));
@@ -624,13 +869,20 @@ impl Planner<'_> {
                 .map(|s| s.name.clone())
                 .unwrap_or_default();
             let mut scope = self.scope();
-            scope.context.insert("failedRun".into(), self.input.run_name.into());
-            scope.context.insert("failedStep".into(), failed_step.clone());
+            scope
+                .context
+                .insert("failedRun".into(), self.input.run_name.into());
+            scope
+                .context
+                .insert("failedStep".into(), failed_step.clone());
             scope.context.insert("message".into(), message.clone());
             let mut params = BTreeMap::new();
             for (k, v) in &call.params {
                 let rendered = expr::render(&Json::String(v.clone()), &scope).map(json_text);
-                params.insert(k.clone(), rendered.unwrap_or_else(|e| format!("(template error: {e})")));
+                params.insert(
+                    k.clone(),
+                    rendered.unwrap_or_else(|e| format!("(template error: {e})")),
+                );
             }
             params.insert("failedRun".into(), self.input.run_name.into());
             params.insert("failedStep".into(), failed_step);
@@ -644,7 +896,10 @@ impl Planner<'_> {
                 step: None,
                 owned: false,
             }));
-            self.plan.events.push(normal("OnFailureStarted", format!("started {name} of {}", call.composition)));
+            self.plan.events.push(normal(
+                "OnFailureStarted",
+                format!("started {name} of {}", call.composition),
+            ));
         }
     }
 
@@ -673,7 +928,13 @@ impl Planner<'_> {
                 .steps
                 .iter()
                 .map(|s| {
-                    (s.name.clone(), StepScope { phase: format!("{:?}", s.phase), outputs: s.outputs.clone() })
+                    (
+                        s.name.clone(),
+                        StepScope {
+                            phase: format!("{:?}", s.phase),
+                            outputs: s.outputs.clone(),
+                        },
+                    )
                 })
                 .collect(),
             context: self.plan.status.context.clone(),
@@ -687,13 +948,19 @@ impl Planner<'_> {
 
     fn requeue_at(&mut self, at: Timestamp) {
         let wait = at.duration_since(self.input.now);
-        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO).max(Duration::from_millis(200));
+        let wait = Duration::try_from(wait)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(200));
         self.plan.requeue_after = Some(self.plan.requeue_after.map_or(wait, |w| w.min(wait)));
     }
 }
 
 /// The step's inputs: `with` rendered, task defaults (rendered too) for the rest.
-fn resolve_inputs(step: &Step, task: &TaskSpec, scope: &Scope) -> Result<Map<String, Json>, String> {
+fn resolve_inputs(
+    step: &Step,
+    task: &TaskSpec,
+    scope: &Scope,
+) -> Result<Map<String, Json>, String> {
     let mut inputs = Map::new();
     for (key, value) in &step.with {
         let v = expr::render(value, scope).map_err(|e| format!("input {key:?}: {e}"))?;
@@ -705,7 +972,8 @@ fn resolve_inputs(step: &Step, task: &TaskSpec, scope: &Scope) -> Result<Map<Str
         }
         match &input.default {
             Some(d) => {
-                let v = expr::render(d, scope).map_err(|e| format!("default of input {:?}: {e}", input.name))?;
+                let v = expr::render(d, scope)
+                    .map_err(|e| format!("default of input {:?}: {e}", input.name))?;
                 inputs.insert(input.name.clone(), v);
             }
             None if input.required => return Err(format!("input {:?} is required", input.name)),
@@ -719,7 +987,11 @@ fn resolve_inputs(step: &Step, task: &TaskSpec, scope: &Scope) -> Result<Map<Str
 fn render_params(step: &Step, scope: &Scope) -> Result<BTreeMap<String, String>, String> {
     step.with
         .iter()
-        .map(|(k, v)| expr::render(v, scope).map(|v| (k.clone(), json_text(v))).map_err(|e| format!("param {k:?}: {e}")))
+        .map(|(k, v)| {
+            expr::render(v, scope)
+                .map(|v| (k.clone(), json_text(v)))
+                .map_err(|e| format!("param {k:?}: {e}"))
+        })
         .collect()
 }
 
@@ -733,7 +1005,10 @@ fn json_text(v: Json) -> String {
 /// The wait before attempt `failed + 1`: the step's backoff, doubled per failure, capped.
 fn backoff(step: &Step, failed: u32) -> Duration {
     let retries = step.retries.as_ref();
-    let first = retries.and_then(|r| r.backoff.as_deref()).and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_BACKOFF);
+    let first = retries
+        .and_then(|r| r.backoff.as_deref())
+        .and_then(|t| parse_duration(t).ok())
+        .unwrap_or(DEFAULT_BACKOFF);
     let cap = retries
         .and_then(|r| r.max_backoff.as_deref())
         .and_then(|t| parse_duration(t).ok())
@@ -770,7 +1045,14 @@ fn human(d: Duration) -> String {
 }
 
 /// Sets a condition, keeping its lastTransitionTime when its status does not change.
-fn set_condition(conditions: &mut Vec<Condition>, type_: &str, status: &str, reason: &str, message: &str, now: Timestamp) {
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
     let transition = conditions
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -789,11 +1071,19 @@ fn set_condition(conditions: &mut Vec<Condition>, type_: &str, status: &str, rea
 }
 
 fn normal(reason: &'static str, message: String) -> EventNote {
-    EventNote { reason, message, warning: false }
+    EventNote {
+        reason,
+        message,
+        warning: false,
+    }
 }
 
 fn warning(reason: &'static str, message: String) -> EventNote {
-    EventNote { reason, message, warning: true }
+    EventNote {
+        reason,
+        message,
+        warning: true,
+    }
 }
 
 #[cfg(test)]

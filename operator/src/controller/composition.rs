@@ -1,0 +1,100 @@
+//! The Composition controller: validates each composition against the Tasks it uses and
+//! reports Ready, or Ready=False with reason Invalid and a message naming the problem.
+
+use std::sync::Arc;
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::controller::Action as Requeue,
+};
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER, backoff_action, key};
+use crate::{
+    api::{Composition, CompositionStatus},
+    engine::graph,
+};
+
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<Composition>>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
+    let composition = match &guard.0 {
+        Ok(c) => c,
+        Err(invalid) => {
+            tracing::warn!(object = %key(guard.as_ref()), error = %invalid.error, "malformed Composition");
+            return Ok(Requeue::await_change());
+        }
+    };
+    let ns = composition.namespace().ok_or(Error::NoNamespace)?;
+    let tasks = composition
+        .spec
+        .steps
+        .iter()
+        .filter_map(|s| s.task.as_deref())
+        .filter_map(|name| {
+            let state = ctx.tasks.state();
+            let find = |namespace: &str| {
+                state
+                    .iter()
+                    .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))
+                    .map(|t| (name.to_string(), t.spec.clone()))
+            };
+            find(&ns).or_else(|| find(&ctx.settings.library_namespace))
+        })
+        .collect();
+    let (status, reason, message) = match graph::validate(&composition.spec, &tasks, None) {
+        Ok(_) => (
+            "True",
+            "Valid",
+            "the composition is valid; runs can start".to_string(),
+        ),
+        Err(problems) => ("False", "Invalid", problems.join("; ")),
+    };
+    let old = composition.status.clone().unwrap_or_default();
+    let transition = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(Timestamp::now()));
+    let new = CompositionStatus {
+        observed_generation: composition.metadata.generation,
+        step_count: i64::try_from(composition.spec.steps.len()).ok(),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: transition,
+            observed_generation: composition.metadata.generation,
+        }],
+    };
+    if new != old {
+        let api: Api<Composition> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch =
+            json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "Composition", "status": new});
+        api.patch_status(
+            &composition.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    ctx.succeeded(&key(guard.as_ref()));
+    Ok(Requeue::await_change())
+}
+
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<Composition>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Requeue {
+    backoff_action(guard.as_ref(), error, &ctx)
+}

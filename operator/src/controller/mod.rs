@@ -1,0 +1,244 @@
+//! The controllers: kube-runtime wiring around the pure engine. Data flows one way:
+//! watch (reflector stores) -> plan (engine) -> act (pods, runs) -> status (server-side
+//! apply with one field manager) -> events.
+
+mod composition;
+pub mod observe;
+pub mod pods;
+mod run;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+
+use crate::{
+    api::{Approval, Composition, CompositionRun, Task},
+    labels,
+};
+
+pub use pods::PodSettings;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "maestro-operator";
+/// The finalizer that makes cleanup run before a run goes away.
+pub const RUN_FINALIZER: &str = "maestro.dev/cleanup";
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pods: PodSettings,
+    /// The namespace of the standard Task library, searched after the run's namespace.
+    pub library_namespace: String,
+    /// Finished top-level runs older than this are deleted (their pods go with them).
+    pub finished_run_ttl: Duration,
+}
+
+/// Errors of a reconcile; `metric_label` names each kind in logs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("serialization: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Serialize(_) => "serialize",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// What every reconcile shares: the client, the caches, the event recorder.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub runs: Store<DeserializeGuard<CompositionRun>>,
+    pub compositions: Store<DeserializeGuard<Composition>>,
+    pub tasks: Store<Task>,
+    pub pods: Store<Pod>,
+    pub approvals: Store<Approval>,
+    /// Consecutive failures per object, for exponential backoff in the error policy.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    fn backoff(&self, key: String) -> Duration {
+        let Ok(mut failures) = self.failures.lock() else {
+            return Duration::from_secs(30);
+        };
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_millis(500)
+            .saturating_mul(2u32.saturating_pow((*n).min(10)))
+            .min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+    }
+}
+
+/// Runs every controller until a shutdown signal.
+pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+
+    // Only Maestro's own pods are watched, never every pod in the cluster.
+    let pod_config =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let (pods, pod_writer) = reflector::store();
+    let pod_watch = reflector::reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), pod_config.clone()),
+    )
+    .modify(|p| p.managed_fields_mut().clear())
+    .default_backoff()
+    .touched_objects();
+    let (tasks, task_writer) = reflector::store();
+    let task_watch = reflector::reflector(
+        task_writer,
+        watcher(Api::<Task>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (approvals, approval_writer) = reflector::store();
+    let approval_watch = reflector::reflector(
+        approval_writer,
+        watcher(
+            Api::<Approval>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let run_api = Api::<DeserializeGuard<CompositionRun>>::all(client.clone());
+    let composition_api = Api::<DeserializeGuard<Composition>>::all(client.clone());
+    let run_controller = Controller::new(run_api.clone(), watcher::Config::default());
+    let composition_controller = Controller::new(composition_api, watcher::Config::default());
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        recorder,
+        runs: run_controller.store(),
+        compositions: composition_controller.store(),
+        tasks,
+        pods,
+        approvals,
+        failures: Mutex::new(HashMap::new()),
+    });
+
+    // A run is reconciled when its pods, its child runs or its approvals change.
+    let compositions_store = ctx.compositions.clone();
+    let runs = run_controller
+        .owns(Api::<Pod>::all(client.clone()), pod_config)
+        .watches(
+            run_api,
+            watcher::Config::default(),
+            |child: DeserializeGuard<CompositionRun>| {
+                let parent = child.labels().get(labels::PARENT_RUN)?.clone();
+                Some(ObjectRef::new(&parent).within(&child.namespace()?))
+            },
+        )
+        .watches(
+            Api::<Approval>::all(client.clone()),
+            watcher::Config::default(),
+            |a: Approval| {
+                a.namespace()
+                    .map(|ns| ObjectRef::new(&a.spec.run).within(&ns))
+            },
+        )
+        .shutdown_on_signal()
+        .run(run::reconcile, run::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "run reconcile");
+            }
+        });
+    // A composition is validated again when a Task it uses changes.
+    let compositions = composition_controller
+        .watches(
+            Api::<Task>::all(client.clone()),
+            watcher::Config::default(),
+            move |task: Task| {
+                let name = task.name_any();
+                compositions_store
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.0.as_ref().is_ok_and(|c| {
+                            c.spec
+                                .steps
+                                .iter()
+                                .any(|s| s.task.as_deref() == Some(name.as_str()))
+                        })
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(
+            composition::reconcile,
+            composition::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "composition reconcile");
+            }
+        });
+    tokio::spawn(pod_watch.for_each(|_| async {}));
+    tokio::spawn(task_watch.for_each(|_| async {}));
+    tokio::spawn(approval_watch.for_each(|_| async {}));
+    tokio::join!(runs, compositions);
+    Ok(())
+}
+
+/// A key for per-object bookkeeping.
+fn key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The requeue after a failed reconcile: exponential per object, capped at 5 minutes.
+fn backoff_action<K: Resource>(obj: &K, error: &Error, ctx: &Context) -> Action {
+    let wait = ctx.backoff(key(obj));
+    tracing::warn!(object = %key(obj), error = %error, kind = error.metric_label(), retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}

@@ -1,0 +1,374 @@
+//! Step pods: how one attempt of a step becomes a Pod. Pure, so the shape every step pod
+//! has (restricted Pod Security Standard, labels, the agent copied in by an init
+//! container) is unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, PodSecurityContext, PodSpec,
+        ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
+};
+use kube::api::ObjectMeta;
+
+use crate::{
+    engine::{StepPod, TaskRuns},
+    labels,
+};
+
+/// Where step pods take the agent from, and their defaults.
+#[derive(Debug, Clone)]
+pub struct PodSettings {
+    /// The agent image: built-in tasks run in it, and its init container installs
+    /// `maestro-agent` into every step pod.
+    pub agent_image: String,
+    /// Pull policy of the agent image.
+    pub agent_pull_policy: String,
+}
+
+/// The user and group step pods run as (the agent image's `maestro` user).
+pub const STEP_UID: i64 = 65532;
+const BIN_DIR: &str = "/maestro/bin";
+const OUTPUTS_DIR: &str = "/maestro/outputs";
+const WORKSPACE_DIR: &str = "/workspace";
+
+/// Builds the pod for one attempt of a step of `run`.
+pub fn step_pod(
+    pod: &StepPod,
+    run_name: &str,
+    namespace: &str,
+    composition: &str,
+    owner: OwnerReference,
+    settings: &PodSettings,
+) -> Pod {
+    let (image, pull_policy, command) = match &pod.runs {
+        TaskRuns::Builtin(b) => (
+            settings.agent_image.clone(),
+            settings.agent_pull_policy.clone(),
+            vec![
+                format!("{BIN_DIR}/maestro-agent"),
+                "builtin".into(),
+                b.as_str().into(),
+            ],
+        ),
+        TaskRuns::Container {
+            image,
+            command,
+            pull_policy,
+        } => {
+            let mut cmd = vec![
+                format!("{BIN_DIR}/maestro-agent"),
+                "exec".into(),
+                "--".into(),
+            ];
+            cmd.extend(command.iter().cloned());
+            (
+                image.clone(),
+                pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
+                cmd,
+            )
+        }
+    };
+    let mut pod_labels = BTreeMap::from([
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        (labels::RUN.to_string(), run_name.to_string()),
+        (labels::STEP.to_string(), pod.step.clone()),
+        (labels::ATTEMPT.to_string(), pod.attempt.to_string()),
+    ]);
+    if composition.len() <= 63 {
+        pod_labels.insert(labels::COMPOSITION.to_string(), composition.to_string());
+    }
+    let mounts = |read_only_bin: bool| {
+        vec![
+            VolumeMount {
+                name: "maestro-bin".into(),
+                mount_path: BIN_DIR.into(),
+                read_only: Some(read_only_bin),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "maestro-outputs".into(),
+                mount_path: OUTPUTS_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "workspace".into(),
+                mount_path: WORKSPACE_DIR.into(),
+                ..VolumeMount::default()
+            },
+        ]
+    };
+    let install = Container {
+        name: "maestro-install".into(),
+        image: Some(settings.agent_image.clone()),
+        image_pull_policy: Some(settings.agent_pull_policy.clone()),
+        command: Some(vec![
+            "maestro-agent".into(),
+            "install".into(),
+            BIN_DIR.into(),
+        ]),
+        volume_mounts: Some(mounts(false)[..1].to_vec()),
+        security_context: Some(restricted()),
+        resources: Some(small_resources()),
+        ..Container::default()
+    };
+    let step = Container {
+        name: labels::STEP_CONTAINER.into(),
+        image: Some(image),
+        image_pull_policy: Some(pull_policy),
+        command: Some(command),
+        env: Some(step_env(pod, run_name)),
+        working_dir: Some(WORKSPACE_DIR.into()),
+        volume_mounts: Some(mounts(true)),
+        security_context: Some(restricted()),
+        termination_message_policy: Some("File".into()),
+        ..Container::default()
+    };
+    let empty = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(pod_labels),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: pod.service_account.clone(),
+            // Steps talk to the outside world, not to the Kubernetes API.
+            automount_service_account_token: Some(false),
+            active_deadline_seconds: pod
+                .timeout
+                .map(|t| i64::try_from(t.as_secs().max(1)).unwrap_or(i64::MAX)),
+            termination_grace_period_seconds: Some(10),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(STEP_UID),
+                run_as_group: Some(STEP_UID),
+                fs_group: Some(STEP_UID),
+                seccomp_profile: Some(runtime_default()),
+                ..PodSecurityContext::default()
+            }),
+            init_containers: Some(vec![install]),
+            containers: vec![step],
+            volumes: Some(vec![
+                empty("maestro-bin"),
+                empty("maestro-outputs"),
+                empty("workspace"),
+            ]),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn step_env(pod: &StepPod, run_name: &str) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = vec![
+        var("MAESTRO_RUN", run_name.into()),
+        var("MAESTRO_STEP", pod.step.clone()),
+        var("MAESTRO_ATTEMPT", pod.attempt.to_string()),
+        var("MAESTRO_TASK", pod.task.clone()),
+        var("MAESTRO_OUTPUTS", OUTPUTS_DIR.into()),
+        var("MAESTRO_WORKSPACE", WORKSPACE_DIR.into()),
+        var("MAESTRO_RESULT_PATH", "/dev/termination-log".into()),
+        var(
+            "MAESTRO_INPUTS",
+            serde_json::Value::Object(pod.inputs.clone()).to_string(),
+        ),
+        var(
+            "MAESTRO_CONTEXT",
+            serde_json::to_string(&pod.context).unwrap_or_else(|_| "{}".into()),
+        ),
+    ];
+    for (name, value) in &pod.inputs {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        env.push(var(&format!("MAESTRO_INPUT_{}", name.to_uppercase()), text));
+    }
+    env
+}
+
+/// The container security context the restricted Pod Security Standard asks for.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+fn small_resources() -> ResourceRequirements {
+    let q = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(mem.into())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(q("10m", "16Mi")),
+        limits: Some(q("500m", "64Mi")),
+        ..ResourceRequirements::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BuiltinTask;
+
+    fn settings() -> PodSettings {
+        PodSettings {
+            agent_image: "localhost/maestro/agent:dev".into(),
+            agent_pull_policy: "IfNotPresent".into(),
+        }
+    }
+
+    fn step(runs: TaskRuns) -> StepPod {
+        StepPod {
+            name: "hello-abc-greet-1".into(),
+            step: "greet".into(),
+            attempt: 1,
+            task: "shell".into(),
+            runs,
+            inputs: serde_json::json!({"script": "echo hi", "count": 3})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            context: BTreeMap::new(),
+            service_account: None,
+            timeout: Some(std::time::Duration::from_secs(90)),
+        }
+    }
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "maestro.dev/v1alpha1".into(),
+            kind: "CompositionRun".into(),
+            name: "hello-abc".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    #[test]
+    fn builtin_step_runs_the_agent_with_inputs_in_env() {
+        let pod = step_pod(
+            &step(TaskRuns::Builtin(BuiltinTask::Shell)),
+            "hello-abc",
+            "ns",
+            "hello",
+            owner(),
+            &settings(),
+        );
+        let spec = pod.spec.unwrap();
+        let main = &spec.containers[0];
+        assert_eq!(main.name, "step");
+        assert_eq!(
+            main.command.as_ref().unwrap(),
+            &vec!["/maestro/bin/maestro-agent", "builtin", "shell"]
+        );
+        let env: BTreeMap<_, _> = main
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+            .collect();
+        assert_eq!(env["MAESTRO_INPUT_SCRIPT"], "echo hi");
+        assert_eq!(env["MAESTRO_INPUT_COUNT"], "3");
+        assert_eq!(env["MAESTRO_INPUTS"], r#"{"count":3,"script":"echo hi"}"#);
+        assert_eq!(spec.active_deadline_seconds, Some(90));
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels[labels::RUN], "hello-abc");
+        assert_eq!(labels[labels::STEP], "greet");
+        assert_eq!(labels[labels::ATTEMPT], "1");
+    }
+
+    #[test]
+    fn plugin_step_runs_under_agent_exec() {
+        let runs = TaskRuns::Container {
+            image: "python:3".into(),
+            command: vec!["python3".into(), "/p.py".into()],
+            pull_policy: None,
+        };
+        let pod = step_pod(
+            &step(runs),
+            "hello-abc",
+            "ns",
+            "hello",
+            owner(),
+            &settings(),
+        );
+        let main = &pod.spec.unwrap().containers[0];
+        assert_eq!(main.image.as_deref(), Some("python:3"));
+        assert_eq!(
+            main.command.as_ref().unwrap(),
+            &vec![
+                "/maestro/bin/maestro-agent",
+                "exec",
+                "--",
+                "python3",
+                "/p.py"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_container_meets_the_restricted_standard() {
+        let pod = step_pod(
+            &step(TaskRuns::Builtin(BuiltinTask::Shell)),
+            "r",
+            "ns",
+            "c",
+            owner(),
+            &settings(),
+        );
+        let spec = pod.spec.unwrap();
+        let psc = spec.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+                &vec!["ALL".to_string()]
+            );
+            assert_eq!(sc.run_as_non_root, Some(true));
+        }
+        for v in spec.volumes.unwrap() {
+            assert!(v.empty_dir.is_some(), "only emptyDir volumes: {}", v.name);
+        }
+    }
+}

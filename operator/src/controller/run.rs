@@ -1,0 +1,414 @@
+//! The CompositionRun controller: fetch what the engine needs from the caches, plan,
+//! carry out the actions, then write the status by server-side apply.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    core::DeserializeGuard,
+    runtime::{
+        controller::Action as Requeue,
+        events::{Event, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER, RUN_FINALIZER, backoff_action, key, observe, pods};
+use crate::{
+    api::{CompositionRun, CompositionRunSpec, CompositionSpec, TaskSpec},
+    engine::{self, Action, NewRun, Observed, PlanInput},
+    labels,
+};
+
+/// How often an active run is looked at even when nothing it watches changes (waiting
+/// for another composition's run is polled, not watched).
+const ACTIVE_RESYNC: Duration = Duration::from_secs(5);
+
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<CompositionRun>>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
+    let run = match &guard.0 {
+        Ok(run) => Arc::new(run.clone()),
+        Err(invalid) => {
+            // A malformed object is reported and skipped, never retried in a loop.
+            tracing::warn!(object = %key(guard.as_ref()), error = %invalid.error, "malformed CompositionRun");
+            return Ok(Requeue::await_change());
+        }
+    };
+    let ns = run.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", run = %run.name_any(), namespace = %ns);
+    let _entered = span.enter();
+    let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(&run, &ctx).await,
+            Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    if result.is_ok() {
+        ctx.succeeded(&key(guard.as_ref()));
+    }
+    result
+}
+
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<CompositionRun>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Requeue {
+    backoff_action(guard.as_ref(), error, &ctx)
+}
+
+async fn apply(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
+    let name = run.name_any();
+    let ns = run.namespace().ok_or(Error::NoNamespace)?;
+    let status = run.status.clone().unwrap_or_default();
+    if status.phase.is_finished() {
+        return expire_if_old(run, ctx).await;
+    }
+
+    // Fetch.
+    let composition = ctx
+        .compositions
+        .state()
+        .into_iter()
+        .filter_map(|c| c.0.as_ref().ok().cloned())
+        .find(|c| {
+            c.name_any() == run.spec.composition && c.namespace().as_deref() == Some(ns.as_str())
+        })
+        .map(|c| c.spec);
+    let spec_for_tasks = status
+        .composition_spec
+        .clone()
+        .and_then(|v| serde_json::from_value::<CompositionSpec>(v).ok())
+        .or_else(|| composition.clone());
+    let tasks = find_tasks(spec_for_tasks.as_ref(), &ns, ctx);
+    let observed = observe_world(run, &ns, spec_for_tasks.as_ref(), ctx);
+
+    // Plan.
+    let plan = engine::plan(&PlanInput {
+        run_name: &name,
+        namespace: &ns,
+        generation: run.metadata.generation,
+        spec: &run.spec,
+        status: &status,
+        composition: composition.as_ref(),
+        tasks: &tasks,
+        observed: &observed,
+        now: Timestamp::now(),
+    });
+
+    // Act: every action is idempotent, so a crash between here and the status write
+    // only repeats work that AlreadyExists.
+    for action in &plan.actions {
+        act(run, &ns, action, ctx).await?;
+    }
+
+    // Status, only when it changed.
+    if plan.status != status {
+        let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({
+            "apiVersion": "maestro.dev/v1alpha1",
+            "kind": "CompositionRun",
+            "status": plan.status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    let reference = run.object_ref(&());
+    for note in &plan.events {
+        let event = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.into(),
+            note: Some(note.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+
+    if plan.status.phase.is_finished() {
+        return Ok(Requeue::requeue(
+            ctx.settings.finished_run_ttl.max(Duration::from_secs(1)),
+        ));
+    }
+    Ok(Requeue::requeue(
+        plan.requeue_after
+            .map_or(ACTIVE_RESYNC, |d| d.min(ACTIVE_RESYNC)),
+    ))
+}
+
+/// The Tasks the composition's steps name: the run's namespace first, then the library.
+fn find_tasks(
+    spec: Option<&CompositionSpec>,
+    ns: &str,
+    ctx: &Context,
+) -> BTreeMap<String, TaskSpec> {
+    let Some(spec) = spec else {
+        return BTreeMap::new();
+    };
+    let all = ctx.tasks.state();
+    let mut found = BTreeMap::new();
+    for name in spec.steps.iter().filter_map(|s| s.task.as_deref()) {
+        let lookup = |namespace: &str| {
+            all.iter()
+                .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))
+                .map(|t| t.spec.clone())
+        };
+        if let Some(task) = lookup(ns).or_else(|| lookup(&ctx.settings.library_namespace)) {
+            found.insert(name.to_string(), task);
+        }
+    }
+    found
+}
+
+fn observe_world(
+    run: &CompositionRun,
+    ns: &str,
+    spec: Option<&CompositionSpec>,
+    ctx: &Context,
+) -> Observed {
+    let name = run.name_any();
+    let pods = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns) && p.labels().get(labels::RUN) == Some(&name)
+        })
+        .filter_map(|p| observe::pod(p))
+        .collect();
+    let awaited: Vec<String> = spec
+        .into_iter()
+        .flat_map(|s| &s.steps)
+        .filter_map(|s| s.wait_for.as_ref().map(|w| w.composition.clone()))
+        .collect();
+    let runs = ctx
+        .runs
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .filter(|r| {
+            r.labels().get(labels::PARENT_RUN) == Some(&name)
+                || awaited.contains(&r.spec.composition)
+        })
+        .map(observe::run)
+        .collect();
+    let approvals = ctx
+        .approvals
+        .state()
+        .iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns) && a.spec.run == name)
+        .map(|a| observe::approval(a))
+        .collect();
+    Observed {
+        pods,
+        runs,
+        approvals,
+    }
+}
+
+fn owner_of(run: &CompositionRun) -> Option<OwnerReference> {
+    run.controller_owner_ref(&())
+}
+
+async fn act(run: &CompositionRun, ns: &str, action: &Action, ctx: &Context) -> Result<(), Error> {
+    let run_name = run.name_any();
+    match action {
+        Action::CreatePod(step) => {
+            let Some(owner) = owner_of(run) else {
+                return Ok(());
+            };
+            let pod = pods::step_pod(
+                step,
+                &run_name,
+                ns,
+                &run.spec.composition,
+                owner,
+                &ctx.settings.pods,
+            );
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &pod,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
+                }
+                // The deterministic name means the attempt is already under way.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::DeletePod { name } => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(pod = %name, "deleted step pod"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::CreateRun(new) => create_run(run, ns, new, ctx).await?,
+        Action::CancelRun { name } => {
+            let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+            let patch = json!({"spec": {"cancel": true}});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(run = %name, "cancelled child run"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_run(
+    parent: &CompositionRun,
+    ns: &str,
+    new: &NewRun,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let parent_name = parent.name_any();
+    let mut run_labels =
+        BTreeMap::from([(labels::MANAGED_BY.to_string(), labels::MANAGER.to_string())]);
+    let mut owners = None;
+    if let Some(step) = &new.step {
+        run_labels.insert(labels::PARENT_RUN.into(), parent_name.clone());
+        run_labels.insert(labels::STEP.into(), step.clone());
+    } else {
+        run_labels.insert(labels::FAILED_RUN.into(), parent_name.clone());
+    }
+    if new.owned {
+        owners = owner_of(parent).map(|o| vec![o]);
+    }
+    let child = CompositionRun {
+        metadata: ObjectMeta {
+            name: Some(new.name.clone()),
+            namespace: Some(ns.into()),
+            labels: Some(run_labels),
+            owner_references: owners,
+            ..ObjectMeta::default()
+        },
+        spec: CompositionRunSpec {
+            composition: new.composition.clone(),
+            params: new.params.clone(),
+            cancel: false,
+        },
+        status: None,
+    };
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &child,
+        )
+        .await
+    {
+        Ok(_) => tracing::info!(run = %new.name, composition = %new.composition, "created run"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Cleanup before a run object goes away: stop what still runs. Child runs and pods are
+/// owned by the run and removed by the garbage collector.
+async fn cleanup(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = run.namespace().ok_or(Error::NoNamespace)?;
+    let name = run.name_any();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let running: Vec<String> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str())
+                && p.labels().get(labels::RUN) == Some(&name)
+        })
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Running" || ph == "Pending")
+        })
+        .map(|p| p.name_any())
+        .collect();
+    for pod in running {
+        match api.delete(&pod, &DeleteParams::default()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(run = %name, "cleaned up");
+    Ok(Requeue::await_change())
+}
+
+/// Deletes a finished top-level run once its TTL has passed; child runs go with their
+/// parent. This keeps etcd and the operator's caches bounded as runs accumulate.
+async fn expire_if_old(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
+    if run.labels().contains_key(labels::PARENT_RUN) {
+        return Ok(Requeue::await_change());
+    }
+    let ttl = ctx.settings.finished_run_ttl;
+    let finished = run
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0);
+    let Some(finished) = finished else {
+        return Ok(Requeue::await_change());
+    };
+    let age = Timestamp::now().duration_since(finished);
+    let age = Duration::try_from(age).unwrap_or(Duration::ZERO);
+    if age >= ttl {
+        let api: Api<CompositionRun> = Api::namespaced(
+            ctx.client.clone(),
+            &run.namespace().ok_or(Error::NoNamespace)?,
+        );
+        match api
+            .delete(&run.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => tracing::info!(run = %run.name_any(), "deleted finished run after its TTL"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Requeue::await_change());
+    }
+    Ok(Requeue::requeue(ttl - age))
+}
