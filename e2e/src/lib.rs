@@ -1,6 +1,8 @@
 //! Helpers shared by Maestro's end-to-end tests: a client for the cluster KUBECONFIG
 //! names, throwaway namespaces, polling with a deadline that says what it waited for.
 
+pub mod maestro;
+
 use std::{future::Future, time::Duration};
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +19,7 @@ pub fn agent_image() -> String {
 
 /// A client for the cluster that KUBECONFIG names (the local one after `make cluster-up`).
 pub async fn client() -> Result<Client> {
+    maestro_operator::tls::install_crypto_provider();
     Client::try_default()
         .await
         .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")

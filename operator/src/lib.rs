@@ -6,3 +6,4 @@ pub mod controller;
 pub mod engine;
 pub mod labels;
 pub mod telemetry;
+pub mod tls;

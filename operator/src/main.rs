@@ -46,6 +46,9 @@ struct Args {
     /// How long finished runs are kept before they (and their pods) are deleted.
     #[arg(long, env = "MAESTRO_FINISHED_RUN_TTL", default_value = "24h", value_parser = ttl)]
     finished_run_ttl: Duration,
+    /// Watch only this namespace instead of the whole cluster.
+    #[arg(long, env = "MAESTRO_WATCH_NAMESPACE")]
+    namespace: Option<String>,
 }
 
 fn ttl(text: &str) -> Result<Duration, String> {
@@ -56,6 +59,7 @@ fn ttl(text: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(&args.log_level, args.log_format)?;
+    maestro_operator::tls::install_crypto_provider();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), agent_image = %args.agent_image, "maestro-operator starting");
     let client = kube::Client::try_default()
         .await
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         },
         library_namespace: args.library_namespace,
         finished_run_ttl: args.finished_run_ttl,
+        watch_namespace: args.namespace,
     };
     controller::run(client, settings).await?;
     tracing::info!("maestro-operator stopped");

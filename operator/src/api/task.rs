@@ -29,11 +29,13 @@ pub struct TaskSpec {
     /// The inputs a step gives this task in its `with` map.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(i, self.exists_one(j, j.name == i.name))").message("input names must be unique"))]
+    #[schemars(length(max = 64))]
     pub inputs: Vec<TaskInput>,
 
     /// The outputs the task reports; later steps read them as `steps.<step>.outputs.<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(o, self.exists_one(j, j.name == o.name))").message("output names must be unique"))]
+    #[schemars(length(max = 64))]
     pub outputs: Vec<TaskOutput>,
 
     /// Agent capabilities the task needs (like `maven` or `aws`); a run goes only to an
@@ -94,6 +96,7 @@ impl BuiltinTask {
 pub struct TaskInput {
     /// The input's name, the key of a step's `with` map.
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z][a-zA-Z0-9_]*$')").message("input names start with a letter and hold letters, digits and _"))]
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The input's type; values are checked against it before the step's pod starts.
     #[serde(default, rename = "type")]
@@ -117,6 +120,7 @@ pub struct TaskInput {
 pub struct TaskOutput {
     /// The output's name, read by later steps as `steps.<step>.outputs.<name>`.
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z][a-zA-Z0-9_]*$')").message("output names start with a letter and hold letters, digits and _"))]
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The output's type.
     #[serde(default, rename = "type")]
@@ -149,9 +153,11 @@ pub enum ValueType {
 pub struct TaskContainer {
     /// The plugin's image. Local images need `imagePullPolicy: IfNotPresent` or `Never`.
     #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
+    #[schemars(length(max = 512))]
     pub image: String,
     /// The command and its arguments, run by `maestro-agent exec`.
     #[x_kube(validation = Rule::new("size(self) > 0").message("command must name a program"))]
+    #[schemars(length(max = 256))]
     pub command: Vec<String>,
     /// Image pull policy of the step pod: Always, IfNotPresent or Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -47,6 +47,21 @@ pub struct Settings {
     pub library_namespace: String,
     /// Finished top-level runs older than this are deleted (their pods go with them).
     pub finished_run_ttl: Duration,
+    /// Watch only this namespace (Tasks are still read from every namespace, for the
+    /// library); `None` watches the whole cluster.
+    pub watch_namespace: Option<String>,
+}
+
+/// An Api over the watched namespace, or over all namespaces.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Errors of a reconcile; `metric_label` names each kind in logs and metrics.
@@ -108,6 +123,8 @@ impl Context {
 
 /// Runs every controller until a shutdown signal.
 pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
+    let ns = settings.watch_namespace.clone();
+    let ns = ns.as_deref();
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -120,7 +137,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     let (pods, pod_writer) = reflector::store();
     let pod_watch = reflector::reflector(
         pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), pod_config.clone()),
+        watcher(scoped::<Pod>(&client, ns), pod_config.clone()),
     )
     .modify(|p| p.managed_fields_mut().clear())
     .default_backoff()
@@ -135,16 +152,13 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     let (approvals, approval_writer) = reflector::store();
     let approval_watch = reflector::reflector(
         approval_writer,
-        watcher(
-            Api::<Approval>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        watcher(scoped::<Approval>(&client, ns), watcher::Config::default()),
     )
     .default_backoff()
     .touched_objects();
 
-    let run_api = Api::<DeserializeGuard<CompositionRun>>::all(client.clone());
-    let composition_api = Api::<DeserializeGuard<Composition>>::all(client.clone());
+    let run_api = scoped::<DeserializeGuard<CompositionRun>>(&client, ns);
+    let composition_api = scoped::<DeserializeGuard<Composition>>(&client, ns);
     let run_controller = Controller::new(run_api.clone(), watcher::Config::default());
     let composition_controller = Controller::new(composition_api, watcher::Config::default());
 
@@ -163,7 +177,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     // A run is reconciled when its pods, its child runs or its approvals change.
     let compositions_store = ctx.compositions.clone();
     let runs = run_controller
-        .owns(Api::<Pod>::all(client.clone()), pod_config)
+        .owns(scoped::<Pod>(&client, ns), pod_config)
         .watches(
             run_api,
             watcher::Config::default(),
@@ -173,7 +187,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             },
         )
         .watches(
-            Api::<Approval>::all(client.clone()),
+            scoped::<Approval>(&client, ns),
             watcher::Config::default(),
             |a: Approval| {
                 a.namespace()

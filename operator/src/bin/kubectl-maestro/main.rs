@@ -54,6 +54,7 @@ pub struct Target {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    maestro_operator::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

@@ -296,8 +296,8 @@ mod tests {
                 step: "provision".into(),
             }],
             conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: "False".into(),
+                type_: "Succeeded".into(),
+                status: "Unknown".into(),
                 reason: "WaitingApproval".into(),
                 message: "step sign-off waits for approval".into(),
                 last_transition_time: at("2025-05-01T10:01:05Z"),
@@ -319,8 +319,8 @@ Params:
   version:  1.4.3
 Context:      <none>
 Conditions:
-  TYPE    STATUS   REASON            MESSAGE
-  Ready   False    WaitingApproval   step sign-off waits for approval
+  TYPE        STATUS    REASON            MESSAGE
+  Succeeded   Unknown   WaitingApproval   step sign-off waits for approval
 Steps:
   STEP          PHASE             ATTEMPTS   DURATION   NODE     MESSAGE
   provision     Succeeded         2          1m05s      node-1

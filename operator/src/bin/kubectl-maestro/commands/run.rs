@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use kube::Api;
 use kube::api::PostParams;
 use maestro_operator::api::{
-    CompositionRun, CompositionRunSpec, CompositionRunStatus, RunPhase, StepPhase,
+    Composition, CompositionRun, CompositionRunSpec, CompositionRunStatus, RunPhase, StepPhase,
 };
 
 use crate::Target;
@@ -27,6 +27,14 @@ pub struct RunArgs {
 
 pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
     let composition = get_composition(target, &args.composition).await?;
+    // Only a warning: the operator checks again when the run starts, and what made the
+    // composition invalid (a missing Task) may have been fixed since.
+    if let Some(problem) = not_ready(&composition) {
+        eprintln!(
+            "warning: composition {:?} is not ready: {problem}",
+            args.composition
+        );
+    }
     let params = check_params(&args.composition, &composition.spec.params, &args.params)
         .map_err(anyhow::Error::msg)?;
 
@@ -66,6 +74,22 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Why the operator found the composition unfit to run, if it did (`Ready=False`).
+fn not_ready(composition: &Composition) -> Option<String> {
+    composition
+        .status
+        .iter()
+        .flat_map(|status| &status.conditions)
+        .find(|condition| condition.type_ == "Ready" && condition.status == "False")
+        .map(|condition| {
+            if condition.message.is_empty() {
+                condition.reason.clone()
+            } else {
+                condition.message.clone()
+            }
+        })
+}
+
 /// Polls the run, printing each phase it enters, until it has ended.
 async fn wait_until_finished(
     runs: &Api<CompositionRun>,
@@ -97,14 +121,17 @@ async fn wait_until_finished(
     }
 }
 
-/// Why a run did not succeed, from its conditions or its first failed step.
+/// Why a run did not succeed: the message of its `Succeeded=False` (or `Invalid`)
+/// condition, else its first failed step's.
 pub fn failure_summary(status: &CompositionRunStatus) -> Option<String> {
     let from_condition = status
         .conditions
         .iter()
-        .filter(|condition| condition.type_ == "Invalid" || condition.type_ == "Ready")
         .filter(|condition| !condition.message.is_empty())
-        .find(|condition| condition.type_ == "Invalid" || condition.status == "False")
+        .find(|condition| {
+            (condition.type_ == "Succeeded" && condition.status == "False")
+                || (condition.type_ == "Invalid" && condition.status == "True")
+        })
         .map(|condition| condition.message.clone());
     from_condition.or_else(|| {
         status
@@ -142,7 +169,7 @@ mod tests {
             Some("step \"deploy\" failed: exit code 2")
         );
         status.conditions.push(Condition {
-            type_: "Ready".into(),
+            type_: "Succeeded".into(),
             status: "False".into(),
             reason: "StepFailed".into(),
             message: "step deploy failed".into(),

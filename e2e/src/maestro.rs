@@ -1,0 +1,421 @@
+//! Maestro on the test cluster: CRDs and the Task library installed from the repo, the
+//! real operator binary started as a local process watching one test namespace, YAML
+//! applied from examples/, runs followed to their end.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{
+        ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
+        PostParams,
+    },
+};
+use maestro_operator::{
+    api::{CompositionRun, CompositionRunSpec, RunPhase},
+    labels,
+};
+
+use crate::wait_for;
+
+/// The namespace of the standard Task library on the test cluster.
+pub const LIBRARY_NAMESPACE: &str = "maestro-system";
+const MANAGER: &str = "maestro-e2e";
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of the workspace, built next to the test executables.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("MAESTRO_BIN_DIR") {
+        return Ok(PathBuf::from(dir).join(name));
+    }
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target dir")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Installs (server-side applies) the CRDs from crds/ and waits until they are served.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for path in yaml_files(&repo_root().join("crds"))? {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        names.push(name);
+    }
+    for name in names {
+        wait_for(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    Ok(())
+                } else {
+                    Err("not established".into())
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Installs the standard Task library into [`LIBRARY_NAMESPACE`].
+pub async fn install_library(client: &Client) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(LIBRARY_NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces
+        .patch(
+            LIBRARY_NAMESPACE,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await?;
+    for path in yaml_files(&repo_root().join("charts/maestro/files/library"))? {
+        apply_file(client, LIBRARY_NAMESPACE, &path).await?;
+    }
+    Ok(())
+}
+
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn maestro_resource(kind: &str) -> Result<ApiResource> {
+    let plural = match kind {
+        "Task" | "Composition" | "CompositionRun" | "Agent" | "Approval" => {
+            format!("{}s", kind.to_lowercase())
+        }
+        other => bail!("not a Maestro kind: {other}"),
+    };
+    Ok(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("maestro.dev", "v1alpha1", kind),
+        &plural,
+    ))
+}
+
+/// Applies every Maestro object in a YAML file (several documents allowed) into `ns`.
+/// Objects with `generateName` are created; the others are server-side applied.
+pub async fn apply_file(client: &Client, ns: &str, path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut names = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let mut obj: DynamicObject = serde_yaml::from_value(value)?;
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &maestro_resource(&kind)?);
+        obj.metadata.namespace = Some(ns.into());
+        let created = if obj.metadata.name.is_none() {
+            api.create(&PostParams::default(), &obj).await?
+        } else {
+            let name = obj.name_any();
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await?
+        };
+        names.push(created.name_any());
+    }
+    Ok(names)
+}
+
+use serde::Deserialize as _;
+
+/// The operator binary, running as a local process with the test's KUBECONFIG and
+/// watching one namespace; killed when dropped.
+pub struct Operator {
+    child: tokio::process::Child,
+    namespace: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub async fn start(namespace: &str) -> Result<Self> {
+        let bin = workspace_bin("maestro-operator")?;
+        let log = std::env::temp_dir().join(format!("maestro-operator-{namespace}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "--namespace",
+                namespace,
+                "--library-namespace",
+                LIBRARY_NAMESPACE,
+            ])
+            .env("MAESTRO_LOG_LEVEL", "info,maestro_operator=debug")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting maestro-operator")?;
+        Ok(Self {
+            child,
+            namespace: namespace.into(),
+            log,
+        })
+    }
+
+    /// Kills the operator with SIGKILL, as a crash would.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Starts the operator again after a kill.
+    pub async fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill().await;
+        *self = Self::start(&self.namespace.clone()).await?;
+        Ok(())
+    }
+
+    /// The operator's log so far, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Creates a run of `composition` with `params`.
+pub async fn start_run(
+    client: &Client,
+    ns: &str,
+    composition: &str,
+    params: &[(&str, &str)],
+) -> Result<String> {
+    let api: Api<CompositionRun> = Api::namespaced(client.clone(), ns);
+    let run = CompositionRun {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{composition}-")),
+            ..ObjectMeta::default()
+        },
+        spec: CompositionRunSpec {
+            composition: composition.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cancel: false,
+        },
+        status: None,
+    };
+    Ok(api.create(&PostParams::default(), &run).await?.name_any())
+}
+
+/// Waits until the run is in one of `phases`, and returns it.
+pub async fn wait_phase(
+    client: &Client,
+    ns: &str,
+    run: &str,
+    phases: &[RunPhase],
+    timeout: Duration,
+) -> Result<CompositionRun> {
+    let api: Api<CompositionRun> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        &format!("run {run} to reach {phases:?}"),
+        timeout,
+        || async {
+            let r = api.get(run).await.map_err(|e| e.to_string())?;
+            let status = r.status.clone().unwrap_or_default();
+            if phases.contains(&status.phase) {
+                Ok(r)
+            } else {
+                let steps: Vec<String> = status
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}={:?}", s.name, s.phase))
+                    .collect();
+                Err(format!(
+                    "phase {:?}, steps {}",
+                    status.phase,
+                    steps.join(" ")
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the run has ended.
+pub async fn wait_finished(
+    client: &Client,
+    ns: &str,
+    run: &str,
+    timeout: Duration,
+) -> Result<CompositionRun> {
+    let ended = [
+        RunPhase::Succeeded,
+        RunPhase::Failed,
+        RunPhase::Cancelled,
+        RunPhase::Invalid,
+    ];
+    wait_phase(client, ns, run, &ended, timeout).await
+}
+
+/// The run's step pods, as (step, attempt, pod name).
+pub async fn step_pods(client: &Client, ns: &str, run: &str) -> Result<Vec<(String, u32, String)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{}={run}", labels::RUN)))
+        .await?;
+    let mut out: Vec<(String, u32, String)> = list
+        .items
+        .iter()
+        .map(|p| {
+            let l = p.labels();
+            let step = l.get(labels::STEP).cloned().unwrap_or_default();
+            let attempt = l
+                .get(labels::ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            (step, attempt, p.name_any())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Runs `kubectl-maestro` with `args` and returns its standard output.
+pub async fn cli(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(workspace_bin("kubectl-maestro")?)
+        .args(args)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "kubectl-maestro {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One test's Maestro: a restricted namespace, CRDs and library installed, and an
+/// operator watching that namespace. Dropping it stops the operator and deletes the
+/// namespace.
+pub struct Env {
+    pub client: Client,
+    pub operator: Operator,
+    // Dropped last: the namespace goes after the operator has stopped.
+    pub ns: crate::TestNamespace,
+}
+
+impl Env {
+    pub async fn new(prefix: &str) -> Result<Self> {
+        let client = crate::client().await?;
+        install_crds(&client).await?;
+        install_library(&client).await?;
+        let ns = crate::TestNamespace::create(&client, prefix).await?;
+        let operator = Operator::start(&ns.name).await?;
+        Ok(Self {
+            client,
+            operator,
+            ns,
+        })
+    }
+
+    /// Applies a file of examples/ into the test namespace.
+    pub async fn apply_example(&self, path: &str) -> Result<Vec<String>> {
+        apply_file(
+            &self.client,
+            &self.ns.name,
+            &repo_root().join("examples").join(path),
+        )
+        .await
+    }
+
+    pub async fn start_run(&self, composition: &str, params: &[(&str, &str)]) -> Result<String> {
+        start_run(&self.client, &self.ns.name, composition, params).await
+    }
+
+    /// Waits for the run to end; on a timeout the error carries the operator's log.
+    pub async fn wait_finished(&self, run: &str, timeout: Duration) -> Result<CompositionRun> {
+        wait_finished(&self.client, &self.ns.name, run, timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", self.operator.log_tail()))
+    }
+
+    pub async fn wait_phase(
+        &self,
+        run: &str,
+        phases: &[RunPhase],
+        timeout: Duration,
+    ) -> Result<CompositionRun> {
+        wait_phase(&self.client, &self.ns.name, run, phases, timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", self.operator.log_tail()))
+    }
+
+    pub async fn step_pods(&self, run: &str) -> Result<Vec<(String, u32, String)>> {
+        step_pods(&self.client, &self.ns.name, run).await
+    }
+
+    /// `kubectl maestro ARGS -n <test namespace>`.
+    pub async fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-n", self.ns.name.as_str()]);
+        cli(&all).await
+    }
+}
