@@ -24,7 +24,7 @@ stop() {
 }
 
 # The node first, so nothing restarts containers while they are being removed.
-for c in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
+for c in maestro-operator kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
 
 # Pod processes live in the kubepods cgroups (cgroupfs driver); kill them all, then the
 # shims of this cluster's containerd, then containerd itself.

@@ -97,7 +97,8 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Installs the standard Task library into [`LIBRARY_NAMESPACE`].
+/// Installs the standard Task library into [`LIBRARY_NAMESPACE`], and the admission
+/// policies (the approval identity check).
 pub async fn install_library(client: &Client) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
@@ -117,6 +118,9 @@ pub async fn install_library(client: &Client) -> Result<()> {
     for path in yaml_files(&repo_root().join("charts/maestro/files/library"))? {
         apply_file(client, LIBRARY_NAMESPACE, &path).await?;
     }
+    for path in yaml_files(&repo_root().join("charts/maestro/files/policies"))? {
+        apply_file(client, LIBRARY_NAMESPACE, &path).await?;
+    }
     Ok(())
 }
 
@@ -130,20 +134,32 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn maestro_resource(kind: &str) -> Result<ApiResource> {
-    let plural = match kind {
+/// The API resource of a kind the tests apply, and whether it is namespaced.
+fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
+    let gvk = |group: &str, version: &str| GroupVersionKind::gvk(group, version, kind);
+    Ok(match kind {
         "Task" | "Composition" | "CompositionRun" | "Agent" | "Approval" => {
-            format!("{}s", kind.to_lowercase())
+            let plural = format!("{}s", kind.to_lowercase());
+            (
+                ApiResource::from_gvk_with_plural(&gvk("maestro.dev", "v1alpha1"), &plural),
+                true,
+            )
         }
-        other => bail!("not a Maestro kind: {other}"),
-    };
-    Ok(ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("maestro.dev", "v1alpha1", kind),
-        &plural,
-    ))
+        "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding" => {
+            let plural = format!("{}s", kind.to_lowercase());
+            (
+                ApiResource::from_gvk_with_plural(
+                    &gvk("admissionregistration.k8s.io", "v1"),
+                    &plural,
+                ),
+                false,
+            )
+        }
+        other => bail!("the e2e harness does not apply kind {other}"),
+    })
 }
 
-/// Applies every Maestro object in a YAML file (several documents allowed) into `ns`.
+/// Applies every object in a YAML file (several documents allowed), namespaced ones into `ns`.
 /// Objects with `generateName` are created; the others are server-side applied.
 pub async fn apply_file(client: &Client, ns: &str, path: &Path) -> Result<Vec<String>> {
     let text =
@@ -160,9 +176,13 @@ pub async fn apply_file(client: &Client, ns: &str, path: &Path) -> Result<Vec<St
             .as_ref()
             .map(|t| t.kind.clone())
             .unwrap_or_default();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &maestro_resource(&kind)?);
-        obj.metadata.namespace = Some(ns.into());
+        let (resource, namespaced) = resource_of(&kind)?;
+        let api: Api<DynamicObject> = if namespaced {
+            obj.metadata.namespace = Some(ns.into());
+            Api::namespaced_with(client.clone(), ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
         let created = if obj.metadata.name.is_none() {
             api.create(&PostParams::default(), &obj).await?
         } else {
