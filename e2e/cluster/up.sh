@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Boots a real single-node Kubernetes on this machine from upstream parts: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (built
-# by build.sh), containerd + runc + CNI plugins from Debian. No Docker, no systemd.
+# by build.sh), containerd + runc + CNI plugins from Debian, then storage.sh's volume
+# provisioner (local-path-provisioner, default StorageClass maestro-local). No Docker,
+# no systemd.
 # Every process runs in the background with its PID recorded under $CLUSTER_DIR/pids, so
 # down.sh can end exactly what this script started. Prints the KUBECONFIG path last.
 set -euo pipefail
@@ -16,6 +18,7 @@ die() { printf '[cluster-up] error: %s\n' "$*" >&2; exit 1; }
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
   [ -x "$TOOLS_BIN/$b" ] || die "$TOOLS_BIN/$b is missing: run e2e/cluster/build.sh first"
 done
+[ -x "$LOCAL_PATH_PROVISIONER_BIN" ] || die "$LOCAL_PATH_PROVISIONER_BIN is missing: run e2e/cluster/build.sh first"
 for b in containerd containerd-shim-runc-v2 runc ctr openssl iptables conntrack; do
   command -v "$b" >/dev/null || die "$b not found: run e2e/cluster/install-deps.sh"
 done
@@ -253,6 +256,11 @@ start kube-proxy "$TOOLS_BIN/kube-proxy" --kubeconfig "$D/kubeconfig/kube-proxy.
 wait_for "node $NODE_NAME Ready" 120 \
   "${KUBECTL[@]}" wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
 wait_for "the default ServiceAccount" 60 "${KUBECTL[@]}" -n default get serviceaccount default
+
+# ---------------------------------------------------------------- storage
+# Dynamic PersistentVolumes: rancher's local-path-provisioner as a host process and the
+# default StorageClass maestro-local (volumes under $D/volumes).
+bash "$here/storage.sh"
 
 cat > "$D/env" <<EOF
 export KUBECONFIG="$KUBECONFIG_PATH"

@@ -35,6 +35,12 @@ pub fn child_run_name(run: &str, step: &str, index: usize) -> String {
     bounded_name(&format!("{run}-{step}-{index}"))
 }
 
+/// The deterministic name of the pod that removes a run's leftover external resources.
+/// A step name cannot start with `-`, so this never collides with a step's pod.
+pub fn cleanup_pod_name(run: &str, attempt: u32) -> String {
+    bounded_name(&format!("{run}--cleanup-{attempt}"))
+}
+
 /// The deterministic name of the run `onFailure` starts.
 pub fn on_failure_run_name(run: &str) -> String {
     bounded_name(&format!("{run}-onfailure"))

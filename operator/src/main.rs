@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use maestro_operator::{
     api::parse_duration,
-    controller::{self, PodSettings, Settings},
+    controller::{self, PodSettings, Settings, pods::WorkspaceClaim},
     telemetry::{self, LogFormat},
 };
 
@@ -46,6 +46,16 @@ struct Args {
     /// How long finished runs are kept before they (and their pods) are deleted.
     #[arg(long, env = "MAESTRO_FINISHED_RUN_TTL", default_value = "24h", value_parser = ttl)]
     finished_run_ttl: Duration,
+    /// Where a run's workspace lives: `claim` (a PersistentVolumeClaim per run, shared by
+    /// its steps) or `emptyDir` (one per pod, for clusters without a volume provisioner).
+    #[arg(long, env = "MAESTRO_WORKSPACE", default_value = "claim", value_parser = ["claim", "emptyDir"])]
+    workspace: String,
+    /// StorageClass of workspace claims (default: the cluster's default class).
+    #[arg(long, env = "MAESTRO_WORKSPACE_STORAGE_CLASS")]
+    workspace_storage_class: Option<String>,
+    /// Size of each run's workspace claim.
+    #[arg(long, env = "MAESTRO_WORKSPACE_SIZE", default_value = "1Gi")]
+    workspace_size: String,
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "MAESTRO_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -68,6 +78,10 @@ async fn main() -> anyhow::Result<()> {
         pods: PodSettings {
             agent_image: args.agent_image,
             agent_pull_policy: args.agent_pull_policy,
+            workspace: (args.workspace == "claim").then_some(WorkspaceClaim {
+                storage_class: args.workspace_storage_class,
+                size: args.workspace_size,
+            }),
         },
         library_namespace: args.library_namespace,
         finished_run_ttl: args.finished_run_ttl,

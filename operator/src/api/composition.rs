@@ -79,6 +79,19 @@ pub struct CompositionSpec {
     /// The ServiceAccount step pods run as (default: the namespace's `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+
+    /// Initial entries of the run's shared context, read by every step as
+    /// `context.<key>` and by Task defaults (the EC2 tasks read `awsRegion` and
+    /// `awsEndpoint` from it). Values may hold `{{ params.x }}` templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, String>,
+
+    /// Secrets, by name, whose keys become environment variables of every task step and
+    /// of the cleanup step (cloud credentials, git credentials). Only the references are
+    /// kept: values never reach the run's status or logs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secret_env: Vec<String>,
 }
 
 /// A parameter of a composition.
@@ -164,6 +177,12 @@ pub struct Step {
     /// Wait for a run of another composition in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
+
+    /// Secrets, by name, whose keys become environment variables of this step, added to
+    /// the composition's `secretEnv`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secret_env: Vec<String>,
 
     /// Let the run go on when this step fails (its dependents still run).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

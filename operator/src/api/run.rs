@@ -50,6 +50,8 @@ pub enum RunPhase {
     Pending,
     /// Waiting for agent capacity.
     Queued,
+    /// The steps have ended; leftover external resources are being removed.
+    CleaningUp,
     /// Steps are running.
     Running,
     /// A step waits for a human approval.
@@ -132,6 +134,10 @@ pub struct CompositionRunStatus {
     /// The external resources the run created and has not yet removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<LedgerEntry>,
+    /// The removal of what the ledger still held when the run ended (per the
+    /// composition's `cleanup` policy), and its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupStatus>,
     /// The run started by `onFailure`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure_run: Option<String>,
@@ -195,6 +201,23 @@ pub struct StepStatus {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// The cleanup of a run's leftover external resources.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupStatus {
+    /// Running, Succeeded, Failed or Skipped (the policy kept the resources).
+    pub phase: StepPhase,
+    /// The pod that deprovisions the leftovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// How many cleanup attempts have started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// An external resource a run created: an entry of its ledger.

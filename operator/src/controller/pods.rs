@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, PodSecurityContext, PodSpec,
-        ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+        Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+        PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+        PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
+        SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
 };
@@ -26,6 +28,63 @@ pub struct PodSettings {
     pub agent_image: String,
     /// Pull policy of the agent image.
     pub agent_pull_policy: String,
+    /// The run's workspace: a PersistentVolumeClaim per run that all its steps mount
+    /// (so a checkout or a download is there for later steps), or `None` for a
+    /// per-pod emptyDir on clusters without a volume provisioner.
+    pub workspace: Option<WorkspaceClaim>,
+}
+
+/// How each run's workspace claim is made.
+#[derive(Debug, Clone)]
+pub struct WorkspaceClaim {
+    /// The StorageClass (`None`: the cluster's default class).
+    pub storage_class: Option<String>,
+    /// The claim's size, like `1Gi`.
+    pub size: String,
+}
+
+/// The name of a run's workspace claim.
+pub fn workspace_claim_name(run: &str) -> String {
+    format!(
+        "{}-workspace",
+        run.chars()
+            .take(63 - "-workspace".len())
+            .collect::<String>()
+    )
+}
+
+/// The PersistentVolumeClaim holding a run's workspace, owned by the run.
+pub fn workspace_claim(
+    run_name: &str,
+    namespace: &str,
+    owner: OwnerReference,
+    claim: &WorkspaceClaim,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(workspace_claim_name(run_name)),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                (labels::RUN.to_string(), run_name.to_string()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: claim.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(claim.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
 }
 
 /// The user and group step pods run as (the agent image's `maestro` user).
@@ -120,6 +179,20 @@ pub fn step_pod(
         image_pull_policy: Some(pull_policy),
         command: Some(command),
         env: Some(step_env(pod, run_name)),
+        // Secrets by reference: the kubelet resolves them, so their values never pass
+        // through the operator, the run's status or its logs.
+        env_from: (!pod.secret_env.is_empty()).then(|| {
+            pod.secret_env
+                .iter()
+                .map(|name| EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: name.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvFromSource::default()
+                })
+                .collect()
+        }),
         working_dir: Some(WORKSPACE_DIR.into()),
         volume_mounts: Some(mounts(true)),
         security_context: Some(restricted()),
@@ -130,6 +203,17 @@ pub fn step_pod(
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
+    };
+    let workspace = match &settings.workspace {
+        Some(_) => Volume {
+            name: "workspace".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: workspace_claim_name(run_name),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        None => empty("workspace"),
     };
     Pod {
         metadata: ObjectMeta {
@@ -161,7 +245,7 @@ pub fn step_pod(
             volumes: Some(vec![
                 empty("maestro-bin"),
                 empty("maestro-outputs"),
-                empty("workspace"),
+                workspace,
             ]),
             ..PodSpec::default()
         }),
@@ -246,6 +330,7 @@ mod tests {
         PodSettings {
             agent_image: "localhost/maestro/agent:dev".into(),
             agent_pull_policy: "IfNotPresent".into(),
+            workspace: None,
         }
     }
 
@@ -262,6 +347,7 @@ mod tests {
                 .unwrap_or_default(),
             context: BTreeMap::new(),
             service_account: None,
+            secret_env: vec!["aws-credentials".into()],
             timeout: Some(std::time::Duration::from_secs(90)),
         }
     }
@@ -305,6 +391,8 @@ mod tests {
         assert_eq!(env["MAESTRO_INPUT_COUNT"], "3");
         assert_eq!(env["MAESTRO_INPUTS"], r#"{"count":3,"script":"echo hi"}"#);
         assert_eq!(spec.active_deadline_seconds, Some(90));
+        let from = main.env_from.as_ref().unwrap();
+        assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "aws-credentials");
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(labels[labels::RUN], "hello-abc");
         assert_eq!(labels[labels::STEP], "greet");

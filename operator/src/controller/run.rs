@@ -4,7 +4,9 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
+    api::core::v1::{PersistentVolumeClaim, Pod},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+    jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -108,6 +110,7 @@ async fn apply(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
         tasks: &tasks,
         observed: &observed,
         now: Timestamp::now(),
+        deleting: false,
     });
 
     // Act: every action is idempotent, so a crash between here and the status write
@@ -242,6 +245,19 @@ async fn act(run: &CompositionRun, ns: &str, action: &Action, ctx: &Context) -> 
             let Some(owner) = owner_of(run) else {
                 return Ok(());
             };
+            if let Some(claim) = &ctx.settings.pods.workspace {
+                let pvc = pods::workspace_claim(&run_name, ns, owner.clone(), claim);
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+                let params = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                match api.create(&params, &pvc).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let pod = pods::step_pod(
                 step,
                 &run_name,

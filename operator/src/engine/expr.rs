@@ -1,5 +1,6 @@
 //! CEL over a run's data: `when` conditions and `{{ }}` templates in step inputs.
-//! Expressions see `params`, `steps.<name>.outputs` (and `.phase`), `context` and `run`.
+//! Expressions see `params`, `steps.<name>.outputs` (and `.phase`), `context`, `ledger`
+//! and `run`.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,18 @@ pub struct Scope {
     pub params: BTreeMap<String, String>,
     pub steps: BTreeMap<String, StepScope>,
     pub context: BTreeMap<String, String>,
+    /// The run's ledger: the external resources it created and still holds.
+    pub ledger: Vec<LedgerScope>,
     pub run: RunScope,
+}
+
+/// One ledger entry as expressions see it.
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct LedgerScope {
+    pub kind: String,
+    pub id: String,
+    pub region: String,
+    pub step: String,
 }
 
 /// One step as expressions see it.
@@ -48,6 +60,7 @@ pub fn eval(expr: &str, scope: &Scope) -> Result<Json, String> {
             ("params", cel::to_value(&scope.params)),
             ("steps", cel::to_value(&scope.steps)),
             ("context", cel::to_value(&scope.context)),
+            ("ledger", cel::to_value(&scope.ledger)),
             ("run", cel::to_value(&scope.run)),
         ] {
             ctx.add_variable_from_value(name, value.map_err(|e| e.to_string())?);

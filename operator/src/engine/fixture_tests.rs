@@ -41,6 +41,9 @@ struct Round {
     /// Request a cancel from this round on.
     #[serde(default)]
     cancel: bool,
+    /// The run object is being deleted in this round.
+    #[serde(default)]
+    delete: bool,
     expect: Expect,
 }
 
@@ -78,7 +81,9 @@ struct Expect {
     #[serde(default)]
     approved_by: BTreeMap<String, String>,
     #[serde(default)]
-    ledger: Vec<String>,
+    ledger: Option<Vec<String>>,
+    /// Phase of the cleanup of leftovers.
+    cleanup: Option<String>,
 }
 
 fn base_time() -> Timestamp {
@@ -123,6 +128,7 @@ fn run_fixture(path: &Path) -> Result<(), String> {
             tasks: &tasks,
             observed: &round.observe,
             now,
+            deleting: round.delete,
         };
         let plan = engine::plan(&input);
         check(&round.expect, &plan).map_err(|e| {
@@ -292,14 +298,23 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             ));
         }
     }
-    if !expect.ledger.is_empty() {
+    if let Some(want) = &expect.ledger {
         let got: Vec<String> = status
             .resources
             .iter()
             .map(|r| format!("{}/{}", r.kind, r.id))
             .collect();
-        if got != expect.ledger {
-            return Err(format!("ledger: want {:?}, got {got:?}", expect.ledger));
+        if &got != want {
+            return Err(format!("ledger: want {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.cleanup {
+        let got = status.cleanup.as_ref().map(|c| format!("{:?}", c.phase));
+        if got.as_ref() != Some(want) {
+            return Err(format!(
+                "cleanup: want {want}, got {got:?} ({:?})",
+                status.cleanup
+            ));
         }
     }
     Ok(())

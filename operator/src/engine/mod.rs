@@ -40,6 +40,8 @@ pub struct PlanInput<'a> {
     pub tasks: &'a BTreeMap<String, TaskSpec>,
     pub observed: &'a Observed,
     pub now: Timestamp,
+    /// The run object is being deleted: stop its steps and clean up before it goes.
+    pub deleting: bool,
 }
 
 /// What the controller observed of the run's world.
@@ -89,6 +91,8 @@ pub enum PodPhase {
 pub struct StepResult {
     pub outputs: BTreeMap<String, String>,
     pub resources: Vec<ResultResource>,
+    /// External resources the step removed (a deprovision step), taken off the ledger.
+    pub released: Vec<ResultResource>,
     pub report: BTreeMap<String, Json>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
@@ -165,6 +169,8 @@ pub struct StepPod {
     pub inputs: Map<String, Json>,
     pub context: BTreeMap<String, String>,
     pub service_account: Option<String>,
+    /// Secrets whose keys become the step's environment variables.
+    pub secret_env: Vec<String>,
     /// The attempt's timeout, enforced by the engine and as the pod's activeDeadlineSeconds.
     pub timeout: Option<Duration>,
 }

@@ -10,18 +10,38 @@ use serde_json::{Map, Value as Json};
 
 use super::{
     Action, EventNote, NewRun, ObservedPod, ObservedRun, PlanInput, PodPhase, StepPod, TaskRuns,
-    expr::{self, RunScope, Scope, StepScope},
+    expr::{self, LedgerScope, RunScope, Scope, StepScope},
     graph::{self, Graph},
 };
 use crate::{
     api::{
-        CompositionSpec, Decision, LedgerEntry, RunPhase, Step, StepPhase, StepStatus, TaskSpec,
-        WaitMode, parse_duration,
+        BuiltinTask, CleanupPolicy, CleanupStatus, CompositionSpec, Decision, LedgerEntry,
+        RunPhase, Step, StepPhase, StepStatus, TaskSpec, WaitMode, parse_duration,
     },
     labels,
 };
 
 use super::Plan;
+
+/// How often the cleanup of leftovers is tried before it is reported failed.
+const CLEANUP_ATTEMPTS: u32 = 3;
+
+/// How a run ends: its phase and the Succeeded condition's reason and message.
+struct Outcome {
+    phase: RunPhase,
+    reason: &'static str,
+    message: String,
+}
+
+impl Outcome {
+    fn new(phase: RunPhase, reason: &'static str, message: String) -> Self {
+        Self {
+            phase,
+            reason,
+            message,
+        }
+    }
+}
 
 /// Default wait before the first retry, and the cap of the doubling.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
@@ -63,37 +83,42 @@ impl Planner<'_> {
             Ok(g) => g,
             Err(problems) => return self.invalid(problems.join("; ")),
         };
-        self.start(&composition);
-
-        if self.input.spec.cancel {
-            return self.cancel(&composition);
+        if let Err(problem) = self.start(&composition) {
+            return self.invalid(problem);
         }
-        if let Some(limit) = composition
-            .timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
-        {
-            let started = self.plan.status.start_time.as_ref().map(|t| t.0);
-            if let Some(deadline) = started.map(|s| add(s, limit)) {
-                if self.input.now >= deadline {
-                    return self.time_out_run(&composition, limit);
+
+        let outcome = if self.input.spec.cancel || self.input.deleting {
+            self.cancel_steps(&composition);
+            Some(Outcome::new(
+                RunPhase::Cancelled,
+                "Cancelled",
+                "the run was cancelled".into(),
+            ))
+        } else {
+            self.run_deadline(&composition).or_else(|| {
+                // Steps ending in this pass can let later steps start in the same pass;
+                // repeat until nothing changes (at most once per step, plus one).
+                for _ in 0..=composition.steps.len() {
+                    let before = self.plan.status.steps.clone();
+                    for i in 0..composition.steps.len() {
+                        self.advance_step(&composition, &graph, i);
+                    }
+                    if before == self.plan.status.steps {
+                        break;
+                    }
                 }
-                self.requeue_at(deadline);
+                self.steps_outcome(&composition)
+            })
+        };
+        self.update_progress();
+        match outcome {
+            None => self.show_progress(),
+            Some(outcome) => {
+                if self.cleanup(&composition, &outcome) {
+                    self.end_run(&composition, outcome);
+                }
             }
         }
-
-        // Steps ending in this pass can let later steps start in the same pass; repeat
-        // until nothing changes (at most once per step, plus one).
-        for _ in 0..=composition.steps.len() {
-            let before = self.plan.status.steps.clone();
-            for i in 0..composition.steps.len() {
-                self.advance_step(&composition, &graph, i);
-            }
-            if before == self.plan.status.steps {
-                break;
-            }
-        }
-        self.finish_if_done(&composition);
     }
 
     /// The composition this run follows: its snapshot once started, else the live one.
@@ -135,7 +160,7 @@ impl Planner<'_> {
     }
 
     /// First pass of a valid run: snapshot the composition, list its steps, start the clock.
-    fn start(&mut self, composition: &CompositionSpec) {
+    fn start(&mut self, composition: &CompositionSpec) -> Result<(), String> {
         let now = self.input.now;
         let status = &mut self.plan.status;
         if status.composition_spec.is_none() {
@@ -178,6 +203,29 @@ impl Planner<'_> {
             .context
             .entry("workspace".into())
             .or_insert_with(|| "/workspace".into());
+        // The composition's context entries, rendered once, when the run starts.
+        let missing: Vec<(&String, &String)> = composition
+            .context
+            .iter()
+            .filter(|(k, _)| !self.plan.status.context.contains_key(*k))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let scope = self.scope();
+        let mut problems = Vec::new();
+        let mut rendered = Vec::new();
+        for (key, value) in missing {
+            match expr::render(&Json::String(value.clone()), &scope) {
+                Ok(v) => rendered.push((key.clone(), json_text(v))),
+                Err(e) => problems.push(format!("spec.context.{key}: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        self.plan.status.context.extend(rendered);
+        Ok(())
     }
 
     fn advance_step(&mut self, composition: &CompositionSpec, graph: &Graph, i: usize) {
@@ -331,6 +379,12 @@ impl Planner<'_> {
             Err(e) => return self.finish_step(i, StepPhase::Failed, e),
         };
         let runs = match (&task.builtin, &task.container) {
+            // The container task runs the image and command its inputs name, under
+            // `maestro-agent exec` like any plugin.
+            (Some(BuiltinTask::Container), _) => match container_inputs(&inputs) {
+                Ok(runs) => runs,
+                Err(e) => return self.finish_step(i, StepPhase::Failed, e),
+            },
             (Some(b), _) => TaskRuns::Builtin(*b),
             (None, Some(c)) => TaskRuns::Container {
                 image: c.image.clone(),
@@ -355,6 +409,12 @@ impl Planner<'_> {
             inputs,
             context: self.plan.status.context.clone(),
             service_account: composition.service_account_name.clone(),
+            secret_env: composition
+                .secret_env
+                .iter()
+                .chain(&step.secret_env)
+                .cloned()
+                .collect(),
             timeout: step.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
         };
         let st = &mut self.plan.status.steps[i];
@@ -427,7 +487,8 @@ impl Planner<'_> {
                     (None, None, Some(m)) => m.clone(),
                     (None, None, None) => "the pod failed".into(),
                 };
-                self.record_resources(i, &pod);
+                let step = self.plan.status.steps[i].name.clone();
+                self.record_resources(&step, &pod);
                 self.plan.status.steps[i].outputs = result.outputs.clone();
                 self.attempt_failed(composition, i, message, code);
             }
@@ -450,7 +511,8 @@ impl Planner<'_> {
 
     fn attempt_succeeded(&mut self, composition: &CompositionSpec, i: usize, pod: &ObservedPod) {
         let result = pod.result.clone().unwrap_or_default();
-        self.record_resources(i, pod);
+        let step = self.plan.status.steps[i].name.clone();
+        self.record_resources(&step, pod);
         let st = &mut self.plan.status.steps[i];
         st.outputs = result.outputs;
         st.exit_code = Some(result.exit_code.unwrap_or(0));
@@ -461,19 +523,33 @@ impl Planner<'_> {
             .push(normal("StepSucceeded", format!("step {name} succeeded")));
     }
 
-    fn record_resources(&mut self, i: usize, pod: &ObservedPod) {
-        let step = self.plan.status.steps[i].name.clone();
-        for r in pod.result.iter().flat_map(|r| &r.resources) {
+    /// Keeps the ledger in step with what a pod reports: resources it created are added
+    /// (with the step that made them), resources it released are removed.
+    fn record_resources(&mut self, step: &str, pod: &ObservedPod) {
+        let Some(result) = &pod.result else { return };
+        for r in &result.resources {
             let entry = LedgerEntry {
                 kind: r.kind.clone(),
                 id: r.id.clone(),
                 region: r.region.clone(),
-                step: step.clone(),
+                step: step.to_string(),
             };
-            if !self.plan.status.resources.contains(&entry) {
+            if !self
+                .plan
+                .status
+                .resources
+                .iter()
+                .any(|e| e.kind == entry.kind && e.id == entry.id)
+            {
                 self.plan.status.resources.push(entry);
             }
         }
+        self.plan.status.resources.retain(|e| {
+            !result
+                .released
+                .iter()
+                .any(|r| r.kind == e.kind && r.id == e.id)
+        });
     }
 
     fn attempt_failed(
@@ -720,8 +796,8 @@ impl Planner<'_> {
         st.message = (!message.is_empty()).then_some(message);
     }
 
-    fn cancel(&mut self, composition: &CompositionSpec) {
-        let now = self.input.now;
+    /// Stops every step that has not ended: its pod is deleted, its child runs cancelled.
+    fn cancel_steps(&mut self, composition: &CompositionSpec) {
         for i in 0..composition.steps.len() {
             let st = &self.plan.status.steps[i];
             if st.phase.is_finished() {
@@ -743,24 +819,19 @@ impl Planner<'_> {
             }
             self.finish_step(i, StepPhase::Cancelled, "cancelled".into());
         }
-        let status = &mut self.plan.status;
-        status.phase = RunPhase::Cancelled;
-        status.completion_time.get_or_insert(Time(now));
-        set_condition(
-            &mut status.conditions,
-            "Succeeded",
-            "False",
-            "Cancelled",
-            "the run was cancelled",
-            now,
-        );
-        self.update_progress();
-        self.plan
-            .events
-            .push(normal("RunCancelled", "the run was cancelled".into()));
     }
 
-    fn time_out_run(&mut self, composition: &CompositionSpec, limit: Duration) {
+    /// The run's outcome when its deadline has passed: running steps are stopped.
+    fn run_deadline(&mut self, composition: &CompositionSpec) -> Option<Outcome> {
+        let limit = composition
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())?;
+        let deadline = add(self.plan.status.start_time.as_ref()?.0, limit);
+        if self.input.now < deadline {
+            self.requeue_at(deadline);
+            return None;
+        }
         let message = format!("the run timed out after {}", human(limit));
         for i in 0..composition.steps.len() {
             let st = &self.plan.status.steps[i];
@@ -777,65 +848,68 @@ impl Planner<'_> {
                 _ => {}
             }
         }
-        self.end_run(composition, RunPhase::Failed, "Timeout", message);
+        Some(Outcome::new(RunPhase::Failed, "Timeout", message))
     }
 
-    fn finish_if_done(&mut self, composition: &CompositionSpec) {
-        self.update_progress();
+    /// The run's outcome once every step has ended.
+    fn steps_outcome(&self, composition: &CompositionSpec) -> Option<Outcome> {
         let steps = &self.plan.status.steps;
         if !steps.iter().all(|s| s.phase.is_finished()) {
-            let waiting = steps.iter().any(|s| s.phase == StepPhase::WaitingApproval);
-            let phase = if waiting {
-                RunPhase::WaitingApproval
-            } else {
-                RunPhase::Running
-            };
-            let (reason, message) = if waiting {
-                ("WaitingApproval", "a step waits for approval")
-            } else {
-                ("Running", "the run has started")
-            };
-            if self.plan.status.phase != phase {
-                self.plan.status.phase = phase;
-                set_condition(
-                    &mut self.plan.status.conditions,
-                    "Succeeded",
-                    "Unknown",
-                    reason,
-                    message,
-                    self.input.now,
-                );
-            }
-            return;
+            return None;
         }
-        match self.halted_by(composition) {
+        Some(match self.halted_by(composition) {
             Some(step) => {
-                let message = self
-                    .plan
-                    .status
-                    .steps
+                let message = steps
                     .iter()
                     .find(|s| s.name == step)
                     .and_then(|s| s.message.clone());
                 let message = format!("step {step} failed: {}", message.unwrap_or_default());
-                self.end_run(composition, RunPhase::Failed, "StepFailed", message);
+                Outcome::new(RunPhase::Failed, "StepFailed", message)
             }
-            None => self.end_run(
-                composition,
+            None => Outcome::new(
                 RunPhase::Succeeded,
                 "Succeeded",
                 "every step succeeded or was skipped".into(),
             ),
+        })
+    }
+
+    /// Running or WaitingApproval, with the matching condition.
+    fn show_progress(&mut self) {
+        let waiting = self
+            .plan
+            .status
+            .steps
+            .iter()
+            .any(|s| s.phase == StepPhase::WaitingApproval);
+        let (phase, reason, message) = if waiting {
+            (
+                RunPhase::WaitingApproval,
+                "WaitingApproval",
+                "a step waits for approval",
+            )
+        } else {
+            (RunPhase::Running, "Running", "the run has started")
+        };
+        if self.plan.status.phase != phase {
+            self.plan.status.phase = phase;
+            set_condition(
+                &mut self.plan.status.conditions,
+                "Succeeded",
+                "Unknown",
+                reason,
+                message,
+                self.input.now,
+            );
         }
     }
 
-    fn end_run(
-        &mut self,
-        composition: &CompositionSpec,
-        phase: RunPhase,
-        reason: &str,
-        message: String,
-    ) {
+    fn end_run(&mut self, composition: &CompositionSpec, outcome: Outcome) {
+        let Outcome {
+            phase,
+            reason,
+            message,
+        } = outcome;
         let now = self.input.now;
         let status = &mut self.plan.status;
         status.phase = phase;
@@ -853,10 +927,10 @@ impl Planner<'_> {
             &message,
             now,
         );
-        self.update_progress();
-        if phase == RunPhase::Succeeded {
-            self.plan.events.push(normal("RunSucceeded", message));
-            return;
+        match phase {
+            RunPhase::Succeeded => return self.plan.events.push(normal("RunSucceeded", message)),
+            RunPhase::Cancelled => return self.plan.events.push(normal("RunCancelled", message)),
+            _ => {}
         }
         self.plan.events.push(warning("RunFailed", message.clone()));
         if let Some(call) = &composition.on_failure {
@@ -903,6 +977,191 @@ impl Planner<'_> {
         }
     }
 
+    /// Removes what the ledger still holds, per the composition's cleanup policy, through
+    /// a deprovision pod. Returns true once nothing is left to do.
+    fn cleanup(&mut self, composition: &CompositionSpec, outcome: &Outcome) -> bool {
+        let leftovers = self.plan.status.resources.len();
+        let state = self.plan.status.cleanup.clone();
+        if leftovers == 0 {
+            if let Some(mut c) = state.filter(|c| c.phase == StepPhase::Running) {
+                c.phase = StepPhase::Succeeded;
+                c.message = Some("every resource in the ledger was removed".into());
+                self.plan.status.cleanup = Some(c);
+            }
+            return true;
+        }
+        if state.as_ref().is_some_and(|c| c.phase.is_finished()) {
+            return true;
+        }
+        let keep = match composition.cleanup {
+            CleanupPolicy::Always => false,
+            CleanupPolicy::OnSuccess => outcome.phase != RunPhase::Succeeded,
+            CleanupPolicy::Never => true,
+        };
+        if keep {
+            self.plan.status.cleanup = Some(CleanupStatus {
+                phase: StepPhase::Skipped,
+                message: Some(format!(
+                    "cleanup policy {:?} keeps {leftovers} resource(s): {}",
+                    composition.cleanup,
+                    self.ledger_ids()
+                )),
+                ..CleanupStatus::default()
+            });
+            return true;
+        }
+        if self.plan.status.phase != RunPhase::CleaningUp {
+            self.plan.status.phase = RunPhase::CleaningUp;
+            let message = format!(
+                "removing {leftovers} leftover resource(s): {}",
+                self.ledger_ids()
+            );
+            set_condition(
+                &mut self.plan.status.conditions,
+                "Succeeded",
+                "Unknown",
+                "CleaningUp",
+                &message,
+                self.input.now,
+            );
+            self.plan.events.push(normal("CleanupStarted", message));
+        }
+        let attempt = state.as_ref().map_or(1, |c| c.attempts.max(1));
+        let name = labels::cleanup_pod_name(self.input.run_name, attempt);
+        match self
+            .input
+            .observed
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+        {
+            None => self.create_cleanup_pod(composition, attempt),
+            Some(pod) if matches!(pod.phase, PodPhase::Pending | PodPhase::Running) => {}
+            Some(pod) => {
+                self.record_resources("", &pod);
+                let left = self.plan.status.resources.len();
+                if left == 0 {
+                    self.plan.status.cleanup = Some(CleanupStatus {
+                        phase: StepPhase::Succeeded,
+                        pod_name: Some(name),
+                        attempts: attempt,
+                        message: Some(format!("removed {leftovers} resource(s)")),
+                    });
+                    self.plan.events.push(normal(
+                        "CleanupSucceeded",
+                        format!("removed {leftovers} leftover resource(s)"),
+                    ));
+                    return true;
+                }
+                let why = pod
+                    .result
+                    .as_ref()
+                    .and_then(|r| r.error.clone())
+                    .or(pod.message.clone())
+                    .unwrap_or_else(|| format!("{left} resource(s) remain"));
+                if attempt < CLEANUP_ATTEMPTS {
+                    self.create_cleanup_pod(composition, attempt + 1);
+                } else {
+                    let message = format!(
+                        "cleanup failed after {attempt} attempts: {why}; left: {}",
+                        self.ledger_ids()
+                    );
+                    self.plan.status.cleanup = Some(CleanupStatus {
+                        phase: StepPhase::Failed,
+                        pod_name: Some(name),
+                        attempts: attempt,
+                        message: Some(message.clone()),
+                    });
+                    self.plan.events.push(warning("CleanupFailed", message));
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The deprovision pod: the library's ec2-deprovision Task, its defaults taken from
+    /// the ledger, with the credentials of the composition and of the steps that
+    /// provisioned.
+    fn create_cleanup_pod(&mut self, composition: &CompositionSpec, attempt: u32) {
+        let name = labels::cleanup_pod_name(self.input.run_name, attempt);
+        let task_name = BuiltinTask::Ec2Deprovision.as_str();
+        let inputs = match self.input.tasks.get(task_name) {
+            Some(task) => {
+                let bare = Step {
+                    name: "cleanup".into(),
+                    task: Some(task_name.into()),
+                    ..Step::default()
+                };
+                resolve_inputs(&bare, task, &self.scope())
+            }
+            None => Err(format!("task {task_name:?} not found in the library")),
+        };
+        let inputs = match inputs {
+            Ok(inputs) => inputs,
+            Err(e) => {
+                // Nothing can remove the leftovers: say so and let the run end.
+                let message = format!("cleanup cannot start: {e}; left: {}", self.ledger_ids());
+                self.plan.status.cleanup = Some(CleanupStatus {
+                    phase: StepPhase::Failed,
+                    attempts: attempt,
+                    message: Some(message.clone()),
+                    ..CleanupStatus::default()
+                });
+                self.plan.events.push(warning("CleanupFailed", message));
+                return;
+            }
+        };
+        let makers: Vec<&str> = self
+            .plan
+            .status
+            .resources
+            .iter()
+            .map(|r| r.step.as_str())
+            .collect();
+        let mut secret_env = composition.secret_env.clone();
+        for step in composition
+            .steps
+            .iter()
+            .filter(|s| makers.contains(&s.name.as_str()))
+        {
+            for secret in &step.secret_env {
+                if !secret_env.contains(secret) {
+                    secret_env.push(secret.clone());
+                }
+            }
+        }
+        self.plan.actions.push(Action::CreatePod(StepPod {
+            name: name.clone(),
+            step: "cleanup".into(),
+            attempt,
+            task: task_name.into(),
+            runs: TaskRuns::Builtin(BuiltinTask::Ec2Deprovision),
+            inputs,
+            context: self.plan.status.context.clone(),
+            service_account: composition.service_account_name.clone(),
+            secret_env,
+            timeout: Some(Duration::from_secs(600)),
+        }));
+        self.plan.status.cleanup = Some(CleanupStatus {
+            phase: StepPhase::Running,
+            pod_name: Some(name),
+            attempts: attempt,
+            message: Some(format!("deprovisioning {}", self.ledger_ids())),
+        });
+    }
+
+    fn ledger_ids(&self) -> String {
+        self.plan
+            .status
+            .resources
+            .iter()
+            .map(|r| format!("{} {}", r.kind, r.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn update_progress(&mut self) {
         let steps = &self.plan.status.steps;
         let done = steps.iter().filter(|s| s.phase.is_finished()).count();
@@ -938,6 +1197,18 @@ impl Planner<'_> {
                 })
                 .collect(),
             context: self.plan.status.context.clone(),
+            ledger: self
+                .plan
+                .status
+                .resources
+                .iter()
+                .map(|r| LedgerScope {
+                    kind: r.kind.clone(),
+                    id: r.id.clone(),
+                    region: r.region.clone().unwrap_or_default(),
+                    step: r.step.clone(),
+                })
+                .collect(),
             run: RunScope {
                 name: self.input.run_name.into(),
                 namespace: self.input.namespace.into(),
@@ -981,6 +1252,36 @@ fn resolve_inputs(
         }
     }
     Ok(inputs)
+}
+
+/// The image and command of a `container` step, from its inputs.
+fn container_inputs(inputs: &Map<String, Json>) -> Result<TaskRuns, String> {
+    let image = match inputs.get("image") {
+        Some(Json::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err("input \"image\" must name an image".into()),
+    };
+    let command = match inputs.get("command") {
+        Some(Json::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| match v {
+                Json::String(s) => Ok(s.clone()),
+                other => Ok(other.to_string()),
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        Some(Json::String(s)) if !s.is_empty() => vec!["sh".into(), "-c".into(), s.clone()],
+        _ => {
+            return Err("input \"command\" must be a list of words or a shell command line".into());
+        }
+    };
+    let pull_policy = inputs
+        .get("imagePullPolicy")
+        .and_then(Json::as_str)
+        .map(str::to_string);
+    Ok(TaskRuns::Container {
+        image,
+        command,
+        pull_policy,
+    })
 }
 
 /// A call step's `with` values rendered as the child run's parameters.
