@@ -75,6 +75,8 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
     #[error("object has no namespace")]
     NoNamespace,
+    #[error("the run is being deleted; its cleanup is still in progress")]
+    CleanupInProgress,
 }
 
 impl Error {
@@ -84,6 +86,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoNamespace => "no_namespace",
+            Error::CleanupInProgress => "cleanup_in_progress",
         }
     }
 }
@@ -252,6 +255,10 @@ fn key<K: Resource>(obj: &K) -> String {
 
 /// The requeue after a failed reconcile: exponential per object, capped at 5 minutes.
 fn backoff_action<K: Resource>(obj: &K, error: &Error, ctx: &Context) -> Action {
+    if matches!(error, Error::CleanupInProgress) {
+        // Not a failure: the finalizer waits for the cleanup pod.
+        return Action::requeue(Duration::from_secs(2));
+    }
     let wait = ctx.backoff(key(obj));
     tracing::warn!(object = %key(obj), error = %error, kind = error.metric_label(), retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)

@@ -49,7 +49,7 @@ pub async fn reconcile(
     let _entered = span.enter();
     let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
-            Finalizer::Apply(run) => apply(&run, &ctx).await,
+            Finalizer::Apply(run) => apply(&run, &ctx, false).await,
             Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
         }
     })
@@ -73,11 +73,16 @@ pub fn error_policy(
     backoff_action(guard.as_ref(), error, &ctx)
 }
 
-async fn apply(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
+/// One planning pass. `deleting`: the run object is going away, so its steps are stopped
+/// and its leftovers cleaned up first.
+async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Requeue, Error> {
     let name = run.name_any();
     let ns = run.namespace().ok_or(Error::NoNamespace)?;
     let status = run.status.clone().unwrap_or_default();
     if status.phase.is_finished() {
+        if deleting {
+            return Ok(Requeue::await_change());
+        }
         return expire_if_old(run, ctx).await;
     }
 
@@ -110,7 +115,7 @@ async fn apply(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
         tasks: &tasks,
         observed: &observed,
         now: Timestamp::now(),
-        deleting: false,
+        deleting,
     });
 
     // Act: every action is idempotent, so a crash between here and the status write
@@ -152,6 +157,10 @@ async fn apply(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
         }
     }
 
+    if deleting && !plan.status.phase.is_finished() {
+        // The finalizer stays until the leftovers are gone; look again soon.
+        return Err(Error::CleanupInProgress);
+    }
     if plan.status.phase.is_finished() {
         return Ok(Requeue::requeue(
             ctx.settings.finished_run_ttl.max(Duration::from_secs(1)),
@@ -174,7 +183,9 @@ fn find_tasks(
     };
     let all = ctx.tasks.state();
     let mut found = BTreeMap::new();
-    for name in spec.steps.iter().filter_map(|s| s.task.as_deref()) {
+    // The deprovision task is always looked up: the cleanup of leftovers runs it.
+    let cleanup = std::iter::once(crate::api::BuiltinTask::Ec2Deprovision.as_str());
+    for name in spec.steps.iter().filter_map(|s| s.task.as_deref()).chain(cleanup) {
         let lookup = |namespace: &str| {
             all.iter()
                 .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))
@@ -362,36 +373,15 @@ async fn create_run(
     Ok(())
 }
 
-/// Cleanup before a run object goes away: stop what still runs. Child runs and pods are
-/// owned by the run and removed by the garbage collector.
+/// Cleanup before a run object goes away: the engine stops what still runs and removes
+/// the ledger's leftovers (per the cleanup policy); the finalizer is released once the run
+/// has ended. Child runs and pods are owned by the run and removed by the garbage collector.
 async fn cleanup(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
-    let ns = run.namespace().ok_or(Error::NoNamespace)?;
-    let name = run.name_any();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let running: Vec<String> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns.as_str())
-                && p.labels().get(labels::RUN) == Some(&name)
-        })
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Running" || ph == "Pending")
-        })
-        .map(|p| p.name_any())
-        .collect();
-    for pod in running {
-        match api.delete(&pod, &DeleteParams::default()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let result = apply(run, ctx, true).await;
+    if result.is_ok() {
+        tracing::info!(run = %run.name_any(), "cleaned up; releasing the finalizer");
     }
-    tracing::info!(run = %name, "cleaned up");
-    Ok(Requeue::await_change())
+    result
 }
 
 /// Deletes a finished top-level run once its TTL has passed; child runs go with their
