@@ -185,7 +185,12 @@ fn find_tasks(
     let mut found = BTreeMap::new();
     // The deprovision task is always looked up: the cleanup of leftovers runs it.
     let cleanup = std::iter::once(crate::api::BuiltinTask::Ec2Deprovision.as_str());
-    for name in spec.steps.iter().filter_map(|s| s.task.as_deref()).chain(cleanup) {
+    for name in spec
+        .steps
+        .iter()
+        .filter_map(|s| s.task.as_deref())
+        .chain(cleanup)
+    {
         let lookup = |namespace: &str| {
             all.iter()
                 .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))

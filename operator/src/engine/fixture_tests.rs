@@ -341,3 +341,76 @@ fn engine_fixtures() {
     println!("{} engine fixtures, {} failed", paths.len(), failures.len());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The standard library's Tasks (charts/maestro/files/library) parse as Tasks, and their
+/// templated defaults render: the deprovision task takes the run's ledger by default.
+#[test]
+fn library_task_defaults_render() {
+    use super::expr::{LedgerScope, Scope, render};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/maestro/files/library");
+    let mut tasks = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("library dir") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let task: crate::api::Task =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        tasks.insert(task.metadata.name.clone().unwrap_or_default(), task.spec);
+    }
+    for name in [
+        "shell",
+        "git",
+        "http",
+        "notify",
+        "container",
+        "ec2-provision",
+        "ec2-deprovision",
+    ] {
+        assert!(tasks.contains_key(name), "library lacks {name}");
+    }
+    let mut scope = Scope::default();
+    scope.ledger = vec![
+        LedgerScope {
+            kind: "ec2-instance".into(),
+            id: "i-1".into(),
+            region: "eu-west-1".into(),
+            step: "p".into(),
+        },
+        LedgerScope {
+            kind: "ec2-instance".into(),
+            id: "i-2".into(),
+            region: "eu-west-1".into(),
+            step: "p".into(),
+        },
+    ];
+    let deprovision = &tasks["ec2-deprovision"];
+    let default = |name: &str| {
+        deprovision
+            .inputs
+            .iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.default.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        render(&default("instanceIds"), &scope),
+        Ok(serde_json::json!(["i-1", "i-2"]))
+    );
+    assert_eq!(
+        render(&default("region"), &scope),
+        Ok(serde_json::json!("eu-west-1"))
+    );
+    scope.ledger.clear();
+    scope.context.insert("awsRegion".into(), "us-west-2".into());
+    assert_eq!(
+        render(&default("instanceIds"), &scope),
+        Ok(serde_json::json!([]))
+    );
+    assert_eq!(
+        render(&default("region"), &scope),
+        Ok(serde_json::json!("us-west-2"))
+    );
+    assert_eq!(
+        render(&default("endpoint"), &scope),
+        Ok(serde_json::json!(""))
+    );
+}
