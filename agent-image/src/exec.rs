@@ -84,16 +84,14 @@ async fn spawn_and_wait(
     outputs_dir: &Path,
 ) -> Result<ExitStatus, StepResult> {
     // Listen before spawning, so a signal that arrives meanwhile is forwarded, not lost.
-    let listen = |kind| {
-        signal(kind).map_err(|error| {
-            StepResult::failure(
-                EXIT_AGENT_FAILURE,
-                format!("cannot listen for signals to forward: {error}"),
-            )
-        })
+    let cannot_listen = |error: std::io::Error| {
+        StepResult::failure(
+            EXIT_AGENT_FAILURE,
+            format!("cannot listen for signals to forward: {error}"),
+        )
     };
-    let mut terminate = listen(SignalKind::terminate())?;
-    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(cannot_listen)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(cannot_listen)?;
 
     let mut child = build_command(command, outputs_dir)
         .spawn()

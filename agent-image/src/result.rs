@@ -25,6 +25,10 @@ pub struct StepResult {
     pub outputs: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ExternalResource>,
+    /// External resources the step removed (ec2-deprovision), for the operator to take off
+    /// the run's ledger.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<ExternalResource>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub report: BTreeMap<String, ReportValue>,
     pub exit_code: i32,
@@ -33,8 +37,7 @@ pub struct StepResult {
 }
 
 /// An external resource a step created (e.g. an EC2 instance), so the operator can track and
-/// clean it up.
-/// Only the EC2 built-ins create resources, and they are not in this agent version yet.
+/// clean it up (or, in `released`, one it removed).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExternalResource {
     pub kind: String,
@@ -167,6 +170,11 @@ mod tests {
                 id: "i-0123".to_owned(),
                 region: "eu-west-1".to_owned(),
             }],
+            released: vec![ExternalResource {
+                kind: "ec2-instance".to_owned(),
+                id: "i-0456".to_owned(),
+                region: "eu-west-1".to_owned(),
+            }],
             report: BTreeMap::from([
                 ("count".to_owned(), ReportValue::Number(3.into())),
                 ("note".to_owned(), ReportValue::Text("ok".to_owned())),
@@ -178,7 +186,7 @@ mod tests {
         assert_eq!(delivered.exit_code, 4);
         assert_eq!(
             delivered.json,
-            r#"{"outputs":{"greeting":"hello"},"resources":[{"kind":"ec2-instance","id":"i-0123","region":"eu-west-1"}],"report":{"count":3,"note":"ok"},"exitCode":4,"error":"boom"}"#
+            r#"{"outputs":{"greeting":"hello"},"resources":[{"kind":"ec2-instance","id":"i-0123","region":"eu-west-1"}],"released":[{"kind":"ec2-instance","id":"i-0456","region":"eu-west-1"}],"report":{"count":3,"note":"ok"},"exitCode":4,"error":"boom"}"#
         );
     }
 

@@ -10,6 +10,12 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+#[path = "../src/builtin/test_http_server.rs"]
+#[allow(dead_code, reason = "shared with the unit tests, which use all of it")]
+mod test_http_server;
+
+use test_http_server::{CannedResponse, TestHttpServer};
+
 /// A step's directories: the result file, the outputs directory and the workspace.
 struct StepDirs {
     root: TempDir,
@@ -198,17 +204,191 @@ fn builtin_shell_with_bad_input_exits_2() -> anyhow::Result<()> {
 }
 
 #[test]
-fn unimplemented_builtin_exits_2() -> anyhow::Result<()> {
+fn builtin_container_exits_2_because_the_pod_was_built_wrong() -> anyhow::Result<()> {
     let step = StepDirs::new()?;
-    let output = step.agent(&["builtin", "git"]).output()?;
+    let output = step.agent(&["builtin", "container"]).output()?;
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(
         step.result()?,
         json!({
             "exitCode": 2,
-            "error": "built-in task git is not implemented in this agent version",
+            "error": "the container task runs its command with `maestro-agent exec`; this pod \
+                      was built wrong",
         })
     );
+    Ok(())
+}
+
+/// Runs git in `dir` with a fixed identity, so commits work on any machine.
+fn git_in(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Maestro Test",
+            "-c",
+            "user.email=test@maestro.dev",
+        ])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "git {args:?}: {}",
+        stderr_of(&output)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// `maestro:s3cret` in base64, as a basic-auth header carries it.
+const BASIC_CREDENTIALS: &str = "Basic bWFlc3RybzpzM2NyZXQ=";
+
+#[test]
+fn builtin_git_clones_then_fetches_with_credentials_from_the_environment() -> anyhow::Result<()> {
+    // A repository served over git's "dumb" HTTP protocol (plain files) behind basic auth.
+    let served = tempfile::tempdir()?;
+    let work = served.path().join("work");
+    std::fs::create_dir(&work)?;
+    git_in(&work, &["init", "-q", "."])?;
+    std::fs::write(work.join("pom.xml"), "<project/>")?;
+    git_in(&work, &["add", "pom.xml"])?;
+    git_in(&work, &["commit", "-q", "-m", "tests"])?;
+    let bare = served.path().join("app.git");
+    git_in(served.path(), &["clone", "-q", "--bare", "work", "app.git"])?;
+    git_in(&bare, &["update-server-info"])?;
+    let files = bare.clone();
+    let server = TestHttpServer::start(move |request| {
+        if request.header("authorization") != Some(BASIC_CREDENTIALS) {
+            return CannedResponse::new(401, "")
+                .with_header("WWW-Authenticate", "Basic realm=\"git\"");
+        }
+        let path = request.target.split('?').next().unwrap_or_default();
+        match path
+            .strip_prefix("/app.git/")
+            .and_then(|relative| std::fs::read(files.join(relative)).ok())
+        {
+            Some(content) => CannedResponse::new(200, content),
+            None => CannedResponse::new(404, ""),
+        }
+    })?;
+    let repo = server.url("/app.git");
+
+    let step = StepDirs::new()?;
+    let run = || {
+        step.agent(&["builtin", "git"])
+            .env("MAESTRO_INPUTS", json!({"repo": repo}).to_string())
+            .env("GIT_USERNAME", "maestro")
+            .env("GIT_PASSWORD", "s3cret")
+            .output()
+    };
+    let first = run()?;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr_of(&first));
+    let workspace = step.workspace_dir().display().to_string();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.starts_with(&format!("cloned {repo} (main) into {workspace} at ")),
+        "{stdout}"
+    );
+    let commit = git_in(&work, &["rev-parse", "HEAD"])?;
+    let expected_outputs = |fetched: &str, commit: &str| json!({"commit": commit, "fetched": fetched, "path": workspace, "ref": "main"});
+    assert_eq!(
+        step.result()?,
+        json!({"outputs": expected_outputs("false", &commit), "exitCode": 0})
+    );
+
+    // Upstream moves on; the second run fetches into the clone it finds.
+    std::fs::write(
+        work.join("pom.xml"),
+        "<project><version>2</version></project>",
+    )?;
+    git_in(&work, &["commit", "-q", "-am", "version 2"])?;
+    git_in(&work, &["push", "-q", "../app.git", "main"])?;
+    git_in(&bare, &["update-server-info"])?;
+    let second = run()?;
+    assert_eq!(second.status.code(), Some(0), "{}", stderr_of(&second));
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "fetched into existing clone at {workspace}: main at "
+        )),
+        "{stdout}"
+    );
+    let commit = git_in(&work, &["rev-parse", "HEAD"])?;
+    assert_eq!(
+        step.result()?,
+        json!({"outputs": expected_outputs("true", &commit), "exitCode": 0})
+    );
+    for output in [&first, &second] {
+        assert!(!stderr_of(output).contains("s3cret"));
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
+    }
+    Ok(())
+}
+
+#[test]
+fn builtin_http_saves_a_download_into_the_workspace() -> anyhow::Result<()> {
+    let war = vec![7_u8; 48_200];
+    let served = war.clone();
+    let server = TestHttpServer::start(move |_| CannedResponse::new(200, served.clone()))?;
+    let step = StepDirs::new()?;
+    let inputs = json!({"url": server.url("/releases/app.war"), "saveAs": "app.war"});
+    let output = step
+        .agent(&["builtin", "http"])
+        .env("MAESTRO_INPUTS", inputs.to_string())
+        .output()?;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.ends_with("saved app.war (48.2 kB)\n"), "{stdout}");
+    let saved = step.workspace_dir().join("app.war");
+    assert!(std::fs::read(&saved)? == war);
+    assert_eq!(
+        step.result()?,
+        json!({
+            "outputs": {"bytes": "48200", "path": saved.display().to_string(), "status": "200"},
+            "exitCode": 0,
+        })
+    );
+    Ok(())
+}
+
+#[test]
+fn builtin_notify_posts_and_fails_on_a_rejection() -> anyhow::Result<()> {
+    let server = TestHttpServer::start(|request| {
+        if request.target == "/ok" {
+            CannedResponse::new(200, "ok")
+        } else {
+            CannedResponse::new(404, "no_service")
+        }
+    })?;
+    let step = StepDirs::new()?;
+    let notify = |path: &str| {
+        step.agent(&["builtin", "notify"])
+            .env(
+                "MAESTRO_INPUTS",
+                json!({"url": server.url(path), "text": "run done"}).to_string(),
+            )
+            .output()
+    };
+    let output = notify("/ok")?;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(
+        step.result()?,
+        json!({"outputs": {"status": "200"}, "exitCode": 0})
+    );
+    assert_eq!(server.requests()[0].body, br#"{"text":"run done"}"#);
+
+    let output = notify("/services/secret")?;
+    assert_eq!(output.status.code(), Some(1));
+    let error = format!(
+        "the webhook at {} answered 404 Not Found: no_service",
+        server.url("")
+    );
+    assert_eq!(step.result()?, json!({"exitCode": 1, "error": error}));
     Ok(())
 }
 

@@ -265,6 +265,8 @@ bash "$here/storage.sh"
 cat > "$D/env" <<EOF
 export KUBECONFIG="$KUBECONFIG_PATH"
 export CONTAINERD_ADDRESS="$CONTAINERD_SOCK"
+# Where step pods reach servers the tests start on this machine (moto, HTTP sinks).
+export MAESTRO_NODE_IP="$NODE_IP"
 export PATH="$TOOLS_BIN:\$PATH"
 EOF
 log "cluster ready: $("${KUBECTL[@]}" get node "$NODE_NAME" --no-headers)"

@@ -1,7 +1,15 @@
 //! The built-in tasks: steps that run `maestro-agent builtin <name>` instead of a command of
 //! their own image.
 
+mod ec2;
+mod git;
+mod http;
+mod http_client;
+mod inputs;
+mod notify;
 mod shell;
+#[cfg(test)]
+mod test_http_server;
 
 use std::ffi::OsString;
 
@@ -24,6 +32,9 @@ pub const BUILTIN_TASK_NAMES: [&str; 7] = [
     "container",
 ];
 
+const CONTAINER_TASK_MESSAGE: &str =
+    "the container task runs its command with `maestro-agent exec`; this pod was built wrong";
+
 /// Runs the built-in task `name` with the inputs in `MAESTRO_INPUTS`.
 pub async fn run_builtin(name: &str, paths: &StepPaths) -> StepResult {
     match name {
@@ -31,6 +42,29 @@ pub async fn run_builtin(name: &str, paths: &StepPaths) -> StepResult {
             Ok(inputs) => shell::run_shell(&inputs, paths).await,
             Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
         },
+        "ec2-provision" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
+            Ok(inputs) => ec2::run_ec2_provision(&inputs, paths).await,
+            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
+        },
+        "ec2-deprovision" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
+            Ok(inputs) => ec2::run_ec2_deprovision(&inputs, paths).await,
+            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
+        },
+        "git" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
+            Ok(inputs) => git::run_git(&inputs, paths).await,
+            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
+        },
+        "http" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
+            Ok(inputs) => http::run_http(&inputs, paths).await,
+            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
+        },
+        "notify" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
+            Ok(inputs) => notify::run_notify(&inputs, paths).await,
+            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
+        },
+        // The operator runs a container task's own image and command under `maestro-agent
+        // exec`; reaching this arm means the step pod was built from the wrong spec.
+        "container" => StepResult::failure(EXIT_BAD_INPUT, CONTAINER_TASK_MESSAGE),
         known if BUILTIN_TASK_NAMES.contains(&known) => StepResult::failure(
             EXIT_BAD_INPUT,
             format!("built-in task {known} is not implemented in this agent version"),
@@ -85,14 +119,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unimplemented_builtins_fail_with_exit_code_2() {
+    async fn container_builtin_fails_because_the_pod_was_built_wrong() {
         let paths = StepPaths::from_lookup(|_| None);
-        let result = run_builtin("git", &paths).await;
+        let result = run_builtin("container", &paths).await;
         assert_eq!(
             result,
             StepResult::failure(
                 2,
-                "built-in task git is not implemented in this agent version"
+                "the container task runs its command with `maestro-agent exec`; this pod was \
+                 built wrong"
             )
         );
     }

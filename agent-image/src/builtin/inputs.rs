@@ -1,0 +1,191 @@
+//! Reading typed values out of a step's inputs, with messages that name the input at fault.
+//!
+//! Absent and null both mean "not given". Number inputs also accept numeric strings, because
+//! a template such as `"{{ params.retries }}"` renders to a string.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::Inputs;
+
+/// A string input.
+pub fn optional_string(inputs: &Inputs, name: &str) -> Result<Option<String>, String> {
+    match inputs.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(format!("input {name:?} must be a string")),
+    }
+}
+
+/// A string input that must be given and not be blank.
+pub fn required_string(inputs: &Inputs, name: &str) -> Result<String, String> {
+    let text =
+        optional_string(inputs, name)?.ok_or_else(|| format!("input {name:?} is required"))?;
+    if text.trim().is_empty() {
+        return Err(format!("input {name:?} must not be empty"));
+    }
+    Ok(text)
+}
+
+/// An object-of-strings input (e.g. headers), in the order given.
+pub fn optional_string_map(inputs: &Inputs, name: &str) -> Result<Vec<(String, String)>, String> {
+    let entries = match inputs.get(name) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(entries)) => entries,
+        Some(_) => return Err(format!("input {name:?} must be an object of strings")),
+    };
+    entries
+        .iter()
+        .map(|(key, value)| match value {
+            Value::String(text) => Ok((key.clone(), text.clone())),
+            _ => Err(format!(
+                "input {name:?} must be an object of strings; {key:?} is not a string"
+            )),
+        })
+        .collect()
+}
+
+/// A whole-number input of at least `minimum`.
+pub fn optional_whole_number(
+    inputs: &Inputs,
+    name: &str,
+    minimum: u64,
+) -> Result<Option<u64>, String> {
+    let Some(value) = inputs.get(name).filter(|value| !value.is_null()) else {
+        return Ok(None);
+    };
+    whole_number(value)
+        .filter(|number| *number >= minimum)
+        .map(Some)
+        .ok_or_else(|| format!("input {name:?} must be a whole number of at least {minimum}"))
+}
+
+/// A number of seconds greater than zero, e.g. a timeout.
+pub fn optional_seconds(inputs: &Inputs, name: &str) -> Result<Option<f64>, String> {
+    let Some(value) = inputs.get(name).filter(|value| !value.is_null()) else {
+        return Ok(None);
+    };
+    let seconds = match value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    // A day bounds it well below what Duration can hold, and no step waits that long.
+    const MAX_SECONDS: f64 = 86_400.0;
+    seconds
+        .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds <= MAX_SECONDS)
+        .map(Some)
+        .ok_or_else(|| format!("input {name:?} must be a number of seconds above 0"))
+}
+
+/// `value` as a whole number, if it is one (a JSON number or a numeric string).
+pub fn whole_number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Where a path input points: relative paths are inside the workspace, so steps of a run
+/// find each other's files; absolute paths are kept.
+pub fn path_in_workspace(given: &str, workspace_dir: &Path) -> PathBuf {
+    workspace_dir.join(given)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inputs(value: Value) -> Inputs {
+        match value {
+            Value::Object(map) => map,
+            _ => Inputs::new(),
+        }
+    }
+
+    #[test]
+    fn required_strings_must_be_given_and_not_blank() {
+        let given = inputs(json!({"url": "x", "blank": " ", "number": 1}));
+        assert_eq!(required_string(&given, "url"), Ok("x".to_owned()));
+        assert_eq!(
+            required_string(&given, "missing"),
+            Err(r#"input "missing" is required"#.to_owned())
+        );
+        assert_eq!(
+            required_string(&given, "blank"),
+            Err(r#"input "blank" must not be empty"#.to_owned())
+        );
+        assert_eq!(
+            required_string(&given, "number"),
+            Err(r#"input "number" must be a string"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn whole_numbers_accept_numeric_strings() {
+        let given = inputs(json!({"a": 3, "b": "4", "c": -1, "d": 1.5, "e": "x", "f": null}));
+        assert_eq!(optional_whole_number(&given, "a", 0), Ok(Some(3)));
+        assert_eq!(optional_whole_number(&given, "b", 0), Ok(Some(4)));
+        assert_eq!(optional_whole_number(&given, "f", 0), Ok(None));
+        assert_eq!(optional_whole_number(&given, "missing", 0), Ok(None));
+        for bad in ["c", "d", "e"] {
+            assert_eq!(
+                optional_whole_number(&given, bad, 0),
+                Err(format!(
+                    "input {bad:?} must be a whole number of at least 0"
+                ))
+            );
+        }
+        assert_eq!(
+            optional_whole_number(&given, "a", 5),
+            Err(r#"input "a" must be a whole number of at least 5"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn seconds_are_positive_and_bounded() {
+        let given = inputs(json!({"a": 0.5, "b": "30", "zero": 0, "huge": 1e12, "word": "soon"}));
+        assert_eq!(optional_seconds(&given, "a"), Ok(Some(0.5)));
+        assert_eq!(optional_seconds(&given, "b"), Ok(Some(30.0)));
+        for bad in ["zero", "huge", "word"] {
+            assert_eq!(
+                optional_seconds(&given, bad),
+                Err(format!("input {bad:?} must be a number of seconds above 0"))
+            );
+        }
+    }
+
+    #[test]
+    fn string_maps_name_the_bad_entry() {
+        let given = inputs(json!({"h": {"A": "1"}, "bad": {"B": 2}, "list": ["A"]}));
+        assert_eq!(
+            optional_string_map(&given, "h"),
+            Ok(vec![("A".to_owned(), "1".to_owned())])
+        );
+        assert_eq!(optional_string_map(&given, "missing"), Ok(Vec::new()));
+        assert_eq!(
+            optional_string_map(&given, "bad"),
+            Err(r#"input "bad" must be an object of strings; "B" is not a string"#.to_owned())
+        );
+        assert_eq!(
+            optional_string_map(&given, "list"),
+            Err(r#"input "list" must be an object of strings"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_inside_the_workspace() {
+        let workspace = Path::new("/workspace");
+        assert_eq!(
+            path_in_workspace("app.war", workspace),
+            PathBuf::from("/workspace/app.war")
+        );
+        assert_eq!(
+            path_in_workspace("/tmp/app.war", workspace),
+            PathBuf::from("/tmp/app.war")
+        );
+    }
+}

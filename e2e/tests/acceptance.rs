@@ -1,0 +1,216 @@
+//! The seed's seven-step delivery cycle end to end on the local cluster: the war from a
+//! local HTTP server, an instance from moto (a real EC2 API endpoint), the deploy as an
+//! HTTP call, the tests from a git repository served over HTTP, run with the container
+//! task, an approval, the deprovision. Also: failing tests (onFailure notifies QA, the
+//! instance is still terminated) and a run deleted in the middle (the finalizer
+//! terminates its instance).
+
+use std::{path::Path, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use maestro_e2e::{
+    maestro::Env,
+    wait_for,
+    world::{Moto, Sink, run},
+};
+use maestro_operator::api::{CompositionRun, RunPhase, StepPhase};
+use serde_json::json;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+const WAR_BYTES: usize = 256 * 1024;
+
+const TESTS_PASS: &str = r#"#!/bin/sh
+# Acceptance tests: a stand-in for `mvn verify` (no Maven image can be pulled here).
+set -u
+url="$1"
+echo "Running acceptance tests against $url"
+curl -fsS -o /tmp/deployed.war "$url" || { echo "Tests run: 1, Failures: 1 (the app does not answer)"; exit 1; }
+cmp -s /tmp/deployed.war app.war || { echo "Tests run: 2, Failures: 1 (the deployed war differs)"; exit 1; }
+echo "Tests run: 2, Failures: 0"
+"#;
+
+/// A release in a Maven layout, and the acceptance tests as a git repository served
+/// over HTTP (a `main` branch that passes, a `failing` branch that does not).
+fn make_world(root: &Path) -> anyhow::Result<Vec<u8>> {
+    let war: Vec<u8> = (0..WAR_BYTES).map(|i| (i * 31 % 251) as u8).collect();
+    let release = root.join("com/acme/app/1.4.2");
+    std::fs::create_dir_all(&release)?;
+    std::fs::write(release.join("app-1.4.2.war"), &war)?;
+
+    let work = root.join("work-tests");
+    std::fs::create_dir_all(&work)?;
+    run(&work, "git", &["init", "-q", "-b", "main"])?;
+    run(&work, "git", &["config", "user.email", "qa@example.com"])?;
+    run(&work, "git", &["config", "user.name", "QA"])?;
+    std::fs::write(work.join("run-tests.sh"), TESTS_PASS)?;
+    run(&work, "git", &["add", "."])?;
+    run(&work, "git", &["commit", "-q", "-m", "acceptance tests"])?;
+    run(&work, "git", &["checkout", "-q", "-b", "failing"])?;
+    std::fs::write(
+        work.join("run-tests.sh"),
+        TESTS_PASS.replace(
+            "echo \"Tests run: 2, Failures: 0\"",
+            "echo \"Tests run: 2, Failures: 1 (login page returns 500)\"; exit 1",
+        ),
+    )?;
+    run(&work, "git", &["commit", "-q", "-am", "a failing test"])?;
+    run(&work, "git", &["checkout", "-q", "main"])?;
+    std::fs::create_dir_all(root.join("qa"))?;
+    run(root, "git", &["clone", "-q", "--bare", "work-tests", "qa/acceptance.git"])?;
+    run(&root.join("qa/acceptance.git"), "git", &["update-server-info"])?;
+    Ok(war)
+}
+
+struct World {
+    env: Env,
+    sink: Sink,
+    moto: Moto,
+    _dir: tempdir::Dir,
+    war: Vec<u8>,
+}
+
+mod tempdir {
+    /// A temporary folder removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(prefix: &str) -> std::io::Result<Self> {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let path = std::env::temp_dir().join(format!("{prefix}-{nanos}"));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn world(prefix: &str) -> anyhow::Result<World> {
+    let env = Env::new(prefix).await?;
+    let dir = tempdir::Dir::new(&format!("maestro-{prefix}"))?;
+    let war = make_world(&dir.0)?;
+    let sink = Sink::start(&dir.0).await?;
+    let moto = Moto::start().await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "aws-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    env.apply_example("acceptance-tests/composition.yaml").await?;
+    env.apply_example("acceptance-tests/notify-qa.yaml").await?;
+    Ok(World { env, sink, moto, _dir: dir, war })
+}
+
+impl World {
+    async fn start(&self, tests_ref: &str) -> anyhow::Result<String> {
+        let url = self.sink.url.clone();
+        let repo = format!("{url}/qa/acceptance.git");
+        let notify = format!("{url}/notify");
+        self.env
+            .start_run(
+                "acceptance-tests",
+                &[
+                    ("artifactRepo", url.as_str()),
+                    ("deployUrl", url.as_str()),
+                    ("testsRepo", repo.as_str()),
+                    ("testsRef", tests_ref),
+                    ("awsEndpoint", self.moto.url.as_str()),
+                    ("notifyUrl", notify.as_str()),
+                ],
+            )
+            .await
+    }
+}
+
+fn step_phase(run: &CompositionRun, step: &str) -> Option<StepPhase> {
+    run.status.as_ref()?.steps.iter().find(|s| s.name == step).map(|s| s.phase)
+}
+
+#[tokio::test]
+async fn acceptance_cycle_succeeds_and_leaves_no_instance() -> anyhow::Result<()> {
+    let w = world("accept-ok").await?;
+    let name = w.start("main").await?;
+    let waiting = w.env.wait_phase(&name, &[RunPhase::WaitingApproval, RunPhase::Failed], RUN_TIMEOUT).await?;
+    let status = waiting.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::WaitingApproval, "status: {status:#?}");
+
+    // The instance runs, it is in the ledger, and the war reached the deploy endpoint.
+    let live = w.moto.live_instances().await?;
+    assert_eq!(live.len(), 1, "instances: {live:?}");
+    let ledger: Vec<&str> = status.resources.iter().map(|r| r.id.as_str()).collect();
+    assert!(live[0].starts_with(ledger.first().copied().unwrap_or("none")), "ledger {ledger:?}, moto {live:?}");
+    let deploys: Vec<_> = w.sink.records().await?.into_iter().filter(|r| r["method"] == "PUT").collect();
+    assert_eq!(deploys.len(), 1, "deploys: {deploys:?}");
+    assert_eq!(deploys[0]["size"], json!(w.war.len()));
+    let checkout = status.steps.iter().find(|s| s.name == "checkout-tests").map(|s| s.outputs.clone()).unwrap_or_default();
+    assert_eq!(checkout.get("commit").map(String::len), Some(40), "checkout outputs {checkout:?}");
+
+    w.env.cli(&["approve", &name, "sign-off"]).await?;
+    let done = w.env.wait_finished(&name, RUN_TIMEOUT).await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Succeeded, "status: {status:#?}");
+    assert!(status.resources.is_empty(), "ledger: {:?}", status.resources);
+    assert_eq!(step_phase(&done, "deprovision"), Some(StepPhase::Succeeded));
+    assert!(w.moto.live_instances().await?.is_empty(), "moto still runs an instance");
+
+    let log = w.env.cli(&["logs", &name]).await?;
+    assert!(log.lines().any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 2, Failures: 0")), "log:\n{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_tests_notify_qa_and_still_terminate_the_instance() -> anyhow::Result<()> {
+    let w = world("accept-fail").await?;
+    let name = w.start("failing").await?;
+    let done = w.env.wait_finished(&name, RUN_TIMEOUT).await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Failed, "status: {status:#?}");
+    assert_eq!(step_phase(&done, "run-tests"), Some(StepPhase::Failed));
+    assert_eq!(step_phase(&done, "deprovision"), Some(StepPhase::Skipped));
+    // The cleanup, not the skipped deprovision step, terminated the instance.
+    assert_eq!(status.cleanup.as_ref().map(|c| c.phase), Some(StepPhase::Succeeded), "{:?}", status.cleanup);
+    assert!(status.resources.is_empty());
+    assert!(w.moto.live_instances().await?.is_empty(), "moto still runs an instance");
+    let pods = w.env.step_pods(&name).await?;
+    assert_eq!(pods.iter().filter(|(s, _, _)| s == "run-tests").count(), 2, "one retry: {pods:?}");
+
+    // onFailure started notify-qa, which told the webhook what failed.
+    let notify_run = status.on_failure_run.clone().unwrap_or_default();
+    let notified = w.env.wait_finished(&notify_run, RUN_TIMEOUT).await?;
+    assert_eq!(notified.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    let records = w.sink.records().await?;
+    let note = records.iter().find(|r| r["method"] == "POST" && r["path"] == "/notify");
+    let text = note.and_then(|r| r["body"].as_str()).unwrap_or_default();
+    assert!(text.contains(&name) && text.contains("run-tests"), "notification: {text:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_run_midway_terminates_its_instance() -> anyhow::Result<()> {
+    let w = world("accept-delete").await?;
+    let name = w.start("main").await?;
+    w.env.wait_phase(&name, &[RunPhase::WaitingApproval], RUN_TIMEOUT).await?;
+    assert_eq!(w.moto.live_instances().await?.len(), 1);
+
+    let runs: Api<CompositionRun> = Api::namespaced(w.env.client.clone(), &w.env.ns.name);
+    runs.delete(&name, &DeleteParams::default()).await?;
+    wait_for("the deleted run to go away after its cleanup", RUN_TIMEOUT, || async {
+        match runs.get_opt(&name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(r) => Err(format!("still there: {:?}", r.status.map(|s| (s.phase, s.cleanup)))),
+        }
+    })
+    .await?;
+    assert!(w.moto.live_instances().await?.is_empty(), "moto still runs an instance");
+    Ok(())
+}
