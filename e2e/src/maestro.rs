@@ -16,8 +16,8 @@ use k8s_openapi::{
 use kube::{
     Api, Client, ResourceExt,
     api::{
-        ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
-        PostParams,
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
+        PatchParams, PostParams,
     },
 };
 use maestro_operator::{
@@ -146,7 +146,12 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
             )
         }
         "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding" => {
-            let plural = format!("{}s", kind.to_lowercase());
+            // "policy" -> "policies", "binding" -> "bindings".
+            let lower = kind.to_lowercase();
+            let plural = match lower.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{lower}s"),
+            };
             (
                 ApiResource::from_gvk_with_plural(
                     &gvk("admissionregistration.k8s.io", "v1"),
@@ -380,6 +385,52 @@ pub struct Env {
     pub operator: Operator,
     // Dropped last: the namespace goes after the operator has stopped.
     pub ns: crate::TestNamespace,
+}
+
+impl Drop for Env {
+    /// Runs carry a finalizer that only the operator removes: delete them while it still
+    /// runs (it cleans up and lets them go), and strip what is left after a while, so the
+    /// test namespace does not hang in Terminating.
+    fn drop(&mut self) {
+        let ns = self.ns.name.clone();
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
+                let runs: Api<CompositionRun> = Api::namespaced(client, &ns);
+                let _ = runs
+                    .delete_collection(&DeleteParams::background(), &ListParams::default())
+                    .await;
+                for _ in 0..30 {
+                    match runs.list(&ListParams::default()).await {
+                        Ok(list) if list.items.is_empty() => return,
+                        Err(_) => return,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+                let unblock = serde_json::json!({"metadata": {"finalizers": null}});
+                if let Ok(list) = runs.list(&ListParams::default()).await {
+                    for run in list.items {
+                        let _ = runs
+                            .patch(
+                                &run.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(&unblock),
+                            )
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = handle.join();
+    }
 }
 
 impl Env {

@@ -34,18 +34,31 @@ impl Sink {
         let host = node_ip();
         let child = std::process::Command::new("python3")
             .arg(repo_root().join("e2e/servers/sink.py"))
-            .args(["--root", &root.display().to_string(), "--host", &host, "--port", "0"])
+            .args([
+                "--root",
+                &root.display().to_string(),
+                "--host",
+                &host,
+                "--port",
+                "0",
+            ])
             .arg("--ready-file")
             .arg(&ready)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting the HTTP sink")?;
-        let port = wait_for("the HTTP sink to listen", Duration::from_secs(20), || async {
-            std::fs::read_to_string(&ready).map_err(|e| e.to_string())
-        })
+        let port = wait_for(
+            "the HTTP sink to listen",
+            Duration::from_secs(20),
+            || async { std::fs::read_to_string(&ready).map_err(|e| e.to_string()) },
+        )
         .await?;
-        Ok(Self { child, root: root.to_path_buf(), url: format!("http://{host}:{port}") })
+        Ok(Self {
+            child,
+            root: root.to_path_buf(),
+            url: format!("http://{host}:{port}"),
+        })
     }
 
     /// Every PUT and POST the sink received.
@@ -55,7 +68,10 @@ impl Sink {
             .output()
             .await?;
         if !out.status.success() {
-            bail!("reading the sink's records: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "reading the sink's records: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -84,7 +100,12 @@ impl Moto {
         if !out.status.success() {
             bail!("starting moto: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let url = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_string();
+        let url = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
         if url.is_empty() {
             bail!("moto.sh start printed no URL");
         }
@@ -101,9 +122,15 @@ impl Moto {
             out = [(i['InstanceId'], i['State']['Name'])\n\
                    for r in ec2.describe_instances()['Reservations'] for i in r['Instances']]\n\
             print(json.dumps(out))\n";
-        let out = tokio::process::Command::new(python).args(["-c", script, &self.url]).output().await?;
+        let out = tokio::process::Command::new(python)
+            .args(["-c", script, &self.url])
+            .output()
+            .await?;
         if !out.status.success() {
-            bail!("describe-instances: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "describe-instances: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -134,15 +161,23 @@ impl Drop for Moto {
 fn moto_python() -> PathBuf {
     let cache = std::env::var("MAESTRO_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/maestro"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/maestro")
+        });
     cache.join("moto-v1/venv/bin/python")
 }
 
 /// Runs a command (git, in tests) and fails with its output when it fails.
 pub fn run(dir: &Path, program: &str, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(program).args(args).current_dir(dir).output()?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()?;
     if !out.status.success() {
-        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

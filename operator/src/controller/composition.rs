@@ -49,7 +49,7 @@ pub async fn reconcile(
             find(&ns).or_else(|| find(&ctx.settings.library_namespace))
         })
         .collect();
-    let (status, reason, message) = match graph::validate(&composition.spec, &tasks, None) {
+    let (status, reason, message) = match graph::validate(&composition.spec, Some(&tasks), None) {
         Ok(_) => (
             "True",
             "Valid",

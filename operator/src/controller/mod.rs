@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -162,6 +162,15 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
 
     let run_api = scoped::<DeserializeGuard<CompositionRun>>(&client, ns);
     let composition_api = scoped::<DeserializeGuard<Composition>>(&client, ns);
+    // The run controller reads compositions from a cache of its own, so it can wait for
+    // that cache to be complete before its first reconcile.
+    let (compositions, composition_writer) = reflector::store();
+    let composition_watch = reflector::reflector(
+        composition_writer,
+        watcher(composition_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
     let run_controller = Controller::new(run_api.clone(), watcher::Config::default());
     let composition_controller = Controller::new(composition_api, watcher::Config::default());
 
@@ -170,7 +179,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         settings,
         recorder,
         runs: run_controller.store(),
-        compositions: composition_controller.store(),
+        compositions,
         tasks,
         pods,
         approvals,
@@ -240,6 +249,20 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(pod_watch.for_each(|_| async {}));
     tokio::spawn(task_watch.for_each(|_| async {}));
     tokio::spawn(approval_watch.for_each(|_| async {}));
+    tokio::spawn(composition_watch.for_each(|_| async {}));
+    // A reconcile against a half-filled cache would see a Task or a pod as missing: a
+    // restarted operator must not fail a run in flight for that. Wait for every cache.
+    for (name, ready) in [
+        ("tasks", ctx.tasks.wait_until_ready().boxed()),
+        ("pods", ctx.pods.wait_until_ready().boxed()),
+        ("approvals", ctx.approvals.wait_until_ready().boxed()),
+        ("compositions", ctx.compositions.wait_until_ready().boxed()),
+    ] {
+        ready
+            .await
+            .map_err(|e| anyhow::anyhow!("the {name} cache never filled: {e}"))?;
+    }
+    tracing::info!("caches ready; reconciling");
     tokio::join!(runs, compositions);
     Ok(())
 }

@@ -367,21 +367,23 @@ fn library_task_defaults_render() {
     ] {
         assert!(tasks.contains_key(name), "library lacks {name}");
     }
-    let mut scope = Scope::default();
-    scope.ledger = vec![
-        LedgerScope {
-            kind: "ec2-instance".into(),
-            id: "i-1".into(),
-            region: "eu-west-1".into(),
-            step: "p".into(),
-        },
-        LedgerScope {
-            kind: "ec2-instance".into(),
-            id: "i-2".into(),
-            region: "eu-west-1".into(),
-            step: "p".into(),
-        },
-    ];
+    let mut scope = Scope {
+        ledger: vec![
+            LedgerScope {
+                kind: "ec2-instance".into(),
+                id: "i-1".into(),
+                region: "eu-west-1".into(),
+                step: "p".into(),
+            },
+            LedgerScope {
+                kind: "ec2-instance".into(),
+                id: "i-2".into(),
+                region: "eu-west-1".into(),
+                step: "p".into(),
+            },
+        ],
+        ..Scope::default()
+    };
     let deprovision = &tasks["ec2-deprovision"];
     let default = |name: &str| {
         deprovision

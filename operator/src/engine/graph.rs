@@ -14,11 +14,12 @@ pub struct Graph {
     pub deps: Vec<Vec<usize>>,
 }
 
-/// Validates `spec` against the Tasks found for it and, for a run, the run's params.
-/// Returns every problem found, each naming its field.
+/// Validates `spec` against the Tasks found for it (`None`: skip the checks that need
+/// Tasks) and, for a run, the run's params. Returns every problem found, each naming its
+/// field.
 pub fn validate(
     spec: &CompositionSpec,
-    tasks: &BTreeMap<String, TaskSpec>,
+    tasks: Option<&BTreeMap<String, TaskSpec>>,
     run_params: Option<&BTreeMap<String, String>>,
 ) -> Result<Graph, Vec<String>> {
     let mut problems = Vec::new();
@@ -101,7 +102,7 @@ pub fn validate(
 fn check_step(
     i: usize,
     step: &Step,
-    tasks: &BTreeMap<String, TaskSpec>,
+    tasks: Option<&BTreeMap<String, TaskSpec>>,
     problems: &mut Vec<String>,
 ) {
     let at = format!("spec.steps[{i}]");
@@ -147,6 +148,7 @@ fn check_step(
         }
     }
     let Some(task_name) = &step.task else { return };
+    let Some(tasks) = tasks else { return };
     let Some(task) = tasks.get(task_name) else {
         problems.push(format!("{at}.task: task {task_name:?} not found"));
         return;

@@ -75,11 +75,15 @@ impl Planner<'_> {
             Ok(c) => c,
             Err(message) => return self.invalid(message),
         };
-        let graph = match graph::validate(
-            &composition,
-            self.input.tasks,
-            Some(&self.input.spec.params),
-        ) {
+        // Tasks and params are checked when the run starts. A run in flight is not made
+        // Invalid later by a Task that is edited, deleted, or missing from a cache.
+        let started = self.plan.status.composition_spec.is_some();
+        let (tasks, params) = if started {
+            (None, None)
+        } else {
+            (Some(self.input.tasks), Some(&self.input.spec.params))
+        };
+        let graph = match graph::validate(&composition, tasks, params) {
             Ok(g) => g,
             Err(problems) => return self.invalid(problems.join("; ")),
         };
