@@ -60,8 +60,16 @@ fn make_world(root: &Path) -> anyhow::Result<Vec<u8>> {
     run(&work, "git", &["commit", "-q", "-am", "a failing test"])?;
     run(&work, "git", &["checkout", "-q", "main"])?;
     std::fs::create_dir_all(root.join("qa"))?;
-    run(root, "git", &["clone", "-q", "--bare", "work-tests", "qa/acceptance.git"])?;
-    run(&root.join("qa/acceptance.git"), "git", &["update-server-info"])?;
+    run(
+        root,
+        "git",
+        &["clone", "-q", "--bare", "work-tests", "qa/acceptance.git"],
+    )?;
+    run(
+        &root.join("qa/acceptance.git"),
+        "git",
+        &["update-server-info"],
+    )?;
     Ok(war)
 }
 
@@ -106,9 +114,16 @@ async fn world(prefix: &str) -> anyhow::Result<World> {
         "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     }))?;
     secrets.create(&PostParams::default(), &secret).await?;
-    env.apply_example("acceptance-tests/composition.yaml").await?;
+    env.apply_example("acceptance-tests/composition.yaml")
+        .await?;
     env.apply_example("acceptance-tests/notify-qa.yaml").await?;
-    Ok(World { env, sink, moto, _dir: dir, war })
+    Ok(World {
+        env,
+        sink,
+        moto,
+        _dir: dir,
+        war,
+    })
 }
 
 impl World {
@@ -133,38 +148,83 @@ impl World {
 }
 
 fn step_phase(run: &CompositionRun, step: &str) -> Option<StepPhase> {
-    run.status.as_ref()?.steps.iter().find(|s| s.name == step).map(|s| s.phase)
+    run.status
+        .as_ref()?
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .map(|s| s.phase)
 }
 
 #[tokio::test]
 async fn acceptance_cycle_succeeds_and_leaves_no_instance() -> anyhow::Result<()> {
     let w = world("accept-ok").await?;
     let name = w.start("main").await?;
-    let waiting = w.env.wait_phase(&name, &[RunPhase::WaitingApproval, RunPhase::Failed], RUN_TIMEOUT).await?;
+    let waiting = w
+        .env
+        .wait_phase(
+            &name,
+            &[RunPhase::WaitingApproval, RunPhase::Failed],
+            RUN_TIMEOUT,
+        )
+        .await?;
     let status = waiting.status.clone().unwrap_or_default();
-    assert_eq!(status.phase, RunPhase::WaitingApproval, "status: {status:#?}");
+    assert_eq!(
+        status.phase,
+        RunPhase::WaitingApproval,
+        "status: {status:#?}"
+    );
 
     // The instance runs, it is in the ledger, and the war reached the deploy endpoint.
     let live = w.moto.live_instances().await?;
     assert_eq!(live.len(), 1, "instances: {live:?}");
     let ledger: Vec<&str> = status.resources.iter().map(|r| r.id.as_str()).collect();
-    assert!(live[0].starts_with(ledger.first().copied().unwrap_or("none")), "ledger {ledger:?}, moto {live:?}");
-    let deploys: Vec<_> = w.sink.records().await?.into_iter().filter(|r| r["method"] == "PUT").collect();
+    assert!(
+        live[0].starts_with(ledger.first().copied().unwrap_or("none")),
+        "ledger {ledger:?}, moto {live:?}"
+    );
+    let deploys: Vec<_> = w
+        .sink
+        .records()
+        .await?
+        .into_iter()
+        .filter(|r| r["method"] == "PUT")
+        .collect();
     assert_eq!(deploys.len(), 1, "deploys: {deploys:?}");
     assert_eq!(deploys[0]["size"], json!(w.war.len()));
-    let checkout = status.steps.iter().find(|s| s.name == "checkout-tests").map(|s| s.outputs.clone()).unwrap_or_default();
-    assert_eq!(checkout.get("commit").map(String::len), Some(40), "checkout outputs {checkout:?}");
+    let checkout = status
+        .steps
+        .iter()
+        .find(|s| s.name == "checkout-tests")
+        .map(|s| s.outputs.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        checkout.get("commit").map(String::len),
+        Some(40),
+        "checkout outputs {checkout:?}"
+    );
 
     w.env.cli(&["approve", &name, "sign-off"]).await?;
     let done = w.env.wait_finished(&name, RUN_TIMEOUT).await?;
     let status = done.status.clone().unwrap_or_default();
     assert_eq!(status.phase, RunPhase::Succeeded, "status: {status:#?}");
-    assert!(status.resources.is_empty(), "ledger: {:?}", status.resources);
+    assert!(
+        status.resources.is_empty(),
+        "ledger: {:?}",
+        status.resources
+    );
     assert_eq!(step_phase(&done, "deprovision"), Some(StepPhase::Succeeded));
-    assert!(w.moto.live_instances().await?.is_empty(), "moto still runs an instance");
+    assert!(
+        w.moto.live_instances().await?.is_empty(),
+        "moto still runs an instance"
+    );
 
     let log = w.env.cli(&["logs", &name]).await?;
-    assert!(log.lines().any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 2, Failures: 0")), "log:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 2, Failures: 0")),
+        "log:\n{log}"
+    );
     Ok(())
 }
 
@@ -178,20 +238,37 @@ async fn failing_tests_notify_qa_and_still_terminate_the_instance() -> anyhow::R
     assert_eq!(step_phase(&done, "run-tests"), Some(StepPhase::Failed));
     assert_eq!(step_phase(&done, "deprovision"), Some(StepPhase::Skipped));
     // The cleanup, not the skipped deprovision step, terminated the instance.
-    assert_eq!(status.cleanup.as_ref().map(|c| c.phase), Some(StepPhase::Succeeded), "{:?}", status.cleanup);
+    assert_eq!(
+        status.cleanup.as_ref().map(|c| c.phase),
+        Some(StepPhase::Succeeded),
+        "{:?}",
+        status.cleanup
+    );
     assert!(status.resources.is_empty());
-    assert!(w.moto.live_instances().await?.is_empty(), "moto still runs an instance");
+    assert!(
+        w.moto.live_instances().await?.is_empty(),
+        "moto still runs an instance"
+    );
     let pods = w.env.step_pods(&name).await?;
-    assert_eq!(pods.iter().filter(|(s, _, _)| s == "run-tests").count(), 2, "one retry: {pods:?}");
+    assert_eq!(
+        pods.iter().filter(|(s, _, _)| s == "run-tests").count(),
+        2,
+        "one retry: {pods:?}"
+    );
 
     // onFailure started notify-qa, which told the webhook what failed.
     let notify_run = status.on_failure_run.clone().unwrap_or_default();
     let notified = w.env.wait_finished(&notify_run, RUN_TIMEOUT).await?;
     assert_eq!(notified.status.map(|s| s.phase), Some(RunPhase::Succeeded));
     let records = w.sink.records().await?;
-    let note = records.iter().find(|r| r["method"] == "POST" && r["path"] == "/notify");
+    let note = records
+        .iter()
+        .find(|r| r["method"] == "POST" && r["path"] == "/notify");
     let text = note.and_then(|r| r["body"].as_str()).unwrap_or_default();
-    assert!(text.contains(&name) && text.contains("run-tests"), "notification: {text:?}");
+    assert!(
+        text.contains(&name) && text.contains("run-tests"),
+        "notification: {text:?}"
+    );
     Ok(())
 }
 
@@ -199,18 +276,30 @@ async fn failing_tests_notify_qa_and_still_terminate_the_instance() -> anyhow::R
 async fn deleting_a_run_midway_terminates_its_instance() -> anyhow::Result<()> {
     let w = world("accept-delete").await?;
     let name = w.start("main").await?;
-    w.env.wait_phase(&name, &[RunPhase::WaitingApproval], RUN_TIMEOUT).await?;
+    w.env
+        .wait_phase(&name, &[RunPhase::WaitingApproval], RUN_TIMEOUT)
+        .await?;
     assert_eq!(w.moto.live_instances().await?.len(), 1);
 
     let runs: Api<CompositionRun> = Api::namespaced(w.env.client.clone(), &w.env.ns.name);
     runs.delete(&name, &DeleteParams::default()).await?;
-    wait_for("the deleted run to go away after its cleanup", RUN_TIMEOUT, || async {
-        match runs.get_opt(&name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(r) => Err(format!("still there: {:?}", r.status.map(|s| (s.phase, s.cleanup)))),
-        }
-    })
+    wait_for(
+        "the deleted run to go away after its cleanup",
+        RUN_TIMEOUT,
+        || async {
+            match runs.get_opt(&name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(r) => Err(format!(
+                    "still there: {:?}",
+                    r.status.map(|s| (s.phase, s.cleanup))
+                )),
+            }
+        },
+    )
     .await?;
-    assert!(w.moto.live_instances().await?.is_empty(), "moto still runs an instance");
+    assert!(
+        w.moto.live_instances().await?.is_empty(),
+        "moto still runs an instance"
+    );
     Ok(())
 }
