@@ -34,6 +34,8 @@ impl Moto {
         let output = Command::new("bash")
             .arg(moto_script())
             .arg("start")
+            // If this test binary is killed before the guard's drop, moto goes with it.
+            .env("MOTO_STOP_WITH_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .output()
             .context("cannot run e2e/moto/moto.sh")?;

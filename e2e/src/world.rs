@@ -95,6 +95,8 @@ impl Moto {
             .arg(repo_root().join("e2e/moto/moto.sh"))
             .arg("start")
             .env("MOTO_HOST", node_ip())
+            // moto stops by itself if this test process dies before dropping it.
+            .env("MOTO_STOP_WITH_PID", std::process::id().to_string())
             .output()
             .await?;
         if !out.status.success() {

@@ -38,9 +38,9 @@ use super::CleanupPolicy;
     )
 )]
 #[x_kube(
-    validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.name == s.name))").message("step names must be unique within spec.steps").reason(kube::core::Reason::FieldValueDuplicate).field_path(".steps"),
+    validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.name == s.name))").message("step names must be unique within spec.steps").field_path(".steps"),
     validation = Rule::new("self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.steps.exists(t, t.name == d)))").message("every name in a step's dependsOn must be a step of this composition").reason(kube::core::Reason::FieldValueInvalid).field_path(".steps"),
-    validation = Rule::new("!has(self.params) || self.params.all(p, self.params.exists_one(q, q.name == p.name))").message("param names must be unique within spec.params").reason(kube::core::Reason::FieldValueDuplicate).field_path(".params"),
+    validation = Rule::new("!has(self.params) || self.params.all(p, self.params.exists_one(q, q.name == p.name))").message("param names must be unique within spec.params").field_path(".params"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CompositionSpec {

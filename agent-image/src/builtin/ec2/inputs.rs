@@ -56,7 +56,15 @@ pub fn integer_in(
     let out_of_range = || format!("input {name:?} must be an integer from {min} to {max}");
     let value = match inputs.get(name) {
         None | Some(Value::Null) => return Ok(default),
-        Some(Value::Number(number)) => number.as_u64().ok_or_else(out_of_range)?,
+        Some(Value::Number(number)) => match number.as_u64() {
+            Some(value) => value,
+            // CEL and YAML may hand a whole number over as a float (`2.0`).
+            None => number
+                .as_f64()
+                .filter(|value| value.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(value))
+                .map(|value| value as u64)
+                .ok_or_else(out_of_range)?,
+        },
         Some(Value::String(text)) if text.trim().is_empty() => return Ok(default),
         Some(Value::String(text)) => text.trim().parse().map_err(|_| out_of_range())?,
         Some(_) => return Err(out_of_range()),
@@ -151,6 +159,7 @@ mod tests {
         let read = |value: Value| integer_in(&inputs(json!({ "n": value })), "n", 7, 1, 20);
         assert_eq!(read(json!(null)), Ok(7));
         assert_eq!(read(json!(3)), Ok(3));
+        assert_eq!(read(json!(2.0)), Ok(2));
         assert_eq!(read(json!(" 20 ")), Ok(20));
         assert_eq!(read(json!("")), Ok(7));
         let wrong = Err("input \"n\" must be an integer from 1 to 20".to_owned());
