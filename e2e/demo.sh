@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The demo: installs Maestro's CRDs, the Task library and the approval policy, starts the
 # operator (a local process, its PID kept with the cluster's so cluster-down ends it),
-# applies examples/hello, runs it with the CLI and follows its aggregated log to the end.
+# then runs the seed's delivery cycle, examples/acceptance-tests, against a local world:
+# the war and the tests' git repository from an HTTP server on this machine, EC2 from
+# moto. It follows the run's aggregated log, approves the sign-off gate through the CLI
+# when the run waits for it, and shows that no instance is left running.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -9,7 +12,10 @@ top=$(cd "$here/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$MAESTRO_CACHE/target}/debug"
 ns=maestro-demo
 export PATH="$bin:$TOOLS_BIN:$PATH"   # kubectl-maestro becomes `kubectl maestro`
-log() { printf '[demo] %s\n' "$*" >&2; }
+log() { printf '\n[demo] %s\n' "$*" >&2; }
+
+if [ -d "$CLUSTER_DIR/pids" ]; then state="$CLUSTER_DIR"; else state=/tmp/maestro-demo; mkdir -p "$state/pids" "$state/logs"; fi
+node_ip=${MAESTRO_NODE_IP:-$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="src") print $(i+1)}')}
 
 log "installing CRDs, the Task library and the approval policy"
 kubectl apply --server-side --force-conflicts -f "$top/crds/" >/dev/null
@@ -17,30 +23,75 @@ kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace maestro-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply --server-side --force-conflicts -n maestro-system -f "$top/charts/maestro/files/library/" >/dev/null
 kubectl apply --server-side --force-conflicts -f "$top/charts/maestro/files/policies/" >/dev/null
+kubectl get tasks -n maestro-system
+
+# stop_pid NAME: ends a process this script started on an earlier run.
+stop_pid() {
+  local f="$state/pids/$1.pid"
+  if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill "$(cat "$f")" 2>/dev/null || true; sleep 1; fi
+  rm -f "$f"
+}
 
 # The operator runs as a local process here; the Helm chart runs it in the cluster.
-if [ -d "$CLUSTER_DIR/pids" ]; then pids="$CLUSTER_DIR/pids"; logs="$CLUSTER_DIR/logs"; else pids=/tmp; logs=/tmp; fi
-if [ -f "$pids/maestro-operator.pid" ] && kill -0 "$(cat "$pids/maestro-operator.pid")" 2>/dev/null; then
-  kill "$(cat "$pids/maestro-operator.pid")" 2>/dev/null || true
-  sleep 1
-fi
-setsid "$bin/maestro-operator" --library-namespace maestro-system > "$logs/maestro-operator.log" 2>&1 < /dev/null &
-echo $! > "$pids/maestro-operator.pid"
-log "operator started (pid $(cat "$pids/maestro-operator.pid"), log $logs/maestro-operator.log)"
+stop_pid maestro-operator
+setsid "$bin/maestro-operator" --library-namespace maestro-system > "$state/logs/maestro-operator.log" 2>&1 < /dev/null &
+echo $! > "$state/pids/maestro-operator.pid"
+log "operator started (pid $(cat "$state/pids/maestro-operator.pid"), log $state/logs/maestro-operator.log)"
+
+log "starting the outside world on $node_ip: an HTTP server (Maven repository, deploy endpoint, git, webhook) and moto (EC2)"
+world="$state/demo-world"
+rm -rf "$world"; mkdir -p "$world"
+bash "$here/servers/make-world.sh" "$world"
+stop_pid demo-sink
+setsid python3 "$here/servers/sink.py" --root "$world" --host "$node_ip" --port 0 --ready-file "$world/.port" \
+  > "$state/logs/demo-sink.log" 2>&1 < /dev/null &
+echo $! > "$state/pids/demo-sink.pid"
+for _ in $(seq 1 50); do [ -f "$world/.port" ] && break; sleep 0.2; done
+sink="http://$node_ip:$(cat "$world/.port")"
+if [ -f "$state/demo-moto.url" ]; then bash "$here/moto/moto.sh" stop "$(cat "$state/demo-moto.url")" >/dev/null 2>&1 || true; fi
+moto=$(MOTO_HOST="$node_ip" bash "$here/moto/moto.sh" start | tail -n1)
+echo "$moto" > "$state/demo-moto.url"
+echo "  artifacts, deploys, git and webhook: $sink"
+echo "  EC2 API (moto):                      $moto"
 
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
-kubectl wait -n "$ns" --for=jsonpath='{.metadata.name}'=default serviceaccount/default --timeout=60s >/dev/null
-kubectl apply -n "$ns" -f "$top/examples/hello/composition.yaml"
-kubectl wait -n "$ns" --for=condition=Ready composition/hello --timeout=60s >/dev/null
+for _ in $(seq 1 60); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 1; done
+kubectl -n "$ns" create secret generic aws-credentials --from-literal=AWS_ACCESS_KEY_ID=demo \
+  --from-literal=AWS_SECRET_ACCESS_KEY=demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n "$ns" -f "$top/examples/acceptance-tests/"
+kubectl wait -n "$ns" --for=condition=Ready composition/acceptance-tests composition/notify-qa --timeout=60s >/dev/null
 
-run=$(kubectl maestro run hello -p who=maestro -n "$ns" | sed -n 's#^compositionrun/\([^ ]*\) created#\1#p')
+run=$(kubectl maestro run acceptance-tests -n "$ns" -p version=1.4.2 -p artifactRepo="$sink" -p deployUrl="$sink" \
+  -p testsRepo="$sink/qa/acceptance.git" -p awsEndpoint="$moto" -p notifyUrl="$sink/notify" \
+  | sed -n 's#^compositionrun/\([^ ]*\) created#\1#p')
 [ -n "$run" ] || { log "could not start a run"; exit 1; }
-log "started $run; following its log"
-kubectl maestro logs "$run" -f -n "$ns"
-echo
+log "started $run; following its aggregated log"
+
+kubectl maestro logs "$run" -f -n "$ns" &
+follower=$!
+for _ in $(seq 1 300); do
+  phase=$(kubectl get crun -n "$ns" "$run" -o jsonpath='{.status.phase}')
+  case "$phase" in
+    WaitingApproval)
+      sleep 1
+      log "the run waits at sign-off; approving as $(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+      kubectl maestro approve "$run" sign-off -n "$ns"
+      break ;;
+    Succeeded|Failed|Cancelled|Invalid) break ;;
+  esac
+  sleep 1
+done
+wait "$follower" || true
+
 kubectl maestro describe "$run" -n "$ns"
 phase=$(kubectl get crun -n "$ns" "$run" -o jsonpath='{.status.phase}')
-log "run $run ended: $phase"
-log "the cluster stays up: source $CLUSTER_DIR/env, then try kubectl get crun -n $ns; make cluster-down ends it"
-[ "$phase" = Succeeded ]
+live=$("$MAESTRO_CACHE/moto-v1/venv/bin/python" -c '
+import boto3, sys
+ec2 = boto3.client("ec2", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="demo", aws_secret_access_key="demo")
+print(sum(1 for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+          if i["State"]["Name"] not in ("terminated", "shutting-down")))' "$moto")
+log "run $run ended $phase; EC2 instances still running in moto: $live"
+log "the cluster stays up: source $CLUSTER_DIR/env, then kubectl get crun -n $ns; make cluster-down ends it all"
+[ "$phase" = Succeeded ] && [ "$live" = 0 ]

@@ -23,6 +23,12 @@ stop() {
   rm -f "$f"
 }
 
+# What the demo started: its HTTP server and moto (stopped through moto.sh, by PID).
+stop demo-sink
+if [ -f "$D/demo-moto.url" ]; then
+  bash "$here/../moto/moto.sh" stop "$(cat "$D/demo-moto.url")" >/dev/null 2>&1 || true
+fi
+
 # The volume provisioner (storage.sh) first, so it starts no helper pods during teardown;
 # then the node, so nothing restarts containers while they are being removed. Its volumes
 # ($D/volumes) go with the state dir below.

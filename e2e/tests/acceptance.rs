@@ -21,56 +21,19 @@ use maestro_operator::api::{CompositionRun, RunPhase, StepPhase};
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
-const WAR_BYTES: usize = 256 * 1024;
 
-const TESTS_PASS: &str = r#"#!/bin/sh
-# Acceptance tests: a stand-in for `mvn verify` (no Maven image can be pulled here).
-set -u
-url="$1"
-echo "Running acceptance tests against $url"
-curl -fsS -o /tmp/deployed.war "$url" || { echo "Tests run: 1, Failures: 1 (the app does not answer)"; exit 1; }
-cmp -s /tmp/deployed.war app.war || { echo "Tests run: 2, Failures: 1 (the deployed war differs)"; exit 1; }
-echo "Tests run: 2, Failures: 0"
-"#;
-
-/// A release in a Maven layout, and the acceptance tests as a git repository served
-/// over HTTP (a `main` branch that passes, a `failing` branch that does not).
+/// The release and the tests' git repository, made by e2e/servers/make-world.sh (the
+/// demo uses the same script); returns the war's bytes.
 fn make_world(root: &Path) -> anyhow::Result<Vec<u8>> {
-    let war: Vec<u8> = (0..WAR_BYTES).map(|i| (i * 31 % 251) as u8).collect();
-    let release = root.join("com/acme/app/1.4.2");
-    std::fs::create_dir_all(&release)?;
-    std::fs::write(release.join("app-1.4.2.war"), &war)?;
-
-    let work = root.join("work-tests");
-    std::fs::create_dir_all(&work)?;
-    run(&work, "git", &["init", "-q", "-b", "main"])?;
-    run(&work, "git", &["config", "user.email", "qa@example.com"])?;
-    run(&work, "git", &["config", "user.name", "QA"])?;
-    std::fs::write(work.join("run-tests.sh"), TESTS_PASS)?;
-    run(&work, "git", &["add", "."])?;
-    run(&work, "git", &["commit", "-q", "-m", "acceptance tests"])?;
-    run(&work, "git", &["checkout", "-q", "-b", "failing"])?;
-    std::fs::write(
-        work.join("run-tests.sh"),
-        TESTS_PASS.replace(
-            "echo \"Tests run: 2, Failures: 0\"",
-            "echo \"Tests run: 2, Failures: 1 (login page returns 500)\"; exit 1",
-        ),
-    )?;
-    run(&work, "git", &["commit", "-q", "-am", "a failing test"])?;
-    run(&work, "git", &["checkout", "-q", "main"])?;
-    std::fs::create_dir_all(root.join("qa"))?;
+    let script = maestro_e2e::maestro::repo_root().join("e2e/servers/make-world.sh");
     run(
         root,
-        "git",
-        &["clone", "-q", "--bare", "work-tests", "qa/acceptance.git"],
+        "bash",
+        &[&script.display().to_string(), &root.display().to_string()],
     )?;
-    run(
-        &root.join("qa/acceptance.git"),
-        "git",
-        &["update-server-info"],
-    )?;
-    Ok(war)
+    Ok(std::fs::read(
+        root.join("com/acme/app/1.4.2/app-1.4.2.war"),
+    )?)
 }
 
 struct World {

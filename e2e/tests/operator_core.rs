@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context as _;
 use k8s_openapi::{
-    api::{authentication::v1::SelfSubjectReview, core::v1::Pod},
+    api::{
+        authentication::v1::SelfSubjectReview,
+        core::v1::{Event, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::{SignedDuration, Timestamp},
 };
@@ -69,6 +72,36 @@ async fn hello_passes_an_output_along() -> anyhow::Result<()> {
         lines[greet.unwrap_or(0)].starts_with("[greet]"),
         "log:\n{log}"
     );
+
+    // Kubernetes Events tell the run's story.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
+        .filter_map(|e| e.reason)
+        .collect();
+    for want in ["RunStarted", "StepStarted", "StepSucceeded", "RunSucceeded"] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} event in {reasons:?}"
+        );
+    }
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "StepStarted").count(),
+        3,
+        "{reasons:?}"
+    );
+
+    // Nothing changes once the run has ended, so nothing is written: the object's
+    // resourceVersion stays put across several resyncs of the operator.
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let before = runs.get(&name).await?.metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = runs.get(&name).await?.metadata.resource_version;
+    assert_eq!(before, after, "the finished run was written again");
     Ok(())
 }
 
