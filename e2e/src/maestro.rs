@@ -229,6 +229,8 @@ impl Operator {
                 "--library-namespace",
                 LIBRARY_NAMESPACE,
             ])
+            // Tests run several operators at once: each serves its metrics on a free port.
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .env("MAESTRO_LOG_LEVEL", "info,maestro_operator=debug")
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))

@@ -5,5 +5,6 @@ pub mod api;
 pub mod controller;
 pub mod engine;
 pub mod labels;
+pub mod metrics;
 pub mod telemetry;
 pub mod tls;

@@ -1,12 +1,16 @@
 //! `maestro-operator`: reconciles Maestro's custom resources.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
 use maestro_operator::{
     api::parse_duration,
     controller::{self, PodSettings, Settings, pods::WorkspaceClaim},
+    metrics::{self, Metrics},
     telemetry::{self, LogFormat},
 };
 
@@ -56,6 +60,9 @@ struct Args {
     /// Size of each run's workspace claim.
     #[arg(long, env = "MAESTRO_WORKSPACE_SIZE", default_value = "1Gi")]
     workspace_size: String,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "MAESTRO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "MAESTRO_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -87,7 +94,19 @@ async fn main() -> anyhow::Result<()> {
         finished_run_ttl: args.finished_run_ttl,
         watch_namespace: args.namespace,
     };
-    controller::run(client, settings).await?;
+    let metrics = Metrics::new()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr.clone(),
+        metrics.clone(),
+        ready.clone(),
+    ));
+    tokio::select! {
+        result = controller::run(client, settings, metrics, ready) => result?,
+        result = server => {
+            result??;
+        }
+    }
     tracing::info!("maestro-operator stopped");
     Ok(())
 }

@@ -25,6 +25,15 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<Composition>>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["composition"])
+        .inc();
+    let _timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["composition"])
+        .start_timer();
     let composition = match &guard.0 {
         Ok(c) => c,
         Err(invalid) => {
@@ -96,5 +105,5 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Requeue {
-    backoff_action(guard.as_ref(), error, &ctx)
+    backoff_action(guard.as_ref(), error, &ctx, "composition")
 }

@@ -27,9 +27,12 @@ use kube::{
     },
 };
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::{
-    api::{Approval, Composition, CompositionRun, Task},
+    api::{Approval, Composition, CompositionRun, RunPhase, Task},
     labels,
+    metrics::Metrics,
 };
 
 pub use pods::PodSettings;
@@ -101,6 +104,7 @@ pub struct Context {
     pub tasks: Store<Task>,
     pub pods: Store<Pod>,
     pub approvals: Store<Approval>,
+    pub metrics: Metrics,
     /// Consecutive failures per object, for exponential backoff in the error policy.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -125,7 +129,12 @@ impl Context {
 }
 
 /// Runs every controller until a shutdown signal.
-pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let ns = settings.watch_namespace.clone();
     let ns = ns.as_deref();
     let reporter = Reporter {
@@ -183,6 +192,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         tasks,
         pods,
         approvals,
+        metrics,
         failures: Mutex::new(HashMap::new()),
     });
 
@@ -263,8 +273,58 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("the {name} cache never filled: {e}"))?;
     }
     tracing::info!("caches ready; reconciling");
+    ready.store(true, Ordering::Relaxed);
+    tokio::spawn(gauges(ctx.clone()));
     tokio::join!(runs, compositions);
     Ok(())
+}
+
+/// Keeps the gauges (active runs by phase, queued runs, running step pods per agent) in
+/// step with the caches.
+async fn gauges(ctx: Arc<Context>) {
+    loop {
+        let mut by_phase: HashMap<String, i64> = HashMap::new();
+        let mut queued = 0;
+        for run in ctx.runs.state() {
+            let Ok(run) = &run.0 else { continue };
+            let phase = run.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            if phase.is_finished() {
+                continue;
+            }
+            *by_phase.entry(format!("{phase:?}")).or_default() += 1;
+            if matches!(phase, RunPhase::Pending | RunPhase::Queued) {
+                queued += 1;
+            }
+        }
+        ctx.metrics.runs_active.reset();
+        for (phase, n) in by_phase {
+            ctx.metrics
+                .runs_active
+                .with_label_values(&[phase.as_str()])
+                .set(n);
+        }
+        ctx.metrics.runs_queued.set(queued);
+        let mut by_node: HashMap<String, i64> = HashMap::new();
+        for pod in ctx.pods.state() {
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if running {
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                *by_node.entry(node).or_default() += 1;
+            }
+        }
+        ctx.metrics.step_pods_running.reset();
+        for (node, n) in by_node {
+            ctx.metrics
+                .step_pods_running
+                .with_label_values(&[node.as_str()])
+                .set(n);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// A key for per-object bookkeeping.
@@ -277,7 +337,11 @@ fn key<K: Resource>(obj: &K) -> String {
 }
 
 /// The requeue after a failed reconcile: exponential per object, capped at 5 minutes.
-fn backoff_action<K: Resource>(obj: &K, error: &Error, ctx: &Context) -> Action {
+fn backoff_action<K: Resource>(obj: &K, error: &Error, ctx: &Context, controller: &str) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[controller, error.metric_label()])
+        .inc();
     if matches!(error, Error::CleanupInProgress) {
         // Not a failure: the finalizer waits for the cleanup pod.
         return Action::requeue(Duration::from_secs(2));

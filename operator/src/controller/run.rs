@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{PersistentVolumeClaim, Pod},
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
     jiff::Timestamp,
 };
 use kube::{
@@ -22,9 +22,10 @@ use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER, RUN_FINALIZER, backoff_action, key, observe, pods};
 use crate::{
-    api::{CompositionRun, CompositionRunSpec, CompositionSpec, TaskSpec},
+    api::{CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, TaskSpec},
     engine::{self, Action, NewRun, Observed, PlanInput},
     labels,
+    metrics::Metrics,
 };
 
 /// How often an active run is looked at even when nothing it watches changes (waiting
@@ -35,6 +36,15 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<CompositionRun>>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["compositionrun"])
+        .inc();
+    let _timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["compositionrun"])
+        .start_timer();
     let run = match &guard.0 {
         Ok(run) => Arc::new(run.clone()),
         Err(invalid) => {
@@ -70,7 +80,7 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Requeue {
-    backoff_action(guard.as_ref(), error, &ctx)
+    backoff_action(guard.as_ref(), error, &ctx, "compositionrun")
 }
 
 /// One planning pass. `deleting`: the run object is going away, so its steps are stopped
@@ -139,6 +149,8 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         )
         .await?;
     }
+    record_transitions(&ctx.metrics, &run.spec.composition, &status, &plan.status);
+    record_reports(&ctx.metrics, &run.spec.composition, &observed);
     let reference = run.object_ref(&());
     for note in &plan.events {
         let event = Event {
@@ -422,4 +434,62 @@ async fn expire_if_old(run: &CompositionRun, ctx: &Context) -> Result<Requeue, E
         return Ok(Requeue::await_change());
     }
     Ok(Requeue::requeue(ttl - age))
+}
+
+/// Counts what ended (or started) between two statuses: runs started and finished, steps
+/// finished, and their durations.
+fn record_transitions(
+    m: &Metrics,
+    composition: &str,
+    old: &CompositionRunStatus,
+    new: &CompositionRunStatus,
+) {
+    let seconds = |from: &Option<Time>, to: &Option<Time>| match (from, to) {
+        (Some(a), Some(b)) => b.0.duration_since(a.0).as_secs_f64().max(0.0),
+        _ => 0.0,
+    };
+    if old.start_time.is_none() && new.start_time.is_some() {
+        m.runs_started.with_label_values(&[composition]).inc();
+    }
+    if !old.phase.is_finished() && new.phase.is_finished() {
+        let phase = format!("{:?}", new.phase);
+        m.runs_finished
+            .with_label_values(&[composition, phase.as_str()])
+            .inc();
+        m.run_duration
+            .with_label_values(&[composition, phase.as_str()])
+            .observe(seconds(&new.start_time, &new.completion_time));
+    }
+    for step in &new.steps {
+        let was_finished = old
+            .steps
+            .iter()
+            .any(|o| o.name == step.name && o.phase.is_finished());
+        if step.phase.is_finished() && !was_finished {
+            let phase = format!("{:?}", step.phase);
+            m.steps_finished
+                .with_label_values(&[composition, step.name.as_str(), phase.as_str()])
+                .inc();
+            if step.start_time.is_some() {
+                m.step_duration
+                    .with_label_values(&[composition, step.name.as_str(), phase.as_str()])
+                    .observe(seconds(&step.start_time, &step.finish_time));
+            }
+        }
+    }
+}
+
+/// Exports the numeric report values of ended step pods (at most 16 keys per step, so a
+/// plugin cannot blow up the label cardinality).
+fn record_reports(m: &Metrics, composition: &str, observed: &Observed) {
+    for pod in &observed.pods {
+        let Some(result) = &pod.result else { continue };
+        for (key, value) in result.report.iter().take(16) {
+            if let Some(v) = value.as_f64() {
+                m.task_report
+                    .with_label_values(&[composition, pod.step.as_str(), key.as_str()])
+                    .set(v);
+            }
+        }
+    }
 }
