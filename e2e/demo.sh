@@ -20,7 +20,7 @@ node_ip=${MAESTRO_NODE_IP:-$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for(i=1
 log "installing CRDs, the Task library and the approval policy"
 kubectl apply --server-side --force-conflicts -f "$top/crds/" >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
-kubectl create namespace maestro-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create namespace maestro-system --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
 kubectl apply --server-side --force-conflicts -n maestro-system -f "$top/charts/maestro/files/library/" >/dev/null
 kubectl apply --server-side --force-conflicts -f "$top/charts/maestro/files/policies/" >/dev/null
 kubectl get tasks -n maestro-system
@@ -32,9 +32,12 @@ stop_pid() {
   rm -f "$f"
 }
 
-# The operator runs as a local process here; the Helm chart runs it in the cluster.
+# The operator runs as a local process here, watching the demo's namespace only (so it
+# never competes with the operators of tests running on the same cluster); the Helm chart
+# runs it in the cluster.
 stop_pid maestro-operator
-setsid "$bin/maestro-operator" --library-namespace maestro-system > "$state/logs/maestro-operator.log" 2>&1 < /dev/null &
+setsid "$bin/maestro-operator" --namespace "$ns" --library-namespace maestro-system --metrics-addr 127.0.0.1:0 \
+  > "$state/logs/maestro-operator.log" 2>&1 < /dev/null &
 echo $! > "$state/pids/maestro-operator.pid"
 log "operator started (pid $(cat "$state/pids/maestro-operator.pid"), log $state/logs/maestro-operator.log)"
 
@@ -54,7 +57,7 @@ echo "$moto" > "$state/demo-moto.url"
 echo "  artifacts, deploys, git and webhook: $sink"
 echo "  EC2 API (moto):                      $moto"
 
-kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
 kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 for _ in $(seq 1 60); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 1; done
 kubectl -n "$ns" create secret generic aws-credentials --from-literal=AWS_ACCESS_KEY_ID=demo \
