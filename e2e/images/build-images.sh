@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds Maestro's images (agent, operator, and the pod sandbox's pause image) without
-# Docker, as docker-archive tars, and imports them into the local cluster's containerd.
+# Builds Maestro's images (agent, operator, the pod sandbox's pause image, and the example
+# plugins of examples/plugins/) without Docker, as docker-archive tars, and imports them
+# into the local cluster's containerd.
 #
 #   e2e/images/build-images.sh [--no-import]
 #   e2e/images/build-images.sh --pause-only [--no-import]   only the pause image: the cluster
@@ -15,9 +16,10 @@
 #      MAESTRO_CACHE  cache root (default $HOME/.cache/maestro)
 #      DEBIAN_MIRROR  (default http://deb.debian.org/debian)
 #
-# The images are defined by agent-image/Containerfile, operator/Containerfile and
-# e2e/images/pause/Containerfile; oci_archive.py reads their final stages, so this script
-# holds no package list, user or entrypoint of its own. No registry is reachable from the
+# The images are defined by agent-image/Containerfile, operator/Containerfile,
+# e2e/images/pause/Containerfile and examples/plugins/NAME/Containerfile (built from its
+# own folder as localhost/maestro/plugin-NAME:dev); oci_archive.py reads their final
+# stages, so this script holds no package list, user or entrypoint of its own. No registry is reachable from the
 # project's machines, so the base image is not pulled: it is a debootstrap minbase rootfs
 # (what debian:*-slim is made from) with the stage's packages, cached by package list
 # because a cold debootstrap takes minutes. Archives land in $MAESTRO_CACHE/images-v1/out.
@@ -142,6 +144,9 @@ build_pause() {
 if [ "$mode" = prepare ]; then
   build_base_layer "$repo/agent-image/Containerfile"
   build_base_layer "$repo/operator/Containerfile"
+  for cf in "$repo"/examples/plugins/*/Containerfile; do
+    if [ -f "$cf" ]; then build_base_layer "$cf"; fi
+  done
   build_pause
   exit 0
 fi
@@ -161,6 +166,17 @@ if [ "$mode" = all ]; then
   "${oci[@]}" build "$repo/operator/Containerfile" --base-layer "$BASE_LAYER" \
     --file "$bin_dir/maestro-operator" --tag "$operator_image" --out "$out/operator.tar" >&2
   archives+=("$out/operator.tar") names+=("$operator_image")
+
+  # Example plugin images: no Rust binary in them; a plain COPY takes the plugin's files
+  # from the Containerfile's folder. The tests run them with imagePullPolicy IfNotPresent.
+  for cf in "$repo"/examples/plugins/*/Containerfile; do
+    [ -f "$cf" ] || continue
+    plugin=$(basename "$(dirname "$cf")")
+    build_base_layer "$cf"
+    "${oci[@]}" build "$cf" --base-layer "$BASE_LAYER" \
+      --tag "localhost/maestro/plugin-$plugin:dev" --out "$out/plugin-$plugin.tar" >&2
+    archives+=("$out/plugin-$plugin.tar") names+=("localhost/maestro/plugin-$plugin:dev")
+  done
 fi
 
 build_pause

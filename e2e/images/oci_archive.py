@@ -5,8 +5,10 @@ The images are defined once, by the Containerfiles that Docker users build. This
 reads the final stage of a Containerfile and reproduces it from parts that need no
 container engine: a base layer (a debootstrap rootfs, made by build-images.sh), a layer
 for what the stage's RUN lines do to users and directories, and one layer per COPY of a
-prebuilt file. It understands only the few RUN commands our Containerfiles use and fails
-on anything else, so the two build paths cannot drift apart silently.
+prebuilt file (`COPY --from=STAGE`, given with --file) or of a file of the build context
+(a plain `COPY FILE DEST`; the context is the Containerfile's folder). It understands only
+the few RUN commands our Containerfiles use and fails on anything else, so the two build
+paths cannot drift apart silently.
 
 The output is what `docker save` wrote before Docker 25 (manifest.json, a config JSON and
 uncompressed layer tars); `ctr -n k8s.io images import FILE` loads it into containerd.
@@ -79,6 +81,7 @@ class Copy:
     uid: int
     gid: int
     line: str
+    from_context: bool = False  # a plain COPY: source is a file of the build context
 
 
 @dataclass
@@ -321,8 +324,16 @@ def parse_containerfile(path: str) -> Stage:
                 k, _, v = words.pop(0)[2:].partition("=")
                 opts[k] = v
             unknown = set(opts) - {"from", "chmod", "chown"}
-            if unknown or "from" not in opts or len(words) < 2:
-                raise BuildError(f"COPY {arg}: expected COPY --from=STAGE [--chmod=MODE] [--chown=UID:GID] SRC... DEST")
+            if unknown or len(words) < 2:
+                raise BuildError(
+                    f"COPY {arg}: expected COPY [--from=STAGE] [--chmod=MODE] [--chown=UID:GID] SRC... DEST"
+                )
+            # Without --from the sources are files of the build context: plain relative
+            # paths only (no globs, no way out of the context), each checked in build().
+            from_context = "from" not in opts
+            for src in words[:-1] if from_context else []:
+                if src.startswith("/") or ".." in PurePosixPath(src).parts or re.search(r"[*?\[]", src):
+                    raise BuildError(f"COPY {arg}: {src}: expected a relative path in the build context")
             dest = words[-1]
             uid = gid = 0
             if "chown" in opts:
@@ -335,9 +346,8 @@ def parse_containerfile(path: str) -> Stage:
                     d = d.rstrip("/") + "/" + PurePosixPath(src).name
                 if not d.startswith("/"):
                     d = str(PurePosixPath(stage.workdir) / d)
-                stage.copies.append(
-                    Copy(src, d, int(opts["chmod"], 8) if "chmod" in opts else None, uid, gid, f"COPY {arg}")
-                )
+                mode = int(opts["chmod"], 8) if "chmod" in opts else None
+                stage.copies.append(Copy(src, d, mode, uid, gid, f"COPY {arg}", from_context))
         elif instr == "USER":
             stage.user = arg
             stage.meta_lines.append(line)
@@ -606,14 +616,24 @@ def build(args: argparse.Namespace) -> None:
             other_runs = [r for r in stage.run_lines if "apt-get" not in r]
             layers.append((p, "RUN " + " ; ".join(other_runs) if other_runs else f"WORKDIR {stage.workdir}"))
 
+        context = os.path.dirname(os.path.abspath(args.containerfile))
         for i, c in enumerate(stage.copies):
-            name = PurePosixPath(c.source).name
-            if name not in files:
-                raise BuildError(f"{c.line}: no --file named {name} was given")
-            used.add(name)
             layer = LayerWriter(base)
-            # A COPY of an executable: 0755 and root-owned unless the line says otherwise.
-            layer.add_from_file(c.dest, files[name], c.uid, c.gid, c.mode if c.mode is not None else 0o755)
+            if c.from_context:
+                src = os.path.join(context, c.source)
+                if not os.path.isfile(src):
+                    raise BuildError(f"{c.line}: {src} is not a file (a plain COPY takes single files)")
+                # Docker keeps a context file's mode; use the two git records (0755 for
+                # an executable, else 0644) so a checkout's umask cannot change the digest.
+                mode = 0o755 if os.stat(src).st_mode & 0o111 else 0o644
+                layer.add_from_file(c.dest, src, c.uid, c.gid, c.mode if c.mode is not None else mode)
+            else:
+                name = PurePosixPath(c.source).name
+                if name not in files:
+                    raise BuildError(f"{c.line}: no --file named {name} was given")
+                used.add(name)
+                # A COPY of an executable: 0755 and root-owned unless the line says otherwise.
+                layer.add_from_file(c.dest, files[name], c.uid, c.gid, c.mode if c.mode is not None else 0o755)
             p = os.path.join(tmpdir, f"copy{i}.tar")
             layer.write(p)
             layers.append((p, c.line))
