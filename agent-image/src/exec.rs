@@ -5,11 +5,13 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::outputs::collect_outputs;
@@ -50,15 +52,23 @@ pub async fn run_step_command(command: &StepCommand, outputs_dir: &Path) -> Step
             ),
         );
     }
-    let status = match spawn_and_wait(command, outputs_dir).await {
-        Ok(status) => status,
+    let (status, last_error_line) = match spawn_and_wait(command, outputs_dir).await {
+        Ok(done) => done,
         Err(failure) => return failure,
     };
+    let exit_code = exit_code_of(status);
+    let error = match status.signal() {
+        Some(number) => Some(format!("command was killed by {}", signal_name(number))),
+        // A failing command's last word on stderr usually says why: keep it in the step's
+        // status, so `kubectl get`/`describe` shows it without reading the pod log.
+        None if exit_code != 0 && !last_error_line.is_empty() => {
+            Some(format!("exited with code {exit_code}: {last_error_line}"))
+        }
+        None => None,
+    };
     let mut result = StepResult {
-        exit_code: exit_code_of(status),
-        error: status
-            .signal()
-            .map(|number| format!("command was killed by {}", signal_name(number))),
+        exit_code,
+        error,
         ..StepResult::default()
     };
     match collect_outputs(outputs_dir) {
@@ -82,7 +92,7 @@ pub async fn run_step_command(command: &StepCommand, outputs_dir: &Path) -> Step
 async fn spawn_and_wait(
     command: &StepCommand,
     outputs_dir: &Path,
-) -> Result<ExitStatus, StepResult> {
+) -> Result<(ExitStatus, String), StepResult> {
     // Listen before spawning, so a signal that arrives meanwhile is forwarded, not lost.
     let cannot_listen = |error: std::io::Error| {
         StepResult::failure(
@@ -102,16 +112,28 @@ async fn spawn_and_wait(
             )
         })?;
     tracing::debug!(program = ?command.program, pid = ?child.id(), "command started");
+    let last_line = Arc::new(Mutex::new(String::new()));
+    let tee = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(tee_stderr(stderr, last_line.clone())));
 
     loop {
         tokio::select! {
             status = child.wait() => {
-                return status.map_err(|error| {
+                let status = status.map_err(|error| {
                     StepResult::failure(
                         EXIT_AGENT_FAILURE,
                         format!("cannot wait for the command: {error}"),
                     )
-                });
+                })?;
+                // A background process the command left may hold stderr open: wait for
+                // the rest of the output only briefly.
+                if let Some(tee) = tee {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tee).await;
+                }
+                let line = last_line.lock().map(|l| l.clone()).unwrap_or_default();
+                return Ok((status, line));
             }
             Some(()) = terminate.recv() => forward_signal(&child, Signal::SIGTERM),
             Some(()) = interrupt.recv() => forward_signal(&child, Signal::SIGINT),
@@ -119,9 +141,35 @@ async fn spawn_and_wait(
     }
 }
 
+/// Copies the command's stderr to the agent's (the pod log) as it comes, remembering the
+/// last non-empty line (at most 300 characters).
+async fn tee_stderr(mut stderr: ChildStderr, last_line: Arc<Mutex<String>>) {
+    let mut out = tokio::io::stderr();
+    let mut buf = vec![0u8; 8192];
+    let mut pending = Vec::new();
+    while let Ok(n) = stderr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let _ = out.write_all(&buf[..n]).await;
+        let _ = out.flush().await;
+        pending.extend_from_slice(&buf[..n]);
+        if pending.len() > 64 * 1024 {
+            pending.drain(..pending.len() - 64 * 1024);
+        }
+        let text = String::from_utf8_lossy(&pending);
+        if let Some(line) = text.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+            if let Ok(mut last) = last_line.lock() {
+                *last = line.chars().take(300).collect();
+            }
+        }
+    }
+}
+
 fn build_command(command: &StepCommand, outputs_dir: &Path) -> Command {
     let mut process = Command::new(&command.program);
     process
+        .stderr(Stdio::piped())
         .args(&command.args)
         .envs(command.extra_env.iter().map(|(name, value)| (name, value)))
         // The directory may come from the default rather than the variable; tell the command.
@@ -184,6 +232,22 @@ mod tests {
 
     fn shell(script: &str) -> StepCommand {
         StepCommand::new("sh", [OsString::from("-c"), OsString::from(script)])
+    }
+
+    #[tokio::test]
+    async fn a_failing_commands_last_stderr_line_explains_the_failure() -> anyhow::Result<()> {
+        let outputs = tempfile::tempdir()?;
+        let script =
+            "echo working; echo 'first problem' >&2; echo 'input version is bad' >&2; exit 2";
+        let result = run_step_command(&shell(script), outputs.path()).await;
+        assert_eq!(result.exit_code, 2);
+        assert_eq!(
+            result.error.as_deref(),
+            Some("exited with code 2: input version is bad")
+        );
+        let ok = run_step_command(&shell("echo 'just a warning' >&2"), outputs.path()).await;
+        assert_eq!((ok.exit_code, ok.error), (0, None));
+        Ok(())
     }
 
     #[tokio::test]

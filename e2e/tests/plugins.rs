@@ -349,7 +349,12 @@ async fn semver_plugin_fails_the_step_on_a_bad_version() -> anyhow::Result<()> {
     assert_eq!(bump.phase, StepPhase::Failed, "status: {status:#?}");
     assert_eq!(bump.exit_code, Some(2));
     assert_eq!(bump.attempts, 1);
-    assert_eq!(bump.message.as_deref(), Some("exited with code 2"));
+    // The plugin's last stderr line says why, in the step's status.
+    let message = bump.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("exited with code 2: ") && message.contains(r#"input "version""#),
+        "step message: {message:?}"
+    );
     assert!(bump.outputs.is_empty(), "outputs {:?}", bump.outputs);
     let announce = step(&run, "announce")?;
     assert_eq!(announce.phase, StepPhase::Skipped, "status: {status:#?}");
@@ -359,7 +364,7 @@ async fn semver_plugin_fails_the_step_on_a_bad_version() -> anyhow::Result<()> {
         .find(|c| c.type_ == "Succeeded")
         .context("no Succeeded condition")?;
     assert_eq!(failed.status, "False");
-    assert_eq!(failed.message, "step bump failed: exited with code 2");
+    assert_eq!(failed.message, format!("step bump failed: {message}"));
     assert_ran_plugin_image(&env, &run, "bump").await?;
 
     // The plugin's own message names the input; the agent passes stderr to the pod log
