@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(MAESTRO_CACHE)/target
 export CARGO_TERM_COLOR ?= never
 CLUSTER := e2e/cluster
 
-.PHONY: help deps tools build lint unit crds e2e test cluster-up cluster-down images demo
+.PHONY: help deps tools build lint unit crds chart e2e test cluster-up cluster-down images demo
 
 help:
 	@echo "make demo          bring up the local cluster, build and import the images, run the demo"
@@ -18,6 +18,7 @@ help:
 	@echo "make cluster-up    start the local cluster (prints the KUBECONFIG path)"
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make images        build the agent, operator and pause images without Docker"
+	@echo "make chart         sync crds/ into the Helm chart, render its kustomize bases, lint it"
 
 deps:
 	@bash $(CLUSTER)/install-deps.sh
@@ -34,6 +35,15 @@ lint:
 
 unit:
 	cargo test --workspace --exclude maestro-e2e
+
+# The Helm chart reads no file outside its folder: copy crds/ into it (it renders them as
+# templates, so helm upgrade upgrades them), then render the kustomize bases from it. Tests
+# fail when either copy is stale (operator/tests/chart_crds_fresh.rs, e2e/tests/helm.rs).
+chart:
+	rm -f charts/maestro/files/crds/*.yaml
+	cp crds/*.yaml charts/maestro/files/crds/
+	export PATH="$$(. $(CLUSTER)/versions.sh && echo "$$TOOLS_BIN"):$$PATH"; \
+	bash charts/maestro/kustomize/generate.sh && helm lint --strict charts/maestro
 
 # Uses the cluster KUBECONFIG names when it is set; otherwise boots the local one.
 cluster-up:

@@ -158,10 +158,10 @@ async fn tee_stderr(mut stderr: ChildStderr, last_line: Arc<Mutex<String>>) {
             pending.drain(..pending.len() - 64 * 1024);
         }
         let text = String::from_utf8_lossy(&pending);
-        if let Some(line) = text.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
-            if let Ok(mut last) = last_line.lock() {
-                *last = line.chars().take(300).collect();
-            }
+        if let Some(line) = text.lines().rev().map(str::trim).find(|l| !l.is_empty())
+            && let Ok(mut last) = last_line.lock()
+        {
+            *last = line.chars().take(300).collect();
         }
     }
 }

@@ -14,6 +14,8 @@ want git git
 want curl curl
 want gcc gcc
 want ip iproute2
+# The observability e2e test scrapes the operator with a real Prometheus server.
+want prometheus prometheus
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then

@@ -229,6 +229,9 @@ impl Operator {
                 "--library-namespace",
                 LIBRARY_NAMESPACE,
             ])
+            // Each test's operator elects itself in its own namespace, so tests running
+            // at once never wait on one another's Lease.
+            .args(["--lease-namespace", namespace])
             // Tests run several operators at once: each serves its metrics on a free port.
             .args(["--metrics-addr", "127.0.0.1:0"])
             .env("MAESTRO_LOG_LEVEL", "info,maestro_operator=debug")

@@ -89,11 +89,8 @@ async fn hello_passes_an_output_along() -> anyhow::Result<()> {
             "no {want} event in {reasons:?}"
         );
     }
-    assert_eq!(
-        reasons.iter().filter(|r| *r == "StepStarted").count(),
-        3,
-        "{reasons:?}"
-    );
+    // (The event recorder folds repeats of one reason on one object into a series, so
+    // the three StepStarted events may arrive as one.)
 
     // Nothing changes once the run has ended, so nothing is written: the object's
     // resourceVersion stays put across several resyncs of the operator.

@@ -9,7 +9,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use maestro_operator::{
     api::parse_duration,
-    controller::{self, PodSettings, Settings, pods::WorkspaceClaim},
+    controller::{
+        self, PodSettings, Settings,
+        leader::{self, LeaseSettings},
+        pods::WorkspaceClaim,
+    },
     metrics::{self, Metrics},
     telemetry::{self, LogFormat},
 };
@@ -66,6 +70,17 @@ struct Args {
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "MAESTRO_WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Elect a leader through a Lease, so several replicas can run and only one
+    /// reconciles. Turn it off (`--leader-elect=false`) for a single local process.
+    #[arg(long, env = "MAESTRO_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// The name of the leader election Lease.
+    #[arg(long, env = "MAESTRO_LEASE_NAME", default_value = "maestro-operator")]
+    lease_name: String,
+    /// The namespace of the leader election Lease (default: the watched namespace if
+    /// --namespace is set, else maestro-system).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
 }
 
 fn ttl(text: &str) -> Result<Duration, String> {
@@ -92,8 +107,18 @@ async fn main() -> anyhow::Result<()> {
         },
         library_namespace: args.library_namespace,
         finished_run_ttl: args.finished_run_ttl,
-        watch_namespace: args.namespace,
+        watch_namespace: args.namespace.clone(),
     };
+    let leader = args.leader_elect.then(|| LeaseSettings {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "maestro-system".into()),
+        identity: leader::default_identity(),
+    });
     let metrics = Metrics::new()?;
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(metrics::serve(
@@ -102,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         ready.clone(),
     ));
     tokio::select! {
-        result = controller::run(client, settings, metrics, ready) => result?,
+        result = controller::run(client, settings, metrics, ready, leader) => result?,
         result = server => {
             result??;
         }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
     pub task_report: prometheus::GaugeVec,
+    /// 1 while this replica holds the leader Lease (or runs without leader election).
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -115,6 +117,10 @@ impl Metrics {
                 ),
                 &["composition", "step", "key"],
             )?,
+            leader: IntGauge::new(
+                "maestro_leader",
+                "1 if this replica is the leader (the one that reconciles), else 0.",
+            )?,
             registry,
         };
         for c in [
@@ -133,6 +139,7 @@ impl Metrics {
         m.registry.register(Box::new(m.runs_queued.clone()))?;
         m.registry.register(Box::new(m.step_pods_running.clone()))?;
         m.registry.register(Box::new(m.task_report.clone()))?;
+        m.registry.register(Box::new(m.leader.clone()))?;
         Ok(m)
     }
 
@@ -146,7 +153,7 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the caches are
-/// filled and reconciling has started) on `addr`.
+/// filled; a follower replica is ready too, see `controller::run`) on `addr`.
 pub async fn serve(addr: String, metrics: Metrics, ready: Arc<AtomicBool>) -> std::io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
     let bound = listener.local_addr()?;

@@ -3,6 +3,7 @@
 //! apply with one field manager) -> events.
 
 mod composition;
+pub mod leader;
 pub mod observe;
 pub mod pods;
 mod run;
@@ -26,6 +27,7 @@ use kube::{
         watcher,
     },
 };
+use tokio::sync::watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -128,13 +130,20 @@ impl Context {
     }
 }
 
-/// Runs every controller until a shutdown signal.
+/// Runs every controller until a shutdown signal. With `leader` set, this replica keeps
+/// its caches warm but reconciles only while it holds that Lease; it returns an error
+/// (and the process should exit) as soon as it loses the Lease.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    leader: Option<leader::LeaseSettings>,
 ) -> anyhow::Result<()> {
+    // One listener for the whole life of the process: a follower must react to SIGTERM
+    // too, and a signal must not fall between its listener and the controllers'.
+    let shutdown = shutdown_signal();
+    let elector = leader.map(|l| leader::Elector::new(client.clone(), l, metrics.leader.clone()));
     let ns = settings.watch_namespace.clone();
     let ns = ns.as_deref();
     let reporter = Reporter {
@@ -216,7 +225,7 @@ pub async fn run(
                     .map(|ns| ObjectRef::new(&a.spec.run).within(&ns))
             },
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(signalled(shutdown.clone()))
         .run(run::reconcile, run::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -245,7 +254,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(signalled(shutdown.clone()))
         .run(
             composition::reconcile,
             composition::error_policy,
@@ -272,11 +281,94 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("the {name} cache never filled: {e}"))?;
     }
-    tracing::info!("caches ready; reconciling");
+    // Ready means the caches are filled, on the leader and on followers alike: a follower
+    // is a healthy standby that can take over at once, no traffic is routed by the
+    // operator's readiness, and a rolling update would stall if a new (follower) pod
+    // could never become ready.
     ready.store(true, Ordering::Relaxed);
+    let mut renewed = tokio::time::Instant::now();
+    if let Some(elector) = &elector {
+        tracing::info!("caches ready; waiting for leadership before reconciling");
+        tokio::select! {
+            at = elector.acquire() => renewed = at,
+            () = signalled(shutdown.clone()) => {
+                tracing::info!("shutdown signal while following; nothing to release");
+                return Ok(());
+            }
+        }
+    } else {
+        // Without election this process is the only writer: it leads.
+        ctx.metrics.leader.set(1);
+    }
+    tracing::info!("reconciling");
+    // Only the leader reports the run gauges, so summing them over replicas still counts
+    // each run once.
     tokio::spawn(gauges(ctx.clone()));
-    tokio::join!(runs, compositions);
-    Ok(())
+    let controllers = async {
+        tokio::join!(runs, compositions);
+    };
+    let Some(elector) = elector else {
+        controllers.await;
+        return Ok(());
+    };
+    tokio::select! {
+        () = controllers => {
+            // Graceful shutdown: the reconciles in flight have ended, so hand the
+            // Lease over now rather than make the successor wait for it to expire.
+            elector.release().await;
+            Ok(())
+        }
+        reason = elector.hold(renewed) => {
+            // Dropping the controllers stops every reconcile at its next await: no new
+            // write leaves this process. Exiting (the Deployment restarts the container
+            // as a follower) is simpler and safer than restarting the controllers here.
+            tracing::error!(%reason, "lost leadership; stopping at once");
+            Err(anyhow::anyhow!(
+                "lost the leader lease ({reason}); exiting so that only one replica writes"
+            ))
+        }
+    }
+}
+
+/// Becomes `true` on the first SIGTERM or Ctrl-C. The controllers then finish their
+/// reconciles in flight and stop.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    // Registered here, not in the task, so a SIGTERM from now on is never missed.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    tokio::spawn(async move {
+        let term = async {
+            match term {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let interrupt = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = term => {}
+            () = interrupt => {}
+        }
+        tracing::info!("shutdown signal: finishing the reconciles in flight");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves once [`shutdown_signal`] has fired.
+async fn signalled(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone without a signal: never resolve then.
+    if rx.wait_for(|fired| *fired).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Keeps the gauges (active runs by phase, queued runs, running step pods per agent) in
