@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
-# The demo: installs Maestro's CRDs, the Task library and the approval policy, starts the
-# operator (a local process, its PID kept with the cluster's so cluster-down ends it),
-# then runs the seed's delivery cycle, examples/acceptance-tests, against a local world:
+# The demo: installs Maestro with its Helm chart, then runs the seed's delivery cycle, examples/acceptance-tests, against a local world:
 # the war and the tests' git repository from an HTTP server on this machine, EC2 from
 # moto. It follows the run's aggregated log, approves the sign-off gate through the CLI
 # when the run waits for it, and shows that no instance is left running.
@@ -17,13 +15,9 @@ log() { printf '\n[demo] %s\n' "$*" >&2; }
 if [ -d "$CLUSTER_DIR/pids" ]; then state="$CLUSTER_DIR"; else state=/tmp/maestro-demo; mkdir -p "$state/pids" "$state/logs"; fi
 node_ip=${MAESTRO_NODE_IP:-$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="src") print $(i+1)}')}
 
-log "installing CRDs, the Task library and the approval policy"
-kubectl apply --server-side --force-conflicts -f "$top/crds/" >/dev/null
-kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace maestro-system --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
-kubectl apply --server-side --force-conflicts -n maestro-system -f "$top/charts/maestro/files/library/" >/dev/null
-kubectl apply --server-side --force-conflicts -f "$top/charts/maestro/files/policies/" >/dev/null
-kubectl get tasks -n maestro-system
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 
 # stop_pid NAME: ends a process this script started on an earlier run.
 stop_pid() {
@@ -31,15 +25,24 @@ stop_pid() {
   if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill "$(cat "$f")" 2>/dev/null || true; sleep 1; fi
   rm -f "$f"
 }
+stop_pid maestro-operator   # an operator process of an older demo
 
-# The operator runs as a local process here, watching the demo's namespace only (so it
-# never competes with the operators of tests running on the same cluster); the Helm chart
-# runs it in the cluster.
-stop_pid maestro-operator
-setsid "$bin/maestro-operator" --namespace "$ns" --library-namespace maestro-system --metrics-addr 127.0.0.1:0 \
-  > "$state/logs/maestro-operator.log" 2>&1 < /dev/null &
-echo $! > "$state/pids/maestro-operator.pid"
-log "operator started (pid $(cat "$state/pids/maestro-operator.pid"), log $state/logs/maestro-operator.log)"
+# Maestro as a user installs it: the Helm chart (CRDs, operator with 2 replicas and
+# leader election, RBAC, the Task library, the approval policy, the dashboard). The
+# operator watches the demo's namespace only, so it never competes with the operators of
+# tests on the same cluster. Helm creates a CRD and objects of its kind only in separate
+# passes, so a first install on a fresh cluster is followed by an upgrade that adds the
+# Task library (charts/maestro/README.md).
+log "installing Maestro with Helm (charts/maestro) into maestro-system"
+helm_args=(charts/maestro -n maestro-system --take-ownership --wait --timeout 5m)
+(cd "$top" && helm upgrade --install maestro "${helm_args[@]}" --set watchNamespace="$ns" >/dev/null)
+(cd "$top" && helm upgrade maestro "${helm_args[@]}" --reuse-values >/dev/null)
+kubectl get deployment,tasks -n maestro-system
+for _ in $(seq 1 30); do
+  leader=$(kubectl get lease maestro-operator -n maestro-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+  [ -n "$leader" ] && break; sleep 1
+done
+echo "  leader: ${leader:-none yet}"
 
 log "starting the outside world on $node_ip: an HTTP server (Maven repository, deploy endpoint, git, webhook) and moto (EC2)"
 world="$state/demo-world"
@@ -57,8 +60,6 @@ echo "$moto" > "$state/demo-moto.url"
 echo "  artifacts, deploys, git and webhook: $sink"
 echo "  EC2 API (moto):                      $moto"
 
-kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
-kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 for _ in $(seq 1 60); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 1; done
 kubectl -n "$ns" create secret generic aws-credentials --from-literal=AWS_ACCESS_KEY_ID=demo \
   --from-literal=AWS_SECRET_ACCESS_KEY=demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
