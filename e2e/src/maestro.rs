@@ -409,32 +409,39 @@ impl Drop for Env {
                 let Ok(client) = Client::try_default().await else {
                     return;
                 };
-                let runs: Api<CompositionRun> = Api::namespaced(client, &ns);
-                let _ = runs
-                    .delete_collection(&DeleteParams::background(), &ListParams::default())
-                    .await;
-                for _ in 0..30 {
-                    match runs.list(&ListParams::default()).await {
-                        Ok(list) if list.items.is_empty() => return,
-                        Err(_) => return,
-                        Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    }
-                }
-                let unblock = serde_json::json!({"metadata": {"finalizers": null}});
-                if let Ok(list) = runs.list(&ListParams::default()).await {
-                    for run in list.items {
-                        let _ = runs
-                            .patch(
-                                &run.name_any(),
-                                &PatchParams::default(),
-                                &Patch::Merge(&unblock),
-                            )
-                            .await;
-                    }
-                }
+                delete_runs(&client, &ns).await;
             });
         });
         let _ = handle.join();
+    }
+}
+
+/// Deletes every run in `ns` while an operator still runs (their finalizer is the
+/// operator's to remove, after its cleanup), then strips the finalizers of what is left
+/// after 15 s, so the namespace never hangs in Terminating.
+pub async fn delete_runs(client: &Client, ns: &str) {
+    let runs: Api<CompositionRun> = Api::namespaced(client.clone(), ns);
+    let _ = runs
+        .delete_collection(&DeleteParams::background(), &ListParams::default())
+        .await;
+    for _ in 0..30 {
+        match runs.list(&ListParams::default()).await {
+            Ok(list) if list.items.is_empty() => return,
+            Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let unblock = serde_json::json!({"metadata": {"finalizers": null}});
+    if let Ok(list) = runs.list(&ListParams::default()).await {
+        for run in list.items {
+            let _ = runs
+                .patch(
+                    &run.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&unblock),
+                )
+                .await;
+        }
     }
 }
 

@@ -668,30 +668,7 @@ impl Drop for Release {
                 };
                 // Runs hold a finalizer only the operator removes: delete them while it
                 // still runs, then strip what is left.
-                let runs: Api<CompositionRun> = Api::namespaced(client.clone(), &runs_namespace);
-                let _ = runs
-                    .delete_collection(&DeleteParams::background(), &ListParams::default())
-                    .await;
-                for _ in 0..20 {
-                    match runs.list(&ListParams::default()).await {
-                        Ok(list) if !list.items.is_empty() => {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                        _ => break,
-                    }
-                }
-                if let Ok(list) = runs.list(&ListParams::default()).await {
-                    let unblock = serde_json::json!({"metadata": {"finalizers": null}});
-                    for run in list.items {
-                        let _ = runs
-                            .patch(
-                                &run.name_any(),
-                                &PatchParams::default(),
-                                &Patch::Merge(&unblock),
-                            )
-                            .await;
-                    }
-                }
+                maestro_e2e::maestro::delete_runs(&client, &runs_namespace).await;
                 let _ = exec_bin(
                     &helm,
                     &[
@@ -846,6 +823,10 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     .await?;
 
     let client = client().await?;
+    // The chart renders the Task library only when the Task API is already served (a first
+    // install on a fresh cluster needs an upgrade for it, see the chart README): make sure
+    // the CRDs exist, whichever test ran first on this cluster. The install adopts them.
+    maestro_e2e::maestro::install_crds(&client).await?;
     // The release namespace and the namespace the operator watches, both enforcing the
     // restricted Pod Security Standard (the operator's pod and the step pods meet it).
     let ns = TestNamespace::create(&client, major).await?;

@@ -12,10 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{
-    Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
-};
+use kube::{Api, Client};
 use maestro_e2e::{
     TestNamespace,
     maestro::{self, LIBRARY_NAMESPACE},
@@ -77,32 +74,6 @@ async fn holder(leases: &Api<Lease>) -> Result<Option<String>, String> {
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
         .filter(|h| !h.is_empty()))
-}
-
-/// Deletes the test's runs while a replica still runs (their finalizer is the
-/// operator's to remove), then strips what is left so the namespace can go.
-async fn delete_runs(client: &Client, ns: &str) {
-    let runs: Api<CompositionRun> = Api::namespaced(client.clone(), ns);
-    let _ = runs
-        .delete_collection(&DeleteParams::background(), &ListParams::default())
-        .await;
-    for _ in 0..30 {
-        match runs.list(&ListParams::default()).await {
-            Ok(list) if list.items.is_empty() => return,
-            Err(_) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    let unblock = serde_json::json!({"metadata": {"finalizers": null}});
-    if let Ok(list) = runs.list(&ListParams::default()).await {
-        for run in list.items {
-            if let Some(name) = run.metadata.name {
-                let _ = runs
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&unblock))
-                    .await;
-            }
-        }
-    }
 }
 
 /// On SIGTERM (a rolling update, a drain) the leader clears holderIdentity as it stops,
@@ -169,7 +140,7 @@ async fn the_follower_takes_over_a_killed_leader_and_finishes_the_run() -> anyho
     maestro::install_library(&client).await?;
     let ns = TestNamespace::create(&client, "leader").await?;
     let result = scenario(&client, &ns.name).await;
-    delete_runs(&client, &ns.name).await;
+    maestro::delete_runs(&client, &ns.name).await;
     result
 }
 
