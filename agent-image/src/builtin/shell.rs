@@ -3,9 +3,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use super::Inputs;
+use super::inputs::{optional_string, optional_string_map};
 use crate::exec::{StepCommand, run_step_command};
 use crate::result::{EXIT_BAD_INPUT, StepResult};
 use crate::step_env::StepPaths;
@@ -63,28 +62,10 @@ pub fn parse_shell_inputs(inputs: &Inputs) -> Result<ShellInputs, String> {
     })
 }
 
-/// A string input; absent and null both mean "not given".
-fn optional_string(inputs: &Inputs, name: &str) -> Result<Option<String>, String> {
-    match inputs.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(format!("input {name:?} must be a string")),
-    }
-}
-
 fn env_input(inputs: &Inputs) -> Result<Vec<(String, String)>, String> {
-    const NOT_AN_OBJECT: &str = r#"input "env" must be an object of strings"#;
-    let entries = match inputs.get("env") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Object(entries)) => entries,
-        Some(_) => return Err(NOT_AN_OBJECT.to_owned()),
-    };
-    entries
-        .iter()
+    optional_string_map(inputs, "env")?
+        .into_iter()
         .map(|(name, value)| {
-            let Value::String(value) = value else {
-                return Err(format!("{NOT_AN_OBJECT}; {name:?} is not a string"));
-            };
             // The OS cannot represent these; spawning would fail with a less helpful error.
             if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(format!(
@@ -96,7 +77,7 @@ fn env_input(inputs: &Inputs) -> Result<Vec<(String, String)>, String> {
                     r#"input "env": the value of {name:?} contains a NUL character"#
                 ));
             }
-            Ok((name.clone(), value.clone()))
+            Ok((name, value))
         })
         .collect()
 }
@@ -131,7 +112,7 @@ pub fn resolve_working_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn inputs(value: Value) -> Inputs {
         match value {
