@@ -21,7 +21,7 @@ use kube::{
     },
 };
 use maestro_operator::{
-    api::{CompositionRun, CompositionRunSpec, RunPhase},
+    api::{Composition, CompositionRun, CompositionRunSpec, RunPhase},
     labels,
 };
 
@@ -467,6 +467,38 @@ impl Env {
             &repo_root().join("examples").join(path),
         )
         .await
+    }
+
+    /// Applies a file of examples/ and waits until the operator reports every Composition
+    /// in it Ready (for the object's current generation), as `kubectl wait
+    /// --for=condition=Ready` does: a run started before that may be judged against
+    /// caches that do not hold the composition or its Tasks yet.
+    pub async fn apply_example_ready(&self, path: &str) -> Result<Vec<String>> {
+        let names = self.apply_example(path).await?;
+        let compositions: Api<Composition> = Api::namespaced(self.client.clone(), &self.ns.name);
+        for name in &names {
+            wait_for(
+                &format!("composition {name} to be Ready"),
+                Duration::from_secs(30),
+                || async {
+                    let found = compositions.get(name).await.map_err(|e| e.to_string())?;
+                    let generation = found.metadata.generation;
+                    let ready = found
+                        .status
+                        .iter()
+                        .flat_map(|s| &s.conditions)
+                        .find(|c| c.type_ == "Ready");
+                    match ready {
+                        Some(c) if c.status == "True" && c.observed_generation == generation => {
+                            Ok(())
+                        }
+                        other => Err(format!("Ready condition {other:?}")),
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(names)
     }
 
     pub async fn start_run(&self, composition: &str, params: &[(&str, &str)]) -> Result<String> {

@@ -19,8 +19,8 @@ use kube::{
 use maestro_e2e::{maestro::Env, wait_for};
 use maestro_operator::{
     api::{
-        Approval, ApprovalSpec, Composition, CompositionRun, CompositionRunStatus, Decision,
-        RunPhase, StepPhase, StepStatus,
+        Approval, ApprovalSpec, CompositionRun, CompositionRunStatus, Decision, RunPhase,
+        StepPhase, StepStatus,
     },
     labels,
 };
@@ -108,37 +108,6 @@ async fn hello_passes_an_output_along() -> anyhow::Result<()> {
 /// A generous bound for one scenario's run: pods start in a few seconds on the local
 /// cluster, so a run that needs this long is stuck.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Applies a file of examples/ and waits until the operator reports every Composition in
-/// it Ready, as `kubectl wait --for=condition=Ready composition/NAME` does (and `make
-/// demo`): a run started before that may be judged against caches that do not hold the
-/// composition or its Tasks yet.
-async fn apply_ready(env: &Env, path: &str) -> anyhow::Result<()> {
-    let compositions: Api<Composition> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let compositions = &compositions;
-    for name in env.apply_example(path).await? {
-        let name = &name;
-        wait_for(
-            &format!("composition {name} to be Ready"),
-            Duration::from_secs(30),
-            || async move {
-                let found = compositions.get(name).await.map_err(|e| e.to_string())?;
-                let generation = found.metadata.generation;
-                let ready = found
-                    .status
-                    .iter()
-                    .flat_map(|s| &s.conditions)
-                    .find(|c| c.type_ == "Ready");
-                match ready {
-                    Some(c) if c.status == "True" && c.observed_generation == generation => Ok(()),
-                    other => Err(format!("Ready condition {other:?}")),
-                }
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
 
 /// The run's status, or an error saying it has none yet.
 fn status_of(run: &CompositionRun) -> anyhow::Result<&CompositionRunStatus> {
@@ -323,7 +292,7 @@ fn tagged<'a>(log: &'a str, tag: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn dag_fans_out_skips_on_when_and_joins() -> anyhow::Result<()> {
     let env = Env::new("dag").await?;
-    apply_ready(&env, "dag/composition.yaml").await?;
+    env.apply_example_ready("dag/composition.yaml").await?;
     let name = env.start_run("dag", &[]).await?;
     let run = env.wait_finished(&name, SCENARIO_TIMEOUT).await?;
     let status = status_of(&run)?;
@@ -408,8 +377,10 @@ async fn dag_fans_out_skips_on_when_and_joins() -> anyhow::Result<()> {
 #[tokio::test]
 async fn retries_then_on_failure_starts_the_notification() -> anyhow::Result<()> {
     let env = Env::new("retry").await?;
-    apply_ready(&env, "retry-onfailure/notify-failure.yaml").await?;
-    apply_ready(&env, "retry-onfailure/flaky-deploy.yaml").await?;
+    env.apply_example_ready("retry-onfailure/notify-failure.yaml")
+        .await?;
+    env.apply_example_ready("retry-onfailure/flaky-deploy.yaml")
+        .await?;
     let name = env.start_run("flaky-deploy", &[]).await?;
     let run = env.wait_finished(&name, SCENARIO_TIMEOUT).await?;
     let status = status_of(&run)?;
@@ -512,7 +483,7 @@ async fn retries_then_on_failure_starts_the_notification() -> anyhow::Result<()>
 #[tokio::test]
 async fn fork_join_of_two_child_compositions() -> anyhow::Result<()> {
     let env = Env::new("fork").await?;
-    apply_ready(&env, "fork-join/release.yaml").await?;
+    env.apply_example_ready("fork-join/release.yaml").await?;
     let name = env.start_run("release", &[("version", "2.0.0")]).await?;
     let run = env.wait_finished(&name, SCENARIO_TIMEOUT).await?;
     let status = status_of(&run)?;
@@ -599,7 +570,8 @@ async fn fork_join_of_two_child_compositions() -> anyhow::Result<()> {
 #[tokio::test]
 async fn wait_for_ends_after_the_running_composition() -> anyhow::Result<()> {
     let env = Env::new("waitfor").await?;
-    apply_ready(&env, "wait-for/compositions.yaml").await?;
+    env.apply_example_ready("wait-for/compositions.yaml")
+        .await?;
     let nightly_name = env.start_run("nightly-build", &[("seconds", "8")]).await?;
     wait_run_until(
         &env,
@@ -665,8 +637,10 @@ async fn wait_for_ends_after_the_running_composition() -> anyhow::Result<()> {
 #[tokio::test]
 async fn approval_gates_record_the_real_approver_and_time_out() -> anyhow::Result<()> {
     let env = Env::new("approval").await?;
-    apply_ready(&env, "approval/release-gate.yaml").await?;
-    apply_ready(&env, "approval/expiring-gate.yaml").await?;
+    env.apply_example_ready("approval/release-gate.yaml")
+        .await?;
+    env.apply_example_ready("approval/expiring-gate.yaml")
+        .await?;
     // The expiring gate runs its 5 s meanwhile.
     let expiring_name = env.start_run("expiring-gate", &[]).await?;
     let name = env.start_run("release-gate", &[]).await?;
@@ -786,7 +760,7 @@ async fn approval_gates_record_the_real_approver_and_time_out() -> anyhow::Resul
 #[tokio::test]
 async fn cancel_stops_a_running_run() -> anyhow::Result<()> {
     let env = Env::new("cancel").await?;
-    apply_ready(&env, "cancel/long-job.yaml").await?;
+    env.apply_example_ready("cancel/long-job.yaml").await?;
     let name = env.start_run("long-job", &[]).await?;
     let soak_pod = pod_name(&name, "soak", 1);
     wait_run_until(
@@ -863,7 +837,8 @@ async fn cancel_stops_a_running_run() -> anyhow::Result<()> {
 #[tokio::test]
 async fn operator_killed_mid_run_resumes_without_rerunning_steps() -> anyhow::Result<()> {
     let mut env = Env::new("restart").await?;
-    apply_ready(&env, "operator-restart/four-steps.yaml").await?;
+    env.apply_example_ready("operator-restart/four-steps.yaml")
+        .await?;
     let name = env.start_run("four-steps", &[]).await?;
     wait_run_until(
         &env,

@@ -13,12 +13,9 @@ use std::{
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use maestro_e2e::{
-    maestro::{Env, apply_file, repo_root},
-    wait_for,
-};
+use maestro_e2e::maestro::{Env, apply_file, repo_root};
 use maestro_operator::{
-    api::{Composition, CompositionRun, RunPhase, StepPhase, StepStatus},
+    api::{CompositionRun, RunPhase, StepPhase, StepStatus},
     labels,
 };
 
@@ -185,32 +182,8 @@ fn semver_script_refuses_bad_input_with_exit_code_2() -> anyhow::Result<()> {
 async fn apply_plugin_example(env: &Env) -> anyhow::Result<()> {
     let tasks = apply_file(&env.client, &env.ns.name, &plugin_dir().join("task.yaml")).await?;
     assert_eq!(tasks, vec!["semver-bump"]);
-    let compositions: Api<Composition> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let compositions = &compositions;
-    for name in env
-        .apply_example("release-version/composition.yaml")
-        .await?
-    {
-        let name = &name;
-        wait_for(
-            &format!("composition {name} to be Ready"),
-            Duration::from_secs(30),
-            || async move {
-                let found = compositions.get(name).await.map_err(|e| e.to_string())?;
-                let generation = found.metadata.generation;
-                let ready = found
-                    .status
-                    .iter()
-                    .flat_map(|s| &s.conditions)
-                    .find(|c| c.type_ == "Ready");
-                match ready {
-                    Some(c) if c.status == "True" && c.observed_generation == generation => Ok(()),
-                    other => Err(format!("Ready condition {other:?}")),
-                }
-            },
-        )
+    env.apply_example_ready("release-version/composition.yaml")
         .await?;
-    }
     Ok(())
 }
 
