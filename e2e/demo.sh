@@ -30,19 +30,19 @@ stop_pid maestro-operator   # an operator process of an older demo
 # Maestro as a user installs it: the Helm chart (CRDs, operator with 2 replicas and
 # leader election, RBAC, the Task library, the approval policy, the dashboard). The
 # operator watches the demo's namespace only, so it never competes with the operators of
-# tests on the same cluster. Helm creates a CRD and objects of its kind only in separate
-# passes, so a first install on a fresh cluster is followed by an upgrade that adds the
-# Task library (charts/maestro/README.md).
+# tests on the same cluster. The operator's leader installs the Task library.
 log "installing Maestro with Helm (charts/maestro) into maestro-system"
 helm_args=(charts/maestro -n maestro-system --take-ownership --wait --timeout 5m)
 (cd "$top" && helm upgrade --install maestro "${helm_args[@]}" --set watchNamespace="$ns" >/dev/null)
-(cd "$top" && helm upgrade maestro "${helm_args[@]}" --reuse-values >/dev/null)
-kubectl get deployment,tasks -n maestro-system
-for _ in $(seq 1 30); do
+for _ in $(seq 1 60); do
   leader=$(kubectl get lease maestro-operator -n maestro-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
   [ -n "$leader" ] && break; sleep 1
 done
 echo "  leader: ${leader:-none yet}"
+for _ in $(seq 1 60); do
+  [ "$(kubectl get tasks -n maestro-system -l maestro.dev/library=standard -o name 2>/dev/null | wc -l)" -ge 7 ] && break; sleep 1
+done
+kubectl get deployment,tasks -n maestro-system
 
 log "starting the outside world on $node_ip: an HTTP server (Maven repository, deploy endpoint, git, webhook) and moto (EC2)"
 world="$state/demo-world"

@@ -115,7 +115,7 @@ pub async fn install_library(client: &Client) -> Result<()> {
             &Patch::Apply(&ns),
         )
         .await?;
-    for path in yaml_files(&repo_root().join("charts/maestro/files/library"))? {
+    for path in yaml_files(&repo_root().join("operator/library"))? {
         apply_file(client, LIBRARY_NAMESPACE, &path).await?;
     }
     for path in yaml_files(&repo_root().join("charts/maestro/files/policies"))? {

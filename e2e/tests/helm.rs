@@ -2,8 +2,10 @@
 //! Secret; its kustomize bases equal a fresh render; and on the real cluster, with Helm 4
 //! and with Helm 3 alike, it lints, `helm install` installs it, the in-cluster operator
 //! (reaching the API through the kubernetes Service) runs examples/hello, `helm upgrade`
-//! rolls the operator, the ServiceAccount and the user roles can do what they need and
-//! nothing more, and `helm uninstall` removes the operator but keeps the CRDs.
+//! rolls the operator, the leader's pod killed mid-run hands over to the other replica
+//! within 15 s and the run finishes, the ServiceAccount and the user roles can do what
+//! they need and nothing more, and `helm uninstall` removes the operator and its Task
+//! library but keeps the CRDs.
 //!
 //! helm (Helm 4), helm3 (Helm 3) and kubectl come from PATH (`source
 //! /var/lib/maestro-cluster/env`) or from the local cluster's tools folder
@@ -21,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
+        coordination::v1::Lease,
         core::v1::{Namespace, Pod},
         events::v1::Event,
         rbac::v1::ClusterRole,
@@ -36,7 +39,7 @@ use maestro_e2e::{
     maestro::{apply_file, repo_root, start_run, wait_finished},
     wait_for,
 };
-use maestro_operator::api::{CompositionRun, RunPhase, Task};
+use maestro_operator::api::{CompositionRun, RunPhase, StepPhase, Task};
 use serde::Deserialize as _;
 
 const CHART: &str = "charts/maestro";
@@ -232,19 +235,19 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
         names("ClusterRoleBinding"),
         ["maestro-operator", "maestro-operator-tasks"]
     );
-    assert_eq!(names("Role"), ["maestro-leader-election"]);
+    assert_eq!(
+        names("Role"),
+        ["maestro-leader-election", "maestro-library"]
+    );
     assert_eq!(names("Service"), ["maestro-metrics"]);
     assert_eq!(
         names("ValidatingAdmissionPolicy"),
         ["maestro-approval-identity"]
     );
     assert!(names("ServiceMonitor").is_empty());
-    // Without the Task API, the library waits for the next upgrade (Helm cannot create
-    // Tasks in the run that creates their CRD).
-    assert!(
-        names("Task").is_empty(),
-        "library rendered without the Task API"
-    );
+    // The chart renders no Task: Helm cannot create Tasks in the install that creates
+    // their CRD, so the operator's leader installs the library.
+    assert!(names("Task").is_empty(), "the chart rendered Tasks");
 
     // Every CRD is kept on uninstall.
     for crd in docs
@@ -397,33 +400,29 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
     }
     assert!(!env.contains_key("MAESTRO_WATCH_NAMESPACE"));
 
-    // With the Task API and watchNamespace: the library in the release namespace, the
-    // operator's rights on runs and pods bound in that namespace only.
-    let docs = render(
-        "maestro",
-        &[
-            "--api-versions",
-            "maestro.dev/v1alpha1/Task",
-            "--set",
-            "watchNamespace=team-a",
-        ],
-    )
-    .await?;
-    let mut tasks: Vec<&str> = docs
+    // With watchNamespace: the operator's rights on runs and pods bound in that namespace
+    // only; the library still goes into the release namespace (the library Role).
+    let docs = render("maestro", &["--set", "watchNamespace=team-a"]).await?;
+    let library_role = docs
         .iter()
-        .filter(|d| kind_of(d) == "Task")
-        .inspect(|d| {
-            assert_eq!(
-                d["metadata"]["namespace"].as_str(),
-                Some("maestro-system"),
-                "{}",
-                name_of(d)
-            );
-        })
-        .map(name_of)
-        .collect();
-    tasks.sort();
-    assert_eq!(tasks, LIBRARY);
+        .find(|d| kind_of(d) == "Role" && name_of(d) == "maestro-library")
+        .context("no Role maestro-library")?;
+    assert_eq!(
+        library_role["metadata"]["namespace"].as_str(),
+        Some("maestro-system")
+    );
+    // Without library.install, neither the Role nor the operator's setting.
+    let docs = render("maestro", &["--set", "library.install=false"]).await?;
+    assert!(
+        !docs
+            .iter()
+            .any(|d| kind_of(d) == "Role" && name_of(d) == "maestro-library")
+    );
+    assert!(
+        !serde_yaml::to_string(&docs)?.contains("MAESTRO_INSTALL_LIBRARY"),
+        "library.install=false still installs the library"
+    );
+    let docs = render("maestro", &["--set", "watchNamespace=team-a"]).await?;
     let binding = docs
         .iter()
         .find(|d| kind_of(d) == "RoleBinding" && name_of(d) == "maestro-operator")
@@ -515,7 +514,11 @@ async fn kustomize_bases_equal_a_fresh_render() -> Result<()> {
     let built = documents(&run("kubectl", &["kustomize", &base]).await?)?;
     let kinds = |kind: &str| built.iter().filter(|d| kind_of(d) == kind).count();
     assert_eq!(kinds("CustomResourceDefinition"), CRDS.len());
-    assert_eq!(kinds("Task"), LIBRARY.len());
+    assert_eq!(
+        kinds("Task"),
+        0,
+        "the operator installs the library, not the base"
+    );
     assert_eq!(kinds("Deployment"), 1);
     assert_eq!(kinds("Namespace"), 1);
     assert!(
@@ -530,22 +533,18 @@ async fn kustomize_bases_equal_a_fresh_render() -> Result<()> {
         &["apply", "--dry-run=server", "-k", &crds.to_string_lossy()],
     )
     .await?;
-    // The whole base needs the Task CRD served and the namespace there (a dry run
-    // creates neither); the other tests install both on a shared cluster.
+    // The whole base needs the namespace there (a dry run creates nothing); the other
+    // tests create it on a shared cluster.
     let client = client().await?;
-    let ready = Api::<CustomResourceDefinition>::all(client.clone())
-        .get_opt("tasks.maestro.dev")
+    let ready = Api::<Namespace>::all(client)
+        .get_opt("maestro-system")
         .await?
-        .is_some()
-        && Api::<Namespace>::all(client)
-            .get_opt("maestro-system")
-            .await?
-            .is_some();
+        .is_some();
     if ready {
         let applied = run("kubectl", &["apply", "--dry-run=server", "-k", &base]).await?;
         assert!(applied.contains("deployment.apps/maestro"), "{applied}");
     } else {
-        eprintln!("[helm] no Task CRD or maestro-system namespace yet: base dry run skipped");
+        eprintln!("[helm] no maestro-system namespace yet: base dry run skipped");
     }
     eprintln!(
         "[helm] kustomize freshness and dry run: {:?}",
@@ -747,6 +746,105 @@ async fn rolled_out(client: &Client, release: &Release) -> Result<Vec<String>> {
     }
 }
 
+/// The Lease's holderIdentity, `None` when there is no Lease or no holder.
+async fn lease_holder(leases: &Api<Lease>) -> Result<Option<String>, String> {
+    let lease = leases
+        .get_opt("maestro-operator")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+/// The chart's two replicas: while examples/leader-takeover runs, the leader's pod is
+/// deleted without grace (as when its node fails). The other replica holds the Lease
+/// within 15 s and finishes the run, with exactly one pod per step.
+async fn leader_pod_killed_mid_run(
+    client: &Client,
+    release: &Release,
+    replicas: &[String],
+    major: &str,
+) -> Result<()> {
+    const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
+    let runs = release.runs_namespace.as_str();
+    apply_file(
+        client,
+        runs,
+        &repo_root().join("examples/leader-takeover/four-sleeps.yaml"),
+    )
+    .await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &release.namespace);
+    let leader = wait_for("a replica to lead", Duration::from_secs(30), || async {
+        match lease_holder(&leases).await? {
+            Some(h) if replicas.contains(&h) => Ok(h),
+            other => Err(format!("holder {other:?}, replicas {replicas:?}")),
+        }
+    })
+    .await?;
+    let run = start_run(client, runs, "four-sleeps", &[]).await?;
+    let runs_api: Api<CompositionRun> = Api::namespaced(client.clone(), runs);
+    wait_for(
+        "step two of the run to be running",
+        Duration::from_secs(90),
+        || async {
+            let r = runs_api.get(&run).await.map_err(|e| e.to_string())?;
+            let steps = r.status.map(|s| s.steps).unwrap_or_default();
+            let two = steps.iter().find(|s| s.name == "two").map(|s| s.phase);
+            if two == Some(StepPhase::Running) {
+                Ok(())
+            } else {
+                Err(format!("step two {two:?}"))
+            }
+        },
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    pods.delete(
+        &leader,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
+    let killed = Instant::now();
+    let survivor = wait_for(
+        "the other replica to take the Lease",
+        TAKEOVER_LIMIT + Duration::from_secs(10),
+        || async {
+            match lease_holder(&leases).await? {
+                Some(h) if h != leader && replicas.contains(&h) => Ok(h),
+                other => Err(format!("holder {other:?}")),
+            }
+        },
+    )
+    .await?;
+    let took = killed.elapsed();
+    eprintln!("[{major}] leader {leader} deleted; {survivor} took the Lease after {took:?}");
+    assert!(
+        took <= TAKEOVER_LIMIT,
+        "takeover took {took:?}, more than {TAKEOVER_LIMIT:?}"
+    );
+    let finished = match wait_finished(client, runs, &run, RUN_TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) => bail!("{e}\noperator log:\n{}", release.operator_log().await),
+    };
+    let status = finished.status.unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Succeeded, "{status:#?}");
+    let mut per_step: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (step, attempt, _) in maestro_e2e::maestro::step_pods(client, runs, &run).await? {
+        per_step.entry(step).or_default().push(attempt);
+    }
+    let expected: BTreeMap<String, Vec<u32>> = ["one", "two", "three", "four"]
+        .iter()
+        .map(|s| (s.to_string(), vec![1]))
+        .collect();
+    assert_eq!(per_step, expected, "one pod per step across the takeover");
+    Ok(())
+}
+
 /// Runs examples/hello in the runs namespace through the in-cluster operator.
 async fn run_hello(client: &Client, release: &Release) -> Result<()> {
     let name = start_run(client, &release.runs_namespace, "hello", &[("who", "helm")]).await?;
@@ -823,10 +921,6 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     .await?;
 
     let client = client().await?;
-    // The chart renders the Task library only when the Task API is already served (a first
-    // install on a fresh cluster needs an upgrade for it, see the chart README): make sure
-    // the CRDs exist, whichever test ran first on this cluster. The install adopts them.
-    maestro_e2e::maestro::install_crds(&client).await?;
     // The release namespace and the namespace the operator watches, both enforcing the
     // restricted Pod Security Standard (the operator's pod and the step pods meet it).
     let ns = TestNamespace::create(&client, major).await?;
@@ -848,11 +942,12 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     let crd_owner = CRD_OWNER.lock().await;
     eprintln!("[{major}] waited {:?} for the CRDs", wait.elapsed());
 
-    // Install. replicas=1: until leader election lands in the operator, two replicas
-    // would both reconcile. watchNamespace: only one operator may watch a namespace, and
-    // other tests run their own operators in their own namespaces on this cluster at the
-    // same time, so this one watches only its test namespace. --take-ownership: the CRDs
-    // already exist on a shared cluster (other tests apply them); the chart adopts them.
+    // Install with the default two replicas (one leads, one stands by). watchNamespace:
+    // only one operator may watch a namespace, and other tests run their own operators in
+    // their own namespaces on this cluster at the same time, so this one watches only its
+    // test namespace. --take-ownership: the CRDs may already exist on a shared cluster
+    // (other tests apply them); the chart adopts them. One `helm install` is enough also
+    // when the CRDs do not exist yet: the operator, not Helm, installs the Task library.
     let step = Instant::now();
     let watch = format!("watchNamespace={}", release.runs_namespace);
     let installed = release
@@ -861,8 +956,6 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
             &release.name,
             CHART,
             "--take-ownership",
-            "--set",
-            "replicas=1",
             "--set",
             &watch,
             "--set",
@@ -876,17 +969,37 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         step.elapsed()
     );
 
-    // What the chart put in place: the library in the release namespace, CRDs adopted.
+    // What the install put in place: the library in the release namespace (applied by the
+    // leader, owned by the operator's Deployment), CRDs adopted.
     let tasks: Api<Task> = Api::namespaced(client.clone(), &release.namespace);
-    let mut library: Vec<String> = tasks
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
-    library.sort();
-    assert_eq!(library, LIBRARY);
+    let library = wait_for(
+        "the operator's leader to install the Task library",
+        Duration::from_secs(60),
+        || async {
+            let list = tasks
+                .list(&ListParams::default().labels("maestro.dev/library=standard"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut names: Vec<String> = list.items.iter().map(ResourceExt::name_any).collect();
+            names.sort();
+            if names == LIBRARY {
+                Ok(list.items)
+            } else {
+                Err(format!("library Tasks {names:?}"))
+            }
+        },
+    )
+    .await?;
+    for task in &library {
+        let owners = task.owner_references();
+        assert!(
+            owners
+                .iter()
+                .any(|o| o.kind == "Deployment" && o.name == release.name),
+            "{} is not owned by the operator's Deployment: {owners:?}",
+            task.name_any()
+        );
+    }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in CRDS {
         let crd = crds.get(name).await?;
@@ -980,11 +1093,18 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         "[{major}] hello run after the upgrade: {:?}",
         step.elapsed()
     );
+    let step = Instant::now();
+    leader_pod_killed_mid_run(&client, &release, &second_pods, major).await?;
+    eprintln!(
+        "[{major}] leader pod killed mid-run, run finished: {:?}",
+        step.elapsed()
+    );
 
     // The operator's ServiceAccount: what it needs, and nothing else.
     let step = Instant::now();
     let (runs, own) = (release.runs_namespace.as_str(), release.namespace.as_str());
-    let allowed: [&[&str]; 10] = [
+    let library_owner = format!("deployments.apps/{}", release.name);
+    let allowed: [&[&str]; 13] = [
         &["create", "pods", "-n", runs],
         &["delete", "pods", "-n", runs],
         &[
@@ -1007,8 +1127,12 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["list", "tasks.maestro.dev", "--all-namespaces"],
         &["update", "leases.coordination.k8s.io", "-n", own],
         &["create", "leases.coordination.k8s.io", "-n", own],
+        // The library, in its own namespace only.
+        &["create", "tasks.maestro.dev", "-n", own],
+        &["patch", "tasks.maestro.dev", "-n", own],
+        &["get", &library_owner, "-n", own],
     ];
-    let denied: [&[&str]; 12] = [
+    let denied: [&[&str]; 14] = [
         &["get", "secrets", "-n", runs],
         &["get", "secrets", "-n", own],
         &["list", "secrets", "--all-namespaces"],
@@ -1016,7 +1140,9 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["create", "clusterrolebindings"],
         &["create", "rolebindings", "-n", runs],
         &["update", "compositions.maestro.dev", "-n", runs],
-        &["create", "tasks.maestro.dev", "-n", own],
+        &["create", "tasks.maestro.dev", "-n", runs],
+        &["get", "deployments.apps", "-n", own],
+        &["update", "deployments.apps", "-n", own],
         &["create", "approvals.maestro.dev", "-n", runs],
         // Watching one namespace, it is granted pods there only.
         &["create", "pods", "-n", "default"],
@@ -1147,10 +1273,25 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         let role = format!("{}-{suffix}", release.name);
         assert!(roles.get_opt(&role).await?.is_none(), "{role} left behind");
     }
-    assert!(
-        tasks.list(&ListParams::default()).await?.items.is_empty(),
-        "library Tasks left behind"
-    );
+    // The garbage collector removes the library with the Deployment that owned it.
+    wait_for(
+        "the library Tasks to go with the operator's Deployment",
+        Duration::from_secs(60),
+        || async {
+            let left = tasks
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} left"))
+            }
+        },
+    )
+    .await?;
     for name in CRDS {
         let crd = crds.get_opt(name).await?;
         assert!(

@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod engine;
 pub mod labels;
+pub mod library;
 pub mod metrics;
 pub mod telemetry;
 pub mod tls;

@@ -14,6 +14,7 @@ use maestro_operator::{
         leader::{self, LeaseSettings},
         pods::WorkspaceClaim,
     },
+    library::LibraryInstall,
     metrics::{self, Metrics},
     telemetry::{self, LogFormat},
 };
@@ -51,6 +52,14 @@ struct Args {
         default_value = "maestro-system"
     )]
     library_namespace: String,
+    /// Install the standard Task library (shell, git, http, ...) into the library
+    /// namespace and keep it at this operator's version (the leader does it).
+    #[arg(long, env = "MAESTRO_INSTALL_LIBRARY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    install_library: bool,
+    /// A Deployment in the library namespace that owns the installed library, so the
+    /// library goes when it goes (the chart names the operator's own Deployment).
+    #[arg(long, env = "MAESTRO_LIBRARY_OWNER_DEPLOYMENT")]
+    library_owner_deployment: Option<String>,
     /// How long finished runs are kept before they (and their pods) are deleted.
     #[arg(long, env = "MAESTRO_FINISHED_RUN_TTL", default_value = "24h", value_parser = ttl)]
     finished_run_ttl: Duration,
@@ -105,6 +114,10 @@ async fn main() -> anyhow::Result<()> {
                 size: args.workspace_size,
             }),
         },
+        library: args.install_library.then(|| LibraryInstall {
+            namespace: args.library_namespace.clone(),
+            owner_deployment: args.library_owner_deployment.clone(),
+        }),
         library_namespace: args.library_namespace,
         finished_run_ttl: args.finished_run_ttl,
         watch_namespace: args.namespace.clone(),

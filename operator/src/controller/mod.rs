@@ -55,6 +55,8 @@ pub struct Settings {
     /// Watch only this namespace (Tasks are still read from every namespace, for the
     /// library); `None` watches the whole cluster.
     pub watch_namespace: Option<String>,
+    /// Install the standard Task library (done by the leader, once it leads).
+    pub library: Option<crate::library::LibraryInstall>,
 }
 
 /// An Api over the watched namespace, or over all namespaces.
@@ -301,6 +303,9 @@ pub async fn run(
         ctx.metrics.leader.set(1);
     }
     tracing::info!("reconciling");
+    if let Some(install) = ctx.settings.library.clone() {
+        tokio::spawn(crate::library::keep_installed(client.clone(), install));
+    }
     // Only the leader reports the run gauges, so summing them over replicas still counts
     // each run once.
     tokio::spawn(gauges(ctx.clone()));

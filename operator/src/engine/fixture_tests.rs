@@ -342,12 +342,12 @@ fn engine_fixtures() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// The standard library's Tasks (charts/maestro/files/library) parse as Tasks, and their
+/// The standard library's Tasks (operator/library) parse as Tasks, and their
 /// templated defaults render: the deprovision task takes the run's ledger by default.
 #[test]
 fn library_task_defaults_render() {
     use super::expr::{LedgerScope, Scope, render};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/maestro/files/library");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("library");
     let mut tasks = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).expect("library dir") {
         let path = entry.expect("entry").path();
