@@ -8,3 +8,5 @@ pub mod labels;
 pub mod metrics;
 pub mod telemetry;
 pub mod tls;
+pub mod triggers;
+pub mod webhook;
