@@ -1,0 +1,736 @@
+//! Triggers with real parts. Git webhooks: a real git repository (commits made with the
+//! git CLI, served over HTTP), push payloads built from those commits and signed, POSTed
+//! with curl from a pod through a cluster Service to the operator's webhook endpoint; the
+//! started run's git step checks out exactly the pushed commit, and every refusal creates
+//! nothing. Cron: a schedule of every minute starts a run named after its minute.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, LogParams, PostParams},
+};
+use maestro_e2e::{
+    agent_image,
+    maestro::Env,
+    wait_for,
+    world::{Sink, TempDir, node_ip, run},
+};
+use maestro_operator::{
+    api::{Composition, CompositionRun, RunPhase},
+    labels,
+};
+use serde_json::{Value, json};
+
+/// The webhook secret (GitHub's documentation example; the apostrophe tests quoting).
+const SECRET: &str = "It's a Secret to Everybody";
+const COMPOSITION: &str = "on-push";
+const SERVICE: &str = "maestro-webhook";
+
+/// A commit of the test repository, as git tells it.
+struct CommitInfo {
+    sha: String,
+    parent: String,
+    author: String,
+    email: String,
+    message: String,
+    added: Vec<String>,
+    modified: Vec<String>,
+    removed: Vec<String>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    Ok(run(dir, "git", args)?.trim().to_string())
+}
+
+fn commit_info(dir: &Path, sha: &str) -> Result<CommitInfo> {
+    let show = run(
+        dir,
+        "git",
+        &["show", "-s", "--format=%H%x00%P%x00%an%x00%ae%x00%B", sha],
+    )?;
+    let fields: Vec<&str> = show.splitn(5, '\0').collect();
+    let [sha, parent, author, email, message] = fields[..] else {
+        bail!("unexpected git show output {show:?}");
+    };
+    let (mut added, mut modified, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    for line in git(
+        dir,
+        &["diff-tree", "--no-commit-id", "--name-status", "-r", sha],
+    )?
+    .lines()
+    {
+        match line.split_once('\t') {
+            Some(("A", path)) => added.push(path.to_string()),
+            Some(("D", path)) => removed.push(path.to_string()),
+            Some((_, path)) => modified.push(path.to_string()),
+            None => {}
+        }
+    }
+    Ok(CommitInfo {
+        sha: sha.to_string(),
+        parent: parent.to_string(),
+        author: author.to_string(),
+        email: email.to_string(),
+        message: message.trim_end().to_string(),
+        added,
+        modified,
+        removed,
+    })
+}
+
+/// The test repository: `src/` changed by the commit that gets pushed, then a commit that
+/// changes only `docs/`. Returns (pushed commit, docs-only commit).
+fn make_repo(root: &Path) -> Result<(CommitInfo, CommitInfo)> {
+    let work = root.join("work");
+    std::fs::create_dir_all(work.join("src"))?;
+    std::fs::create_dir_all(work.join("docs"))?;
+    git(&work, &["init", "-q", "-b", "main"])?;
+    git(&work, &["config", "user.email", "dev@example.com"])?;
+    git(&work, &["config", "user.name", "Dev Eloper"])?;
+    std::fs::write(work.join("src/app.txt"), "version 1\n")?;
+    git(&work, &["add", "."])?;
+    git(&work, &["commit", "-q", "-m", "first version"])?;
+    std::fs::write(work.join("src/app.txt"), "version 2\n")?;
+    std::fs::write(work.join("src/lib.txt"), "new\n")?;
+    git(&work, &["add", "."])?;
+    git(
+        &work,
+        &["commit", "-q", "-m", "Second version\n\nwith a library"],
+    )?;
+    let pushed = git(&work, &["rev-parse", "HEAD"])?;
+    std::fs::write(work.join("docs/notes.md"), "notes\n")?;
+    git(&work, &["add", "."])?;
+    git(&work, &["commit", "-q", "-m", "notes only"])?;
+    let docs = git(&work, &["rev-parse", "HEAD"])?;
+    let bare = root.join("app.git");
+    run(
+        root,
+        "git",
+        &["clone", "-q", "--bare", "work", &bare.display().to_string()],
+    )?;
+    // git's "dumb" HTTP protocol needs these index files; the sink is a static server.
+    git(&bare, &["update-server-info"])?;
+    Ok((commit_info(&work, &pushed)?, commit_info(&work, &docs)?))
+}
+
+fn commit_json(c: &CommitInfo) -> Value {
+    json!({
+        "id": c.sha,
+        "message": c.message,
+        "author": {"name": c.author, "email": c.email, "username": "dev"},
+        "added": c.added, "modified": c.modified, "removed": c.removed,
+    })
+}
+
+/// A GitHub (or Gitea: the same shape) push event for `commit` pushed to `git_ref`.
+fn github_push(repo_url: &str, git_ref: &str, c: &CommitInfo) -> Value {
+    json!({
+        "ref": git_ref,
+        "before": c.parent,
+        "after": c.sha,
+        "created": false, "deleted": false, "forced": false,
+        "repository": {
+            "name": "app", "full_name": "acme/app",
+            "html_url": repo_url.trim_end_matches(".git"),
+            "url": repo_url.trim_end_matches(".git"),
+            "clone_url": repo_url,
+        },
+        "pusher": {"name": "dev", "email": c.email},
+        "commits": [commit_json(c)],
+        "head_commit": commit_json(c),
+    })
+}
+
+/// A GitLab push event (Push Hook).
+fn gitlab_push(repo_url: &str, git_ref: &str, c: &CommitInfo) -> Value {
+    json!({
+        "object_kind": "push", "event_name": "push",
+        "before": c.parent, "after": c.sha, "checkout_sha": c.sha,
+        "ref": git_ref,
+        "user_name": "Dev Eloper", "user_username": "dev",
+        "project": {
+            "name": "app",
+            "web_url": repo_url.trim_end_matches(".git"),
+            "git_http_url": repo_url,
+        },
+        "repository": {"name": "app", "url": repo_url, "homepage": repo_url.trim_end_matches(".git"), "git_http_url": repo_url},
+        "commits": [commit_json(c)],
+        "total_commits_count": 1,
+    })
+}
+
+/// The hex HMAC-SHA256 of `body`, computed by openssl (not by the code under test).
+fn hmac_hex(secret: &str, body: &[u8]) -> Result<String> {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running openssl")?;
+    child
+        .stdin
+        .take()
+        .context("openssl stdin")?
+        .write_all(body)?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .last()
+        .map(str::to_string)
+        .context("openssl printed no digest")
+}
+
+/// One POST the client pod makes.
+struct Delivery {
+    name: &'static str,
+    provider: &'static str,
+    headers: Vec<(String, String)>,
+    /// A ConfigMap key holding the body, or None for the oversized body made in the pod.
+    body_key: Option<String>,
+}
+
+/// `text` quoted for sh.
+fn sq(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The client pod's script: one curl per delivery, each printing
+/// `RESULT <name> <status> <answer>`.
+fn client_script(url: &str, deliveries: &[Delivery]) -> String {
+    // The Service's rules and the operator's listener may be a moment behind the test.
+    let mut script = format!(
+        "set -u\nfor i in $(seq 1 60); do curl -sf -o /dev/null {} && break; sleep 0.5; done\n",
+        sq(&format!("{url}/healthz"))
+    );
+    for d in deliveries {
+        let mut curl = format!(
+            "curl -sS -o /tmp/answer -w '%{{http_code}}' -X POST {} -H 'Content-Type: application/json'",
+            sq(&format!("{url}/hooks/{}", d.provider))
+        );
+        for (k, v) in &d.headers {
+            curl.push_str(&format!(" -H {}", sq(&format!("{k}: {v}"))));
+        }
+        let line = match &d.body_key {
+            Some(key) => format!("code=$({curl} --data-binary @/payloads/{key})"),
+            // Expect: 100-continue lets the endpoint refuse before the body is sent.
+            None => format!(
+                "code=$(head -c 1200000 /dev/zero | tr '\\0' x | {curl} -H 'Expect: 100-continue' --data-binary @-)"
+            ),
+        };
+        script.push_str(&format!(
+            "{line}\necho \"RESULT {} $code $(tr -d '\\n' < /tmp/answer)\"\n",
+            d.name
+        ));
+    }
+    script
+}
+
+/// Runs the deliveries from a pod in the test namespace and returns, by delivery name,
+/// (HTTP status, answer body).
+async fn deliver(
+    env: &Env,
+    pod_name: &str,
+    url: &str,
+    payloads: &[(String, String)],
+    deliveries: &[Delivery],
+) -> Result<Vec<(String, u16, String)>> {
+    let ns = env.ns.name.as_str();
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), ns);
+    let data: serde_json::Map<String, Value> = payloads
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": pod_name},
+        "data": data,
+    }))?;
+    config_maps.create(&PostParams::default(), &cm).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": pod_name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "curl",
+                "image": agent_image(),
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", client_script(url, deliveries)],
+                "volumeMounts": [{"name": "payloads", "mountPath": "/payloads"}],
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                }
+            }],
+            "volumes": [{"name": "payloads", "configMap": {"name": pod_name}}]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for(
+        &format!("client pod {pod_name} to end"),
+        Duration::from_secs(120),
+        || async {
+            let p = pods.get(pod_name).await.map_err(|e| e.to_string())?;
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            match phase.as_str() {
+                "Succeeded" | "Failed" => Ok(()),
+                other => Err(format!("phase {other:?}")),
+            }
+        },
+    )
+    .await?;
+    let logs = pods.logs(pod_name, &LogParams::default()).await?;
+    let mut results = Vec::new();
+    for line in logs.lines().filter_map(|l| l.strip_prefix("RESULT ")) {
+        let mut parts = line.splitn(3, ' ');
+        let name = parts.next().unwrap_or_default().to_string();
+        let code = parts.next().unwrap_or_default().parse().unwrap_or(0);
+        let body = parts.next().unwrap_or_default().to_string();
+        results.push((name, code, body));
+    }
+    if results.len() != deliveries.len() {
+        bail!(
+            "the client pod reported {} of {} deliveries; its log:\n{logs}",
+            results.len(),
+            deliveries.len()
+        );
+    }
+    Ok(results)
+}
+
+/// A Service without selector plus an EndpointSlice that sends its port to the operator
+/// process on this machine; returns the Service's URL as pods reach it (its ClusterIP:
+/// the test cluster runs no DNS).
+async fn webhook_service(env: &Env, port: u16) -> Result<String> {
+    let ns = env.ns.name.as_str();
+    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": SERVICE},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}
+    }))?;
+    let created = services.create(&PostParams::default(), &service).await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), ns);
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": format!("{SERVICE}-host"), "labels": {"kubernetes.io/service-name": SERVICE}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [node_ip()], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
+    }))?;
+    slices.create(&PostParams::default(), &slice).await?;
+    let ip = created
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the webhook Service has no ClusterIP")?;
+    Ok(format!("http://{ip}"))
+}
+
+async fn runs(env: &Env) -> Result<Vec<CompositionRun>> {
+    let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    Ok(api.list(&ListParams::default()).await?.items)
+}
+
+/// A free port on the address pods reach this machine on.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind((node_ip().as_str(), 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn signed_github(name: &'static str, delivery: &str, body: &str, key: &str) -> Result<Delivery> {
+    Ok(Delivery {
+        name,
+        provider: "github",
+        headers: vec![
+            ("X-GitHub-Event".into(), "push".into()),
+            ("X-GitHub-Delivery".into(), delivery.into()),
+            (
+                "X-Hub-Signature-256".into(),
+                format!("sha256={}", hmac_hex(SECRET, body.as_bytes())?),
+            ),
+        ],
+        body_key: Some(key.into()),
+    })
+}
+
+fn assert_answer(results: &[(String, u16, String)], name: &str, code: u16, says: &str) {
+    let (_, got, body) = results
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("no result for {name}"));
+    assert_eq!(
+        *got, code,
+        "{name}: status (answer {body}); all: {results:?}"
+    );
+    assert!(
+        body.contains(says),
+        "{name}: answer {body:?} lacks {says:?}"
+    );
+}
+
+#[tokio::test]
+async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing() -> Result<()> {
+    let started = std::time::Instant::now();
+    let port = free_port()?;
+    let env = Env::with_operator_args(
+        "triggers-git",
+        &["--webhook-addr".into(), format!("{}:{port}", node_ip())],
+    )
+    .await?;
+    let ns = env.ns.name.clone();
+    let dir = TempDir::new("maestro-triggers-git")?;
+    let (pushed, docs_only) = make_repo(&dir.0)?;
+    let sink = Sink::start(&dir.0).await?;
+    let repo_url = format!("{}/app.git", sink.url);
+
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "push-hook"},
+        "stringData": {"secret": SECRET}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let compositions: Api<Composition> = Api::namespaced(env.client.clone(), &ns);
+    let composition: Composition = serde_json::from_value(json!({
+        "metadata": {"name": COMPOSITION},
+        "spec": {
+            "params": [
+                {"name": "repository"}, {"name": "commitSha"},
+                {"name": "ref", "default": ""}, {"name": "author", "default": ""},
+                {"name": "message", "default": ""}
+            ],
+            "triggers": {"git": [{
+                "repository": repo_url.trim_end_matches(".git"),
+                "branches": ["main"],
+                "paths": ["src/**"],
+                "secretRef": {"name": "push-hook"}
+            }]},
+            "steps": [{
+                "name": "checkout",
+                "task": "git",
+                "with": {"repo": "{{ params.repository }}", "ref": "{{ params.commitSha }}", "path": "app"}
+            }]
+        }
+    }))?;
+    compositions
+        .create(&PostParams::default(), &composition)
+        .await?;
+    let url = webhook_service(&env, port).await?;
+    eprintln!("setup: {:?}", started.elapsed());
+
+    // The pushes, built from the real commits.
+    let push_main = github_push(&repo_url, "refs/heads/main", &pushed).to_string();
+    let push_feature = github_push(&repo_url, "refs/heads/feature", &pushed).to_string();
+    let push_docs = github_push(&repo_url, "refs/heads/main", &docs_only).to_string();
+    let other_repo = github_push(
+        &format!("{}/other.git", sink.url),
+        "refs/heads/main",
+        &pushed,
+    )
+    .to_string();
+    let gitlab = gitlab_push(&repo_url, "refs/heads/main", &pushed).to_string();
+    let payloads: Vec<(String, String)> = vec![
+        ("push-main.json".into(), push_main.clone()),
+        ("push-feature.json".into(), push_feature.clone()),
+        ("push-docs.json".into(), push_docs.clone()),
+        ("other-repo.json".into(), other_repo.clone()),
+        ("gitlab.json".into(), gitlab.clone()),
+        (
+            "malformed.json".into(),
+            r#"{"ref": "refs/heads/main", "after": "#.into(),
+        ),
+        (
+            "ping.json".into(),
+            r#"{"zen": "Keep it logically awesome."}"#.into(),
+        ),
+    ];
+
+    // Refusals first: each answered, none creates a run.
+    let github_headers = |delivery: &str, signature: &str| {
+        vec![
+            ("X-GitHub-Event".to_string(), "push".to_string()),
+            ("X-GitHub-Delivery".to_string(), delivery.to_string()),
+            ("X-Hub-Signature-256".to_string(), signature.to_string()),
+        ]
+    };
+    let forged = format!(
+        "sha256={}",
+        hmac_hex("not the secret", push_main.as_bytes())?
+    );
+    let refusals = vec![
+        Delivery {
+            name: "forged",
+            provider: "github",
+            headers: github_headers("d-forged", &forged),
+            body_key: Some("push-main.json".into()),
+        },
+        Delivery {
+            name: "unsigned",
+            provider: "github",
+            headers: github_headers("d-unsigned", "")
+                .into_iter()
+                .take(2)
+                .collect(),
+            body_key: Some("push-main.json".into()),
+        },
+        Delivery {
+            name: "oversized",
+            provider: "github",
+            headers: github_headers("d-big", "sha256=00"),
+            body_key: None,
+        },
+        Delivery {
+            name: "malformed",
+            provider: "github",
+            headers: github_headers("d-malformed", "sha256=00"),
+            body_key: Some("malformed.json".into()),
+        },
+        signed_github("unknown-repo", "d-other", &other_repo, "other-repo.json")?,
+        signed_github(
+            "other-branch",
+            "d-feature",
+            &push_feature,
+            "push-feature.json",
+        )?,
+        signed_github("docs-only", "d-docs", &push_docs, "push-docs.json")?,
+        Delivery {
+            name: "gitlab-bad-token",
+            provider: "gitlab",
+            headers: vec![
+                ("X-Gitlab-Event".into(), "Push Hook".into()),
+                ("X-Gitlab-Event-UUID".into(), "g-bad".into()),
+                ("X-Gitlab-Token".into(), "guess".into()),
+            ],
+            body_key: Some("gitlab.json".into()),
+        },
+        Delivery {
+            name: "gitea-forged",
+            provider: "gitea",
+            headers: vec![
+                ("X-Gitea-Event".into(), "push".into()),
+                ("X-Gitea-Delivery".into(), "t-bad".into()),
+                (
+                    "X-Gitea-Signature".into(),
+                    hmac_hex("nope", push_main.as_bytes())?,
+                ),
+            ],
+            body_key: Some("push-main.json".into()),
+        },
+        Delivery {
+            name: "ping",
+            provider: "github",
+            headers: vec![
+                ("X-GitHub-Event".into(), "ping".into()),
+                ("X-GitHub-Delivery".into(), "d-ping".into()),
+            ],
+            body_key: Some("ping.json".into()),
+        },
+    ];
+    let results = deliver(&env, "refusals", &url, &payloads, &refusals).await?;
+    eprintln!("refusals delivered: {:?}", started.elapsed());
+    assert_answer(&results, "forged", 401, "bad signature");
+    assert_answer(&results, "unsigned", 401, "missing signature");
+    assert_answer(&results, "oversized", 413, "larger than 1048576 bytes");
+    assert_answer(&results, "malformed", 400, "malformed push payload");
+    assert_answer(&results, "unknown-repo", 202, "no matching composition");
+    assert_answer(&results, "other-branch", 202, "no matching composition");
+    assert_answer(&results, "docs-only", 202, "no changed file matches");
+    assert_answer(&results, "gitlab-bad-token", 401, "bad signature");
+    assert_answer(&results, "gitea-forged", 401, "bad signature");
+    assert_answer(&results, "ping", 200, "pong");
+    let none = runs(&env).await?;
+    assert!(
+        none.is_empty(),
+        "refused deliveries created runs: {:?}",
+        none.iter().map(|r| r.name_any()).collect::<Vec<_>>()
+    );
+
+    // Authentic pushes, one redelivered: three runs, not four.
+    let accepted = vec![
+        signed_github("github", "d-main", &push_main, "push-main.json")?,
+        signed_github("github-again", "d-main", &push_main, "push-main.json")?,
+        Delivery {
+            name: "gitlab",
+            provider: "gitlab",
+            headers: vec![
+                ("X-Gitlab-Event".into(), "Push Hook".into()),
+                ("X-Gitlab-Event-UUID".into(), "g-main".into()),
+                ("X-Gitlab-Token".into(), SECRET.into()),
+            ],
+            body_key: Some("gitlab.json".into()),
+        },
+        Delivery {
+            name: "gitea",
+            provider: "gitea",
+            headers: vec![
+                ("X-Gitea-Event".into(), "push".into()),
+                ("X-Gitea-Delivery".into(), "t-main".into()),
+                (
+                    "X-Gitea-Signature".into(),
+                    hmac_hex(SECRET, push_main.as_bytes())?,
+                ),
+            ],
+            body_key: Some("push-main.json".into()),
+        },
+    ];
+    let results = deliver(&env, "pushes", &url, &payloads, &accepted).await?;
+    eprintln!("pushes delivered: {:?}", started.elapsed());
+    let github_run = labels::webhook_run_name(COMPOSITION, "d-main");
+    assert_answer(&results, "github", 201, &github_run);
+    assert_answer(&results, "github-again", 200, "duplicate delivery");
+    assert_answer(
+        &results,
+        "gitlab",
+        201,
+        &labels::webhook_run_name(COMPOSITION, "g-main"),
+    );
+    assert_answer(
+        &results,
+        "gitea",
+        201,
+        &labels::webhook_run_name(COMPOSITION, "t-main"),
+    );
+    let created = runs(&env).await?;
+    assert_eq!(
+        created.len(),
+        3,
+        "one run per delivery id: {:?}",
+        created.iter().map(|r| r.name_any()).collect::<Vec<_>>()
+    );
+
+    for run in &created {
+        let name = run.name_any();
+        assert_eq!(
+            run.labels().get(labels::TRIGGER).map(String::as_str),
+            Some("git")
+        );
+        assert_eq!(run.spec.params["commitSha"], pushed.sha, "{name}");
+        assert_eq!(run.spec.params["ref"], "refs/heads/main", "{name}");
+        assert_eq!(run.spec.params["repository"], repo_url, "{name}");
+        let done = env.wait_finished(&name, Duration::from_secs(240)).await?;
+        let status = done.status.unwrap_or_default();
+        assert_eq!(status.phase, RunPhase::Succeeded, "{name}: {status:?}");
+        let checkout = status
+            .steps
+            .iter()
+            .find(|s| s.name == "checkout")
+            .context("no checkout step")?;
+        assert_eq!(
+            checkout.outputs.get("commit"),
+            Some(&pushed.sha),
+            "{name}: the git step checked out the pushed commit"
+        );
+    }
+    let github = created
+        .iter()
+        .find(|r| r.name_any() == github_run)
+        .context("the GitHub run")?;
+    assert_eq!(github.spec.params["author"], "Dev Eloper");
+    assert_eq!(
+        github.spec.params["message"],
+        "Second version\n\nwith a library"
+    );
+    eprintln!("runs checked: {:?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Result<()> {
+    let started = std::time::Instant::now();
+    let env = Env::new("triggers-cron").await?;
+    let ns = env.ns.name.clone();
+    let compositions: Api<Composition> = Api::namespaced(env.client.clone(), &ns);
+    let composition: Composition = serde_json::from_value(json!({
+        "metadata": {"name": "every-minute"},
+        "spec": {
+            "params": [{"name": "who", "default": "nobody"}],
+            "triggers": {"cron": {
+                "schedule": "* * * * *",
+                "timeZone": "Europe/Paris",
+                "concurrencyPolicy": "Forbid",
+                "params": {"who": "cron"}
+            }},
+            "steps": [{"name": "hello", "task": "shell",
+                       "with": {"script": "echo \"hello {{ params.who }}\""}}]
+        }
+    }))?;
+    compositions
+        .create(&PostParams::default(), &composition)
+        .await?;
+    let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
+    let run = wait_for(
+        "the schedule to start a run",
+        Duration::from_secs(130),
+        || async {
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no run yet".to_string())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", env.operator.log_tail()))?;
+    eprintln!("first scheduled run after {:?}", started.elapsed());
+    let created = run
+        .metadata
+        .creation_timestamp
+        .clone()
+        .context("no creationTimestamp")?
+        .0
+        .as_second();
+    let minute = created - created.rem_euclid(60);
+    let name = run.name_any();
+    assert_eq!(
+        name,
+        format!("every-minute-{}", minute / 60),
+        "named after its minute"
+    );
+    assert!(
+        created - minute <= 10,
+        "run created {} s after its minute",
+        created - minute
+    );
+    assert_eq!(
+        run.labels().get(labels::TRIGGER).map(String::as_str),
+        Some("cron")
+    );
+    assert_eq!(run.spec.params["who"], "cron");
+    let schedule_time = wait_for(
+        "status.lastScheduleTime",
+        Duration::from_secs(30),
+        || async {
+            let c = compositions
+                .get("every-minute")
+                .await
+                .map_err(|e| e.to_string())?;
+            c.status
+                .and_then(|s| s.last_schedule_time)
+                .map(|t| t.0.as_second())
+                .ok_or_else(|| "not set".to_string())
+        },
+    )
+    .await?;
+    assert_eq!(
+        schedule_time, minute,
+        "lastScheduleTime is the run's minute"
+    );
+    let done = env.wait_finished(&name, Duration::from_secs(120)).await?;
+    assert_eq!(done.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    eprintln!("cron test: {:?}", started.elapsed());
+    Ok(())
+}
