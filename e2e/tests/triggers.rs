@@ -668,6 +668,9 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
     compositions
         .create(&PostParams::default(), &composition)
         .await?;
+    // The examples are valid and Ready too (their schedule and webhook never fire here).
+    env.apply_example_ready("triggers/nightly.yaml").await?;
+    env.apply_example_ready("triggers/on-push.yaml").await?;
     let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
     let run = wait_for(
         "the schedule to start a run",
@@ -731,6 +734,32 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
     );
     let done = env.wait_finished(&name, Duration::from_secs(120)).await?;
     assert_eq!(done.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+
+    // The next minute starts the next run, on time (the first one has ended, so Forbid
+    // lets it start).
+    let next = format!("every-minute-{}", minute / 60 + 1);
+    let second = wait_for(
+        &format!("run {next} on the next minute"),
+        Duration::from_secs(75),
+        || async {
+            api.get_opt(&next)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not created yet".to_string())
+        },
+    )
+    .await?;
+    let second_created = second
+        .metadata
+        .creation_timestamp
+        .context("no creationTimestamp")?
+        .0
+        .as_second();
+    assert!(
+        (minute + 60..=minute + 70).contains(&second_created),
+        "the second run was created {} s after the first's minute",
+        second_created - minute
+    );
     eprintln!("cron test: {:?}", started.elapsed());
     Ok(())
 }
