@@ -102,13 +102,24 @@ pub async fn tick(
             cancel,
         } => {
             for old_run in &cancel {
-                runs.patch(
-                    old_run,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"cancel": true}})),
-                )
-                .await?;
-                tracing::info!(composition = %name, run = %old_run, "cancelled: replaced by the next scheduled run");
+                let cancelled = runs
+                    .patch(
+                        old_run,
+                        &PatchParams {
+                            field_manager: Some(FIELD_MANAGER.into()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Merge(json!({"spec": {"cancel": true}})),
+                    )
+                    .await;
+                match cancelled {
+                    Ok(_) => {
+                        tracing::info!(composition = %name, run = %old_run, "cancelled: replaced by the next scheduled run")
+                    }
+                    // Deleted meanwhile: nothing left to replace.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             create_run(&runs, composition, cron_trigger, &run, &ns).await?;
             let result = if cancel.is_empty() {
