@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
+    events::v1::Event,
 };
 use kube::{
     Api, ResourceExt,
@@ -734,6 +735,29 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
     );
     let done = env.wait_finished(&name, Duration::from_secs(120)).await?;
     assert_eq!(done.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    // `kubectl describe comp every-minute` tells what the schedule did.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    wait_for(
+        "a ScheduleStarted Event on the composition",
+        Duration::from_secs(30),
+        || async {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("ScheduleStarted")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some("every-minute")
+                        && e.note.as_deref().is_some_and(|n| n.contains(name.as_str()))
+                })
+                .map(|_| ())
+                .ok_or_else(|| format!("{} events, none about the schedule", list.items.len()))
+        },
+    )
+    .await?;
 
     // The next minute starts the next run, on time (the first one has ended, so Forbid
     // lets it start).

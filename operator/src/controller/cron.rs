@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::{DateTime, Utc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType},
 };
 use serde_json::json;
 
@@ -95,6 +96,11 @@ pub async fn tick(
                 .with_label_values(&[name.as_str(), "skipped"])
                 .inc();
             tick.last_skipped_time = to_time(at);
+            let note = format!(
+                "skipped the run of {at}: {} still running (concurrencyPolicy Forbid)",
+                active.join(", ")
+            );
+            record(ctx, composition, "ScheduleSkipped", note).await;
         }
         Decision::Start {
             at,
@@ -121,17 +127,25 @@ pub async fn tick(
                     Err(e) => return Err(e.into()),
                 }
             }
-            create_run(&runs, composition, cron_trigger, &run, &ns).await?;
-            let result = if cancel.is_empty() {
-                "started"
-            } else {
-                "replaced"
-            };
-            ctx.metrics
-                .cron_schedules
-                .with_label_values(&[name.as_str(), result])
-                .inc();
+            let created = create_run(&runs, composition, cron_trigger, &run, &ns).await?;
             tick.last_schedule_time = to_time(at);
+            // A run found already there (created before a restart) was counted then.
+            if created {
+                let result = if cancel.is_empty() {
+                    "started"
+                } else {
+                    "replaced"
+                };
+                ctx.metrics
+                    .cron_schedules
+                    .with_label_values(&[name.as_str(), result])
+                    .inc();
+                let mut note = format!("started run {run} for {at}");
+                if !cancel.is_empty() {
+                    note.push_str(&format!(", replacing {}", cancel.join(", ")));
+                }
+                record(ctx, composition, "ScheduleStarted", note).await;
+            }
         }
     }
     tick.requeue_after = plan.next.map(|next| {
@@ -144,13 +158,14 @@ pub async fn tick(
     Ok(tick)
 }
 
+/// Creates the schedule's run; false when it exists already.
 async fn create_run(
     runs: &Api<CompositionRun>,
     composition: &Composition,
     cron_trigger: &CronTrigger,
     run: &str,
     ns: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let composition_name = composition.name_any();
     let new = CompositionRun {
         metadata: ObjectMeta {
@@ -177,11 +192,29 @@ async fn create_run(
     match runs.create(&params, &new).await {
         Ok(_) => {
             tracing::info!(composition = %composition_name, %run, "schedule started a run");
-            Ok(())
+            Ok(true)
         }
         // Created before a restart, or by the previous leader: the same time, once.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// An Event on the composition, so `kubectl describe comp` tells what the schedule did.
+async fn record(ctx: &Context, composition: &Composition, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Schedule".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &composition.object_ref(&()))
+        .await
+    {
+        tracing::debug!(error = %e, "event not recorded");
     }
 }
 
