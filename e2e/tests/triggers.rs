@@ -4,350 +4,41 @@
 //! started run's git step checks out exactly the pushed commit, and every refusal creates
 //! nothing. Cron: a schedule of every minute starts a run named after its minute.
 
-use std::{
-    io::Write,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+// A test file is its crate's root: its modules live in triggers/ by path.
+#[path = "triggers/client.rs"]
+mod client;
+#[path = "triggers/repo.rs"]
+mod repo;
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::{
-    core::v1::{ConfigMap, Pod, Secret, Service},
-    discovery::v1::EndpointSlice,
-    events::v1::Event,
-};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, LogParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use maestro_e2e::{
-    agent_image,
     maestro::Env,
     wait_for,
-    world::{Sink, TempDir, node_ip, run},
+    world::{Sink, TempDir, node_ip},
 };
 use maestro_operator::{
     api::{Composition, CompositionRun, RunPhase},
     labels,
 };
-use serde_json::{Value, json};
+use serde_json::json;
+
+use client::{Delivery, deliver, free_port, webhook_service};
+use repo::{github_push, gitlab_push, hmac_hex, make_repo};
 
 /// The webhook secret (GitHub's documentation example; the apostrophe tests quoting).
 const SECRET: &str = "It's a Secret to Everybody";
 const COMPOSITION: &str = "on-push";
-const SERVICE: &str = "maestro-webhook";
-
-/// A commit of the test repository, as git tells it.
-struct CommitInfo {
-    sha: String,
-    parent: String,
-    author: String,
-    email: String,
-    message: String,
-    added: Vec<String>,
-    modified: Vec<String>,
-    removed: Vec<String>,
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    Ok(run(dir, "git", args)?.trim().to_string())
-}
-
-fn commit_info(dir: &Path, sha: &str) -> Result<CommitInfo> {
-    let show = run(
-        dir,
-        "git",
-        &["show", "-s", "--format=%H%x00%P%x00%an%x00%ae%x00%B", sha],
-    )?;
-    let fields: Vec<&str> = show.splitn(5, '\0').collect();
-    let [sha, parent, author, email, message] = fields[..] else {
-        bail!("unexpected git show output {show:?}");
-    };
-    let (mut added, mut modified, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-    for line in git(
-        dir,
-        &["diff-tree", "--no-commit-id", "--name-status", "-r", sha],
-    )?
-    .lines()
-    {
-        match line.split_once('\t') {
-            Some(("A", path)) => added.push(path.to_string()),
-            Some(("D", path)) => removed.push(path.to_string()),
-            Some((_, path)) => modified.push(path.to_string()),
-            None => {}
-        }
-    }
-    Ok(CommitInfo {
-        sha: sha.to_string(),
-        parent: parent.to_string(),
-        author: author.to_string(),
-        email: email.to_string(),
-        message: message.trim_end().to_string(),
-        added,
-        modified,
-        removed,
-    })
-}
-
-/// The test repository: `src/` changed by the commit that gets pushed, then a commit that
-/// changes only `docs/`. Returns (pushed commit, docs-only commit).
-fn make_repo(root: &Path) -> Result<(CommitInfo, CommitInfo)> {
-    let work = root.join("work");
-    std::fs::create_dir_all(work.join("src"))?;
-    std::fs::create_dir_all(work.join("docs"))?;
-    git(&work, &["init", "-q", "-b", "main"])?;
-    git(&work, &["config", "user.email", "dev@example.com"])?;
-    git(&work, &["config", "user.name", "Dev Eloper"])?;
-    std::fs::write(work.join("src/app.txt"), "version 1\n")?;
-    git(&work, &["add", "."])?;
-    git(&work, &["commit", "-q", "-m", "first version"])?;
-    std::fs::write(work.join("src/app.txt"), "version 2\n")?;
-    std::fs::write(work.join("src/lib.txt"), "new\n")?;
-    git(&work, &["add", "."])?;
-    git(
-        &work,
-        &["commit", "-q", "-m", "Second version\n\nwith a library"],
-    )?;
-    let pushed = git(&work, &["rev-parse", "HEAD"])?;
-    std::fs::write(work.join("docs/notes.md"), "notes\n")?;
-    git(&work, &["add", "."])?;
-    git(&work, &["commit", "-q", "-m", "notes only"])?;
-    let docs = git(&work, &["rev-parse", "HEAD"])?;
-    let bare = root.join("app.git");
-    run(
-        root,
-        "git",
-        &["clone", "-q", "--bare", "work", &bare.display().to_string()],
-    )?;
-    // git's "dumb" HTTP protocol needs these index files; the sink is a static server.
-    git(&bare, &["update-server-info"])?;
-    Ok((commit_info(&work, &pushed)?, commit_info(&work, &docs)?))
-}
-
-fn commit_json(c: &CommitInfo) -> Value {
-    json!({
-        "id": c.sha,
-        "message": c.message,
-        "author": {"name": c.author, "email": c.email, "username": "dev"},
-        "added": c.added, "modified": c.modified, "removed": c.removed,
-    })
-}
-
-/// A GitHub (or Gitea: the same shape) push event for `commit` pushed to `git_ref`.
-fn github_push(repo_url: &str, git_ref: &str, c: &CommitInfo) -> Value {
-    json!({
-        "ref": git_ref,
-        "before": c.parent,
-        "after": c.sha,
-        "created": false, "deleted": false, "forced": false,
-        "repository": {
-            "name": "app", "full_name": "acme/app",
-            "html_url": repo_url.trim_end_matches(".git"),
-            "url": repo_url.trim_end_matches(".git"),
-            "clone_url": repo_url,
-        },
-        "pusher": {"name": "dev", "email": c.email},
-        "commits": [commit_json(c)],
-        "head_commit": commit_json(c),
-    })
-}
-
-/// A GitLab push event (Push Hook).
-fn gitlab_push(repo_url: &str, git_ref: &str, c: &CommitInfo) -> Value {
-    json!({
-        "object_kind": "push", "event_name": "push",
-        "before": c.parent, "after": c.sha, "checkout_sha": c.sha,
-        "ref": git_ref,
-        "user_name": "Dev Eloper", "user_username": "dev",
-        "project": {
-            "name": "app",
-            "web_url": repo_url.trim_end_matches(".git"),
-            "git_http_url": repo_url,
-        },
-        "repository": {"name": "app", "url": repo_url, "homepage": repo_url.trim_end_matches(".git"), "git_http_url": repo_url},
-        "commits": [commit_json(c)],
-        "total_commits_count": 1,
-    })
-}
-
-/// The hex HMAC-SHA256 of `body`, computed by openssl (not by the code under test).
-fn hmac_hex(secret: &str, body: &[u8]) -> Result<String> {
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running openssl")?;
-    child
-        .stdin
-        .take()
-        .context("openssl stdin")?
-        .write_all(body)?;
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .last()
-        .map(str::to_string)
-        .context("openssl printed no digest")
-}
-
-/// One POST the client pod makes.
-struct Delivery {
-    name: &'static str,
-    provider: &'static str,
-    headers: Vec<(String, String)>,
-    /// A ConfigMap key holding the body, or None for the oversized body made in the pod.
-    body_key: Option<String>,
-}
-
-/// `text` quoted for sh.
-fn sq(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
-/// The client pod's script: one curl per delivery, each printing
-/// `RESULT <name> <status> <answer>`.
-fn client_script(url: &str, deliveries: &[Delivery]) -> String {
-    // The Service's rules and the operator's listener may be a moment behind the test.
-    let mut script = format!(
-        "set -u\nfor i in $(seq 1 60); do curl -sf -o /dev/null {} && break; sleep 0.5; done\n",
-        sq(&format!("{url}/healthz"))
-    );
-    for d in deliveries {
-        let mut curl = format!(
-            "curl -sS -o /tmp/answer -w '%{{http_code}}' -X POST {} -H 'Content-Type: application/json'",
-            sq(&format!("{url}/hooks/{}", d.provider))
-        );
-        for (k, v) in &d.headers {
-            curl.push_str(&format!(" -H {}", sq(&format!("{k}: {v}"))));
-        }
-        let line = match &d.body_key {
-            Some(key) => format!("code=$({curl} --data-binary @/payloads/{key})"),
-            // Expect: 100-continue lets the endpoint refuse before the body is sent.
-            None => format!(
-                "code=$(head -c 1200000 /dev/zero | tr '\\0' x | {curl} -H 'Expect: 100-continue' --data-binary @-)"
-            ),
-        };
-        script.push_str(&format!(
-            "{line}\necho \"RESULT {} $code $(tr -d '\\n' < /tmp/answer)\"\n",
-            d.name
-        ));
-    }
-    script
-}
-
-/// Runs the deliveries from a pod in the test namespace and returns, by delivery name,
-/// (HTTP status, answer body).
-async fn deliver(
-    env: &Env,
-    pod_name: &str,
-    url: &str,
-    payloads: &[(String, String)],
-    deliveries: &[Delivery],
-) -> Result<Vec<(String, u16, String)>> {
-    let ns = env.ns.name.as_str();
-    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), ns);
-    let data: serde_json::Map<String, Value> = payloads
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": pod_name},
-        "data": data,
-    }))?;
-    config_maps.create(&PostParams::default(), &cm).await?;
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": pod_name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "containers": [{
-                "name": "curl",
-                "image": agent_image(),
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["sh", "-c", client_script(url, deliveries)],
-                "volumeMounts": [{"name": "payloads", "mountPath": "/payloads"}],
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 65532,
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"}
-                }
-            }],
-            "volumes": [{"name": "payloads", "configMap": {"name": pod_name}}]
-        }
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    wait_for(
-        &format!("client pod {pod_name} to end"),
-        Duration::from_secs(120),
-        || async {
-            let p = pods.get(pod_name).await.map_err(|e| e.to_string())?;
-            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-            match phase.as_str() {
-                "Succeeded" | "Failed" => Ok(()),
-                other => Err(format!("phase {other:?}")),
-            }
-        },
-    )
-    .await?;
-    let logs = pods.logs(pod_name, &LogParams::default()).await?;
-    let mut results = Vec::new();
-    for line in logs.lines().filter_map(|l| l.strip_prefix("RESULT ")) {
-        let mut parts = line.splitn(3, ' ');
-        let name = parts.next().unwrap_or_default().to_string();
-        let code = parts.next().unwrap_or_default().parse().unwrap_or(0);
-        let body = parts.next().unwrap_or_default().to_string();
-        results.push((name, code, body));
-    }
-    if results.len() != deliveries.len() {
-        bail!(
-            "the client pod reported {} of {} deliveries; its log:\n{logs}",
-            results.len(),
-            deliveries.len()
-        );
-    }
-    Ok(results)
-}
-
-/// A Service without selector plus an EndpointSlice that sends its port to the operator
-/// process on this machine; returns the Service's URL as pods reach it (its ClusterIP:
-/// the test cluster runs no DNS).
-async fn webhook_service(env: &Env, port: u16) -> Result<String> {
-    let ns = env.ns.name.as_str();
-    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
-    let service: Service = serde_json::from_value(json!({
-        "metadata": {"name": SERVICE},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}
-    }))?;
-    let created = services.create(&PostParams::default(), &service).await?;
-    let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), ns);
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": format!("{SERVICE}-host"), "labels": {"kubernetes.io/service-name": SERVICE}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [node_ip()], "conditions": {"ready": true}}],
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
-    }))?;
-    slices.create(&PostParams::default(), &slice).await?;
-    let ip = created
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("the webhook Service has no ClusterIP")?;
-    Ok(format!("http://{ip}"))
-}
 
 async fn runs(env: &Env) -> Result<Vec<CompositionRun>> {
     let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
     Ok(api.list(&ListParams::default()).await?.items)
-}
-
-/// A free port on the address pods reach this machine on.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind((node_ip().as_str(), 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn signed_github(name: &'static str, delivery: &str, body: &str, key: &str) -> Result<Delivery> {
