@@ -43,3 +43,47 @@ pub fn validate(spec: &CompositionSpec) -> Vec<String> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(triggers: serde_json::Value) -> CompositionSpec {
+        serde_json::from_value(serde_json::json!({
+            "params": [{"name": "env"}],
+            "steps": [{"name": "a", "task": "shell"}],
+            "triggers": triggers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn trigger_problems_name_their_field() {
+        let ok = spec(serde_json::json!({
+            "git": [{"repository": "https://h/r", "secretRef": {"name": "s"}, "params": {"env": "x"}}],
+            "cron": {"schedule": "0 3 * * *", "timeZone": "Europe/Paris", "params": {"env": "y"}}
+        }));
+        assert_eq!(validate(&ok), Vec::<String>::new());
+        assert_eq!(
+            ok.triggers.unwrap().git[0].secret_ref.key,
+            "secret",
+            "default key"
+        );
+
+        let bad = spec(serde_json::json!({
+            "git": [{"repository": "https://h/r", "secretRef": {"name": "s"}, "params": {"nope": "x"}}],
+            "cron": {"schedule": "every day", "params": {"other": "y"}}
+        }));
+        let problems = validate(&bad);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("spec.triggers.git[0].params.nope"));
+        assert!(problems[1].starts_with("spec.triggers.cron: invalid schedule"));
+        assert!(problems[2].starts_with("spec.triggers.cron.params.other"));
+
+        let zone = spec(serde_json::json!({"cron": {"schedule": "@daily", "timeZone": "Nowhere"}}));
+        assert_eq!(
+            validate(&zone),
+            ["spec.triggers.cron: unknown time zone \"Nowhere\""]
+        );
+    }
+}
