@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ApiResource, DynamicObject, ListParams, PostParams},
 };
 use maestro_e2e::{
     maestro::Env,
@@ -363,6 +363,7 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
     // The examples are valid and Ready too (their schedule and webhook never fire here).
     env.apply_example_ready("triggers/nightly.yaml").await?;
     env.apply_example_ready("triggers/on-push.yaml").await?;
+    refuses_bad_triggers(&compositions, &ns).await?;
     let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
     let run = wait_for(
         "the schedule to start a run",
@@ -476,5 +477,67 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         second_created - minute
     );
     eprintln!("cron test: {:?}", started.elapsed());
+    Ok(())
+}
+
+/// A concurrency policy that does not exist is refused at admission; a schedule that does
+/// not parse makes the composition Invalid with a message naming it.
+async fn refuses_bad_triggers(compositions: &Api<Composition>, namespace: &str) -> Result<()> {
+    let with_cron = |name: &str, cron: serde_json::Value| {
+        json!({
+            "apiVersion": "maestro.dev/v1alpha1",
+            "kind": "Composition",
+            "metadata": {"name": name},
+            "spec": {
+                "triggers": {"cron": cron},
+                "steps": [{"name": "hello", "task": "shell", "with": {"script": "true"}}]
+            }
+        })
+    };
+    // Untyped, as kubectl would send it: the Rust type cannot even hold this policy.
+    let untyped: Api<DynamicObject> = Api::namespaced_with(
+        compositions.clone().into_client(),
+        namespace,
+        &ApiResource::erase::<Composition>(&()),
+    );
+    let bad_policy: DynamicObject = serde_json::from_value(with_cron(
+        "bad-policy",
+        json!({"schedule": "@daily", "concurrencyPolicy": "Sometimes"}),
+    ))?;
+    let refused = untyped.create(&PostParams::default(), &bad_policy).await;
+    let message = format!("{refused:?}");
+    assert!(
+        refused.is_err() && message.contains("concurrencyPolicy"),
+        "{message}"
+    );
+    compositions
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(with_cron("bad-schedule", json!({"schedule": "at noon"})))?,
+        )
+        .await?;
+    wait_for(
+        "bad-schedule to be Invalid",
+        Duration::from_secs(30),
+        || async {
+            let c = compositions
+                .get("bad-schedule")
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = c
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .find(|c| c.type_ == "Ready")
+                .cloned();
+            match ready {
+                Some(r) if r.reason == "Invalid" && r.message.contains("invalid schedule") => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
     Ok(())
 }
