@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, PostParams},
+    core::DeserializeGuard,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -202,31 +203,14 @@ impl Webhook {
                 "bad signature: it verifies with the secret of no composition triggered by this repository; nothing created".into(),
             );
         }
-        let mut why_not = Vec::new();
-        let mut chosen: BTreeMap<(String, String), (&Composition, &GitTrigger)> = BTreeMap::new();
-        for (composition, trigger) in authentic {
-            let key = (
-                composition.namespace().unwrap_or_default(),
-                composition.name_any(),
-            );
-            match push::check_ref_and_paths(trigger, &push) {
-                Ok(()) => {
-                    chosen.entry(key).or_insert((composition, trigger));
-                }
-                Err(Mismatch::Ref(r)) => {
-                    why_not.push(format!("{}: {r} matches no branch or tag pattern", key.1))
-                }
-                Err(Mismatch::Paths) => why_not.push(format!(
-                    "{}: no changed file matches the path patterns",
-                    key.1
-                )),
+        let chosen = match choose(authentic, &push) {
+            Ok(chosen) => chosen,
+            Err(why_not) => {
+                return Outcome::NoMatch(format!("no matching composition: {why_not}"));
             }
-        }
-        if chosen.is_empty() {
-            return Outcome::NoMatch(format!("no matching composition: {}", why_not.join("; ")));
-        }
+        };
         let (mut created, mut duplicates) = (Vec::new(), Vec::new());
-        for (composition, trigger) in chosen.into_values() {
+        for (composition, trigger) in chosen {
             match self.start_run(composition, trigger, &push, &delivery).await {
                 Ok((name, true)) => created.push(name),
                 Ok((name, false)) => duplicates.push(name),
@@ -241,12 +225,15 @@ impl Webhook {
         }
     }
 
+    /// Every composition that deserializes: one malformed object must not make every
+    /// delivery fail (the Composition controller logs it).
     async fn compositions(&self) -> Result<Vec<Composition>, kube::Error> {
-        let api: Api<Composition> = match &self.namespace {
+        let api: Api<DeserializeGuard<Composition>> = match &self.namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
-        Ok(api.list(&Default::default()).await?.items)
+        let list = api.list(&Default::default()).await?;
+        Ok(list.items.into_iter().filter_map(|c| c.0.ok()).collect())
     }
 
     /// The trigger's secret, or None (logged) when it cannot be read.
@@ -324,6 +311,36 @@ impl Webhook {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Of the authentic (composition, trigger) pairs, those whose trigger matches the push's
+/// ref and paths, one per composition; or why none does.
+fn choose<'a>(
+    authentic: Vec<(&'a Composition, &'a GitTrigger)>,
+    push: &Push,
+) -> Result<Vec<(&'a Composition, &'a GitTrigger)>, String> {
+    let mut why_not = Vec::new();
+    let mut chosen: BTreeMap<(String, String), (&Composition, &GitTrigger)> = BTreeMap::new();
+    for (composition, trigger) in authentic {
+        let name = composition.name_any();
+        match push::check_ref_and_paths(trigger, push) {
+            Ok(()) => {
+                let key = (composition.namespace().unwrap_or_default(), name);
+                chosen.entry(key).or_insert((composition, trigger));
+            }
+            Err(Mismatch::Ref(r)) => {
+                why_not.push(format!("{name}: {r} matches no branch or tag pattern"))
+            }
+            Err(Mismatch::Paths) => {
+                why_not.push(format!("{name}: no changed file matches the path patterns"))
+            }
+        }
+    }
+    if chosen.is_empty() {
+        Err(why_not.join("; "))
+    } else {
+        Ok(chosen.into_values().collect())
     }
 }
 
