@@ -211,11 +211,19 @@ use serde::Deserialize as _;
 pub struct Operator {
     child: tokio::process::Child,
     namespace: String,
+    /// Flags added to the harness's own (kept for a restart).
+    extra_args: Vec<String>,
     pub log: PathBuf,
 }
 
 impl Operator {
     pub async fn start(namespace: &str) -> Result<Self> {
+        Self::start_with(namespace, &[]).await
+    }
+
+    /// Starts the operator with `extra_args` after the harness's flags; a
+    /// `--webhook-addr` there replaces the harness's own.
+    pub async fn start_with(namespace: &str, extra_args: &[String]) -> Result<Self> {
         let bin = workspace_bin("maestro-operator")?;
         let log = std::env::temp_dir().join(format!("maestro-operator-{namespace}.log"));
         let file = std::fs::OpenOptions::new()
@@ -234,6 +242,14 @@ impl Operator {
             .args(["--lease-namespace", namespace])
             // Tests run several operators at once: each serves its metrics on a free port.
             .args(["--metrics-addr", "127.0.0.1:0"])
+            // ...and its webhook endpoint too, unless the test names one.
+            .args(
+                (!extra_args.iter().any(|a| a == "--webhook-addr"))
+                    .then_some(["--webhook-addr", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(extra_args)
             .env("MAESTRO_LOG_LEVEL", "info,maestro_operator=debug")
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
@@ -243,6 +259,7 @@ impl Operator {
         Ok(Self {
             child,
             namespace: namespace.into(),
+            extra_args: extra_args.to_vec(),
             log,
         })
     }
@@ -256,7 +273,7 @@ impl Operator {
     /// Starts the operator again after a kill.
     pub async fn restart(&mut self) -> Result<()> {
         let _ = self.child.kill().await;
-        *self = Self::start(&self.namespace.clone()).await?;
+        *self = Self::start_with(&self.namespace.clone(), &self.extra_args.clone()).await?;
         Ok(())
     }
 
@@ -447,11 +464,16 @@ pub async fn delete_runs(client: &Client, ns: &str) {
 
 impl Env {
     pub async fn new(prefix: &str) -> Result<Self> {
+        Self::with_operator_args(prefix, &[]).await
+    }
+
+    /// An Env whose operator gets `extra_args` too (see [`Operator::start_with`]).
+    pub async fn with_operator_args(prefix: &str, extra_args: &[String]) -> Result<Self> {
         let client = crate::client().await?;
         install_crds(&client).await?;
         install_library(&client).await?;
         let ns = crate::TestNamespace::create(&client, prefix).await?;
-        let operator = Operator::start(&ns.name).await?;
+        let operator = Operator::start_with(&ns.name, extra_args).await?;
         Ok(Self {
             client,
             operator,

@@ -11,6 +11,10 @@ pub const RUN: &str = "maestro.dev/run";
 pub const STEP: &str = "maestro.dev/step";
 /// The attempt number of a step pod (1 for the first).
 pub const ATTEMPT: &str = "maestro.dev/attempt";
+/// What started a run: `git` (a push webhook) or `cron` (the schedule).
+pub const TRIGGER: &str = "maestro.dev/trigger";
+/// On a run a push started: the webhook delivery's id (as a label value).
+pub const DELIVERY: &str = "maestro.dev/delivery";
 /// The composition a run (or pod) belongs to.
 pub const COMPOSITION: &str = "maestro.dev/composition";
 /// On a child run: the parent run that started it.
@@ -46,8 +50,16 @@ pub fn on_failure_run_name(run: &str) -> String {
     bounded_name(&format!("{run}-onfailure"))
 }
 
+/// The run a git push delivery starts for a composition: the same for a redelivery (same
+/// delivery id), so a redelivered webhook fails with AlreadyExists instead of running twice.
+pub fn webhook_run_name(composition: &str, delivery: &str) -> String {
+    let hash = fnv1a(format!("{composition}/{delivery}").as_bytes());
+    let hash2 = fnv1a(format!("{delivery}/{composition}").as_bytes());
+    bounded_name(&format!("{composition}-push-{hash:08x}{hash2:08x}"))
+}
+
 /// `name` itself when short enough, else its first characters and a stable hash of it.
-fn bounded_name(name: &str) -> String {
+pub fn bounded_name(name: &str) -> String {
     if name.len() <= MAX_NAME {
         return name.to_string();
     }

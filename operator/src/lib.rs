@@ -9,3 +9,5 @@ pub mod library;
 pub mod metrics;
 pub mod telemetry;
 pub mod tls;
+pub mod triggers;
+pub mod webhook;

@@ -17,6 +17,7 @@ use maestro_operator::{
     library::LibraryInstall,
     metrics::{self, Metrics},
     telemetry::{self, LogFormat},
+    webhook,
 };
 
 /// Maestro's operator: reconciles Compositions and CompositionRuns and runs each step as
@@ -76,6 +77,10 @@ struct Args {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "MAESTRO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: String,
+    /// Where the git push webhook endpoint (/hooks/github, /hooks/gitlab, /hooks/gitea)
+    /// is served; every replica serves it. Empty turns it off.
+    #[arg(long, env = "MAESTRO_WEBHOOK_ADDR", default_value = "0.0.0.0:8081")]
+    webhook_addr: String,
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "MAESTRO_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -139,10 +144,23 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         ready.clone(),
     ));
+    let webhook = if args.webhook_addr.is_empty() {
+        tokio::spawn(std::future::pending())
+    } else {
+        tokio::spawn(webhook::serve(
+            args.webhook_addr.clone(),
+            client.clone(),
+            args.namespace.clone(),
+            metrics.clone(),
+        ))
+    };
     tokio::select! {
         result = controller::run(client, settings, metrics, ready, leader) => result?,
         result = server => {
             result??;
+        }
+        result = webhook => {
+            result?.context("serving the webhook endpoint")?;
         }
     }
     tracing::info!("maestro-operator stopped");

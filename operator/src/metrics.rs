@@ -40,6 +40,10 @@ pub struct Metrics {
     pub task_report: prometheus::GaugeVec,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: IntGauge,
+    /// Git push webhook deliveries, by provider and result.
+    pub webhook_deliveries: IntCounterVec,
+    /// Cron schedule times handled, by composition and result (started, skipped).
+    pub cron_schedules: IntCounterVec,
 }
 
 impl Metrics {
@@ -121,6 +125,16 @@ impl Metrics {
                 "maestro_leader",
                 "1 if this replica is the leader (the one that reconciles), else 0.",
             )?,
+            webhook_deliveries: counter(
+                "maestro_webhook_deliveries_total",
+                "Git push webhook deliveries, by provider and result (created, duplicate, no_match, unauthorized, too_large, malformed, ignored, ping, error...).",
+                &["provider", "result"],
+            )?,
+            cron_schedules: counter(
+                "maestro_cron_schedules_total",
+                "Schedule times of cron triggers, by composition and result (started, skipped, replaced).",
+                &["composition", "result"],
+            )?,
             registry,
         };
         for c in [
@@ -129,6 +143,8 @@ impl Metrics {
             &m.steps_finished,
             &m.reconciles,
             &m.reconcile_errors,
+            &m.webhook_deliveries,
+            &m.cron_schedules,
         ] {
             m.registry.register(Box::new(c.clone()))?;
         }

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,11 @@ use super::CleanupPolicy;
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Last Schedule",
+        type_ = "date",
+        json_path = ".status.lastScheduleTime"
     ),
     printcolumn(
         name = "Age",
@@ -92,6 +97,128 @@ pub struct CompositionSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub secret_env: Vec<String>,
+
+    /// What starts runs of this composition by itself: git pushes delivered to the
+    /// operator's webhook endpoint, and a cron schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Triggers>,
+}
+
+/// What starts runs of a composition without a user.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    /// Git push webhooks (GitHub, GitLab, Gitea). A push that matches any of these
+    /// starts one run with the params `repository`, `ref`, `commitSha`, `author` and
+    /// `message` (each passed only when the composition declares it in `spec.params`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub git: Vec<GitTrigger>,
+
+    /// A schedule, like a CronJob's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronTrigger>,
+}
+
+/// Runs started by pushes to a git repository, delivered to the operator's webhook
+/// endpoint (`/hooks/github`, `/hooks/gitlab` or `/hooks/gitea`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitTrigger {
+    /// The repository, as any of its URLs: `https://github.com/acme/app`, its clone URL
+    /// (`.git`) or its ssh form (`git@github.com:acme/app.git`). Compared without the
+    /// scheme, user, `.git` suffix and case.
+    #[schemars(length(min = 1, max = 2048))]
+    pub repository: String,
+
+    /// Branch name patterns a push must match, like `main` or `release/*` (`*` matches
+    /// within one `/` segment, `**` across segments). Without branches and tags, every
+    /// branch matches and no tag does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub branches: Vec<String>,
+
+    /// Tag name patterns a push must match, like `v*`. Without it, tag pushes start
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tags: Vec<String>,
+
+    /// Path patterns, like `src/**` or `*.md`: a push matches when any file that any of
+    /// its commits added, modified or removed matches one. Without it, every push does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub paths: Vec<String>,
+
+    /// The key of a Secret in the composition's namespace holding the webhook secret:
+    /// GitHub's and Gitea's HMAC-SHA256 signature key, GitLab's secret token. A delivery
+    /// that does not verify with it is refused (401).
+    pub secret_ref: SecretKeyRef,
+
+    /// More parameters of the started runs (they must be declared in `spec.params`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+/// A key of a Secret in the composition's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within the Secret (default `secret`).
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "secret".into()
+}
+
+/// Runs started on a schedule, like a CronJob's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronTrigger {
+    /// When to start a run: five fields (minute hour day-of-month month day-of-week),
+    /// like `*/15 * * * *` or `0 3 * * MON-FRI`, or `@hourly`, `@daily`...
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: String,
+
+    /// The IANA time zone the schedule is read in, like `Europe/Paris` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+
+    /// What to do when a scheduled run is due while a run this schedule started is still
+    /// going: Allow (start it anyway, the default), Forbid (skip this time) or Replace
+    /// (cancel the running one and start the new one).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+
+    /// How late a missed schedule time (the operator was down, or the leader changed) may
+    /// still start a run, in seconds. Without it any missed time does, once; in any case
+    /// only the most recent missed time starts a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
+
+    /// Parameters of the started runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+/// What a schedule does while a run it started is still going.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Start the new run anyway.
+    #[default]
+    Allow,
+    /// Skip this schedule time.
+    Forbid,
+    /// Cancel the running run(s), then start the new one.
+    Replace,
 }
 
 /// A parameter of a composition.
@@ -269,4 +396,11 @@ pub struct CompositionStatus {
     /// message naming the problem otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last schedule time of `triggers.cron` that started a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The last schedule time of `triggers.cron` that was skipped because a run was still
+    /// going (concurrencyPolicy Forbid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped_time: Option<Time>,
 }

@@ -1,5 +1,7 @@
 //! The Composition controller: validates each composition against the Tasks it uses and
-//! reports Ready, or Ready=False with reason Invalid and a message naming the problem.
+//! reports Ready, or Ready=False with reason Invalid and a message naming the problem;
+//! runs the composition's cron trigger (see `cron`). The whole status is computed here and
+//! applied once, so one field manager owns all of it.
 
 use std::sync::Arc;
 
@@ -15,10 +17,11 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER, backoff_action, key};
+use super::{Context, Error, FIELD_MANAGER, backoff_action, cron, key};
 use crate::{
     api::{Composition, CompositionStatus},
     engine::graph,
+    triggers,
 };
 
 pub async fn reconcile(
@@ -58,15 +61,37 @@ pub async fn reconcile(
             find(&ns).or_else(|| find(&ctx.settings.library_namespace))
         })
         .collect();
-    let (status, reason, message) = match graph::validate(&composition.spec, Some(&tasks), None) {
-        Ok(_) => (
+    let mut problems = graph::validate(&composition.spec, Some(&tasks), None)
+        .err()
+        .unwrap_or_default();
+    problems.extend(triggers::validate(&composition.spec));
+    let (status, reason, message) = if problems.is_empty() {
+        (
             "True",
             "Valid",
             "the composition is valid; runs can start".to_string(),
-        ),
-        Err(problems) => ("False", "Invalid", problems.join("; ")),
+        )
+    } else {
+        ("False", "Invalid", problems.join("; "))
     };
     let old = composition.status.clone().unwrap_or_default();
+    // The schedule runs only for a valid composition; its times are kept either way.
+    let cron_trigger = composition
+        .spec
+        .triggers
+        .as_ref()
+        .and_then(|t| t.cron.as_ref())
+        .filter(|_| problems.is_empty());
+    let tick = match cron_trigger {
+        Some(cron_trigger) => {
+            cron::tick(composition, cron_trigger, &old, &ctx, chrono::Utc::now()).await?
+        }
+        None => cron::Tick {
+            last_schedule_time: old.last_schedule_time.clone(),
+            last_skipped_time: old.last_skipped_time.clone(),
+            requeue_after: None,
+        },
+    };
     let transition = old
         .conditions
         .iter()
@@ -84,6 +109,8 @@ pub async fn reconcile(
             last_transition_time: transition,
             observed_generation: composition.metadata.generation,
         }],
+        last_schedule_time: tick.last_schedule_time,
+        last_skipped_time: tick.last_skipped_time,
     };
     if new != old {
         let api: Api<Composition> = Api::namespaced(ctx.client.clone(), &ns);
@@ -97,7 +124,10 @@ pub async fn reconcile(
         .await?;
     }
     ctx.succeeded(&key(guard.as_ref()));
-    Ok(Requeue::await_change())
+    Ok(match tick.requeue_after {
+        Some(wait) => Requeue::requeue(wait),
+        None => Requeue::await_change(),
+    })
 }
 
 pub fn error_policy(

@@ -3,6 +3,7 @@
 //! apply with one field manager) -> events.
 
 mod composition;
+mod cron;
 pub mod leader;
 pub mod observe;
 pub mod pods;
