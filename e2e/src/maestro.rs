@@ -288,6 +288,7 @@ pub async fn start_run(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             cancel: false,
+            priority: 0,
         },
         status: None,
     };

@@ -6,5 +6,6 @@ pub mod controller;
 pub mod engine;
 pub mod labels;
 pub mod metrics;
+pub mod routing;
 pub mod telemetry;
 pub mod tls;

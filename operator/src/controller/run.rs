@@ -23,7 +23,7 @@ use serde_json::json;
 use super::{Context, Error, FIELD_MANAGER, RUN_FINALIZER, backoff_action, key, observe, pods};
 use crate::{
     api::{CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, TaskSpec},
-    engine::{self, Action, NewRun, Observed, PlanInput},
+    engine::{self, Action, Admission, NewRun, Observed, PlanInput},
     labels,
     metrics::Metrics,
 };
@@ -126,6 +126,8 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         observed: &observed,
         now: Timestamp::now(),
         deleting,
+        admission: Admission::Admitted,
+        pod_budget: None,
     });
 
     // Act: every action is idempotent, so a crash between here and the status write
@@ -369,6 +371,8 @@ async fn create_run(
             composition: new.composition.clone(),
             params: new.params.clone(),
             cancel: false,
+            // A child (or the onFailure run) keeps its parent's place in the queue.
+            priority: parent.spec.priority,
         },
         status: None,
     };

@@ -256,6 +256,7 @@ mod tests {
                 composition: "acceptance-tests".into(),
                 params: BTreeMap::from([("version".into(), "1.4.3".into())]),
                 cancel: false,
+                priority: 0,
             },
         );
         run.metadata.namespace = Some("qa".into());
