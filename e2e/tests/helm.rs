@@ -984,7 +984,7 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     // The operator's ServiceAccount: what it needs, and nothing else.
     let step = Instant::now();
     let (runs, own) = (release.runs_namespace.as_str(), release.namespace.as_str());
-    let allowed: [&[&str]; 10] = [
+    let allowed: [&[&str]; 12] = [
         &["create", "pods", "-n", runs],
         &["delete", "pods", "-n", runs],
         &[
@@ -1004,11 +1004,19 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["create", "compositionruns.maestro.dev", "-n", runs],
         &["create", "events.events.k8s.io", "-n", runs],
         &["create", "persistentvolumeclaims", "-n", runs],
+        &["watch", "agents.maestro.dev", "-n", runs],
+        &[
+            "patch",
+            "agents.maestro.dev",
+            "--subresource=status",
+            "-n",
+            runs,
+        ],
         &["list", "tasks.maestro.dev", "--all-namespaces"],
         &["update", "leases.coordination.k8s.io", "-n", own],
         &["create", "leases.coordination.k8s.io", "-n", own],
     ];
-    let denied: [&[&str]; 12] = [
+    let denied: [&[&str]; 13] = [
         &["get", "secrets", "-n", runs],
         &["get", "secrets", "-n", own],
         &["list", "secrets", "--all-namespaces"],
@@ -1018,6 +1026,7 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["update", "compositions.maestro.dev", "-n", runs],
         &["create", "tasks.maestro.dev", "-n", own],
         &["create", "approvals.maestro.dev", "-n", runs],
+        &["update", "agents.maestro.dev", "-n", runs],
         // Watching one namespace, it is granted pods there only.
         &["create", "pods", "-n", "default"],
         &["delete", "leases.coordination.k8s.io", "-n", own],
