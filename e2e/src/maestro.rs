@@ -169,8 +169,13 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
 pub async fn apply_file(client: &Client, ns: &str, path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    apply_yaml(client, ns, &text).await
+}
+
+/// Applies every object in YAML text, as [`apply_file`] does.
+pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc)?;
         if value.is_null() {
             continue;
@@ -448,16 +453,26 @@ pub async fn delete_runs(client: &Client, ns: &str) {
 
 impl Env {
     pub async fn new(prefix: &str) -> Result<Self> {
+        Self::with_security(prefix, "restricted").await
+    }
+
+    /// An Env whose namespace enforces Pod Security Standard `level`.
+    pub async fn with_security(prefix: &str, level: &str) -> Result<Self> {
         let client = crate::client().await?;
         install_crds(&client).await?;
         install_library(&client).await?;
-        let ns = crate::TestNamespace::create(&client, prefix).await?;
+        let ns = crate::TestNamespace::create_with_security(&client, prefix, level).await?;
         let operator = Operator::start(&ns.name).await?;
         Ok(Self {
             client,
             operator,
             ns,
         })
+    }
+
+    /// Applies the objects of YAML text into the test namespace.
+    pub async fn apply_yaml(&self, text: &str) -> Result<Vec<String>> {
+        apply_yaml(&self.client, &self.ns.name, text).await
     }
 
     /// Applies a file of examples/ into the test namespace.
@@ -476,8 +491,15 @@ impl Env {
     /// caches that do not hold the composition or its Tasks yet.
     pub async fn apply_example_ready(&self, path: &str) -> Result<Vec<String>> {
         let names = self.apply_example(path).await?;
+        self.wait_compositions_ready(&names).await?;
+        Ok(names)
+    }
+
+    /// Waits until the operator reports each named Composition Ready for its current
+    /// generation.
+    pub async fn wait_compositions_ready(&self, names: &[String]) -> Result<()> {
         let compositions: Api<Composition> = Api::namespaced(self.client.clone(), &self.ns.name);
-        for name in &names {
+        for name in names {
             wait_for(
                 &format!("composition {name} to be Ready"),
                 Duration::from_secs(30),
@@ -499,7 +521,7 @@ impl Env {
             )
             .await?;
         }
-        Ok(names)
+        Ok(())
     }
 
     pub async fn start_run(&self, composition: &str, params: &[(&str, &str)]) -> Result<String> {
