@@ -321,10 +321,11 @@ spec:
 }
 
 /// With capacity 2 and five runs of two parallel steps each, never more than two step
-/// pods run at once, from the pods' own start and finish times; all runs succeed.
+/// pods run at once, from the pods' own start and finish times, also across an operator
+/// restart; all runs succeed.
 #[tokio::test]
 async fn capacity_bounds_the_step_pods_running_at_once() -> Result<()> {
-    let env = Env::new("agents-capacity").await?;
+    let mut env = Env::new("agents-capacity").await?;
     env.apply_yaml(
         r#"
 apiVersion: maestro.dev/v1alpha1
@@ -351,14 +352,32 @@ spec:
     for _ in 0..5 {
         runs.push(env.start_run("pair", &[]).await?);
     }
+    // A restarted operator rebuilds who holds which slot and how many pods run from the
+    // cluster: restart it while the first pods run and the others wait.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let agent_pods = ListParams::default().labels(&format!("{}=narrow", labels::AGENT));
+    wait_for("the first step pods", Duration::from_secs(60), || async {
+        let n = pods
+            .list(&agent_pods)
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} pods"))
+        }
+    })
+    .await?;
+    env.operator.kill().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.operator.restart().await?;
     for name in &runs {
         let run = env.wait_finished(name, Duration::from_secs(240)).await?;
         succeeded(&run)?;
     }
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("{}=narrow", labels::AGENT)))
-        .await?;
+    let list = pods.list(&agent_pods).await?;
     let mut intervals = Vec::new();
     for p in &list.items {
         intervals.push(

@@ -43,16 +43,20 @@ const STATUS_PERIOD: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct Admissions {
     /// Assignments written to runs' status, by `namespace/run`, until the run cache has them.
-    assigned: HashMap<String, (RunAgent, String)>,
+    assigned: HashMap<String, RunAgent>,
     /// Step pods created, by `namespace/agent`, until the pod cache has them.
     created: HashMap<String, Vec<(String, Instant)>>,
 }
 
 impl Admissions {
-    /// Remembers an assignment of a run of `composition` until the run cache shows it.
-    pub fn assigned(&mut self, ns: &str, run: &str, agent: RunAgent, composition: &str) {
-        self.assigned
-            .insert(format!("{ns}/{run}"), (agent, composition.to_string()));
+    /// Remembers an assignment until the run cache shows it.
+    pub fn assigned(&mut self, ns: &str, run: &str, agent: RunAgent) {
+        self.assigned.insert(format!("{ns}/{run}"), agent);
+    }
+
+    /// The assignment this process wrote for a run, while the run cache may not show it.
+    pub fn assignment_of(&self, ns: &str, run: &str) -> Option<RunAgent> {
+        self.assigned.get(&format!("{ns}/{run}")).cloned()
     }
 
     /// Remembers a step pod created for `agent` until the pod cache shows it.
@@ -142,7 +146,7 @@ fn assignment(run: &CompositionRun, ns: &str, admissions: &Admissions) -> Option
             admissions
                 .assigned
                 .get(&format!("{ns}/{}", run.name_any()))
-                .map(|(a, _)| a.clone())
+                .cloned()
         })
 }
 

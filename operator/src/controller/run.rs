@@ -235,7 +235,11 @@ async fn admit(
     agents::forget_seen(ctx, admissions);
     let name = run.name_any();
     let now = Timestamp::now();
-    let mut assigned = status.agent.clone();
+    // A run reconciled again before the cache shows the assignment just written keeps it.
+    let mut assigned = status
+        .agent
+        .clone()
+        .or_else(|| admissions.assignment_of(ns, &name));
     let child_of = run.labels().get(labels::PARENT_RUN);
     if assigned.is_none()
         && let Some(parent) = child_of
@@ -256,10 +260,12 @@ async fn admit(
             });
     }
     let stopping = run.spec.cancel || deleting;
+    let mut routed = false;
     if assigned.is_none() && child_of.is_none() && !stopping && status.start_time.is_none() {
         let routing = agents::routing_input(ctx, ns, pool, admissions, now);
         match routing.route(&name) {
             Decision::Assign { slot, cache_hit } => {
+                routed = true;
                 assigned = Some(RunAgent {
                     name: slot.agent,
                     slot: slot.index,
@@ -278,11 +284,12 @@ async fn admit(
     let Some(assigned) = assigned else {
         return Ok(Route::default());
     };
-    if status.agent.as_ref() != Some(&assigned) {
+    let newly_assigned = status.agent.as_ref() != Some(&assigned);
+    if newly_assigned {
         status.agent = Some(assigned.clone());
         write_status(run, ns, status, ctx).await?;
-        admissions.assigned(ns, &name, assigned.clone(), &run.spec.composition);
-        if !run.labels().contains_key(labels::PARENT_RUN) {
+        admissions.assigned(ns, &name, assigned.clone());
+        if routed {
             let counter = if assigned.cache_hit {
                 &ctx.metrics.agent_cache_hits
             } else {
@@ -309,7 +316,8 @@ async fn admit(
         },
     };
     let pod_budget = agent.map(|a| agents::free_capacity(ctx, ns, a, admissions));
-    if let Some(agent) = agent {
+    if let (Some(agent), true) = (agent, routed) {
+        // The status loop makes every slot's claim too; this covers a slot just added.
         agents::ensure_slot_claim(ctx, agent, assigned.slot).await?;
     }
     Ok(Route {
