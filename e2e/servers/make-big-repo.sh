@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # A git repository of real size for the warm-cache tests, served over git's "dumb" HTTP
-# protocol like qa/acceptance.git: the sources of two crates from the local cargo registry
-# cache (k8s-openapi and aws-sdk-ec2, ~130 MB in ~3,000 files; generated files when the
-# cache lacks them) and a history of COMMITS commits on top, made with `git fast-import`
-# (seconds, not minutes).
+# protocol like qa/acceptance.git: the sources of three crates from the local cargo
+# registry cache (k8s-openapi, aws-sdk-ec2 and aws-lc-sys, ~210 MB in ~15,000 files;
+# generated files when the cache lacks them) and a history of COMMITS commits on top, made
+# with `git fast-import` (seconds, not minutes).
 #
 #   make-big-repo.sh DIR [COMMITS]   ->  DIR/big.git (bare, served) and DIR/big-work (a
 #                                        clone that tests commit in and push from)
 set -euo pipefail
 
 dir=$1
-commits=${2:-3000}
+commits=${2:-10000}
 bare="$dir/big.git"
 work="$dir/big-work"
 rm -rf "$bare" "$work"
@@ -20,7 +20,7 @@ git -C "$work" init -q -b main
 git -C "$work" config user.email e2e@example.com
 git -C "$work" config user.name "Maestro e2e"
 found=0
-for crate in k8s-openapi aws-sdk-ec2; do
+for crate in k8s-openapi aws-sdk-ec2 aws-lc-sys; do
   src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$crate"-[0-9]* 2>/dev/null | head -n 1 || true)
   if [ -n "$src" ]; then
     cp -r "$src" "$work/$crate"

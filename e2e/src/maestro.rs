@@ -273,6 +273,40 @@ impl Operator {
     }
 }
 
+/// Removes ANSI escape sequences (the operator's log is colored).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then one final byte in @..~.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address the operator serves /metrics on, from the line it logs at startup
+/// (`serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT`).
+pub fn metrics_addr_from_log(log: &Path) -> Result<String, String> {
+    let text = strip_ansi(&std::fs::read_to_string(log).map_err(|e| e.to_string())?);
+    text.lines()
+        .rev()
+        .filter(|l| l.contains("serving /metrics"))
+        .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim()))
+        .and_then(|a| a.split_whitespace().next())
+        .map(str::to_string)
+        .ok_or_else(|| "no `serving /metrics` line in the operator's log yet".to_string())
+}
+
 /// Creates a run of `composition` with `params`.
 pub async fn start_run(
     client: &Client,

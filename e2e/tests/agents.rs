@@ -12,7 +12,7 @@ use kube::{
     api::{ListParams, LogParams},
 };
 use maestro_e2e::{
-    maestro::{Env, repo_root},
+    maestro::{Env, metrics_addr_from_log, repo_root},
     wait_for,
     world::{Sink, run},
 };
@@ -180,7 +180,7 @@ async fn second_run_reuses_the_warm_slot_and_a_third_takes_another_after_the_wai
         &[
             &script.display().to_string(),
             &dir.0.display().to_string(),
-            "3000",
+            "10000",
         ],
     )?;
     let sink = Sink::start(&dir.0).await?;
@@ -208,7 +208,7 @@ spec:
     let first_slot = assignment(&first)?;
     assert!(!first_slot.cache_hit, "the first run finds a cold slot");
     assert_eq!(step(&first, "checkout")?.outputs["fetched"], "false");
-    assert_eq!(step(&first, "count")?.outputs["commits"], "3001");
+    assert_eq!(step(&first, "count")?.outputs["commits"], "10001");
 
     // Ten new commits upstream, then the second run.
     let work = dir.0.join("big-work");
@@ -250,7 +250,7 @@ spec:
     let (first_container, first_step) = checkout_times(&env, &first).await?;
     let (second_container, second_step) = checkout_times(&env, &second_running).await?;
     println!(
-        "checkout of a 3011-commit repository (~130 MB of sources): first (clone) \
+        "checkout of a 10011-commit repository (~210 MB in ~15,000 files): first (clone) \
          {first_container:.1}s in the container, {first_step}s as a step; second (fetch into \
          the warm clone) {second_container:.1}s in the container, {second_step}s as a step"
     );
@@ -317,6 +317,29 @@ spec:
             .iter()
             .all(|s| s.last_composition.as_deref() == Some("checkout"))
     );
+
+    // The same counts in the operator's metrics (the busy-slots gauge follows within a
+    // status period).
+    let addr = metrics_addr_from_log(&env.operator.log).map_err(anyhow::Error::msg)?;
+    let url = format!("http://{addr}/metrics");
+    wait_for("the Agent metrics", Duration::from_secs(20), || async {
+        let metrics = run(&dir.0, "curl", &["-fsS", &url]).map_err(|e| e.to_string())?;
+        let missing: Vec<&str> = [
+            r#"maestro_agent_cache_hits_total{agent="builders"} 1"#,
+            r#"maestro_agent_cache_misses_total{agent="builders"} 2"#,
+            r#"maestro_agent_slots_busy{agent="builders"} 1"#,
+            "maestro_run_queue_wait_seconds_count 3",
+        ]
+        .into_iter()
+        .filter(|line| !metrics.lines().any(|l| l == *line))
+        .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?}"))
+        }
+    })
+    .await?;
     Ok(())
 }
 
