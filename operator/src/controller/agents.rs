@@ -574,4 +574,43 @@ ec2-provision: {builtin: ec2-provision, requires: [aws]}
             ]
         );
     }
+
+    fn agent(spec: serde_json::Value) -> Agent {
+        Agent::new("pool", serde_json::from_value(spec).unwrap())
+    }
+
+    #[test]
+    fn placement_mounts_the_slot_claim_or_host_directory() {
+        let claim = placement(&agent(serde_json::json!({"capacity": 1, "slots": 3})), 2);
+        assert_eq!(
+            claim.cache,
+            pods::SlotCache::Claim("pool-cache-2".into()),
+            "a claim per slot by default"
+        );
+        let host = placement(
+            &agent(serde_json::json!({
+                "capacity": 1,
+                "cache": {"hostPath": {"path": "/var/cache/maestro"}},
+                "template": {"image": "agent:7"}
+            })),
+            0,
+        );
+        assert_eq!(
+            host.cache,
+            pods::SlotCache::HostPath("/var/cache/maestro/0".into())
+        );
+        assert_eq!(host.template.image.as_deref(), Some("agent:7"));
+    }
+
+    #[test]
+    fn affinity_wait_defaults_to_30s() {
+        let p = pool(&agent(serde_json::json!({"capacity": 1})));
+        assert_eq!(p.affinity_wait, DEFAULT_AFFINITY_WAIT);
+        assert_eq!(p.slots, 1);
+        let p = pool(&agent(
+            serde_json::json!({"capacity": 1, "affinityWait": "1m30s", "capabilities": ["maven"]}),
+        ));
+        assert_eq!(p.affinity_wait, Duration::from_secs(90));
+        assert!(p.capabilities.contains("maven"));
+    }
 }
