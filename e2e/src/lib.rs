@@ -34,6 +34,12 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        Self::create_with_security(client, prefix, "restricted").await
+    }
+
+    /// A namespace enforcing Pod Security Standard `level` (`restricted`, `baseline` or
+    /// `privileged`, for pods that mount hostPath volumes).
+    pub async fn create_with_security(client: &Client, prefix: &str, level: &str) -> Result<Self> {
         let suffix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() % 1_000_000_000)
@@ -44,7 +50,7 @@ impl TestNamespace {
                 name: Some(name.clone()),
                 labels: Some(
                     [
-                        ("pod-security.kubernetes.io/enforce", "restricted"),
+                        ("pod-security.kubernetes.io/enforce", level),
                         ("maestro.dev/e2e", "true"),
                     ]
                     .into_iter()

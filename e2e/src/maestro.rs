@@ -169,8 +169,13 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
 pub async fn apply_file(client: &Client, ns: &str, path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    apply_yaml(client, ns, &text).await
+}
+
+/// Applies every object in YAML text, as [`apply_file`] does.
+pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc)?;
         if value.is_null() {
             continue;
@@ -285,6 +290,40 @@ impl Operator {
     }
 }
 
+/// Removes ANSI escape sequences (the operator's log is colored).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then one final byte in @..~.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address the operator serves /metrics on, from the line it logs at startup
+/// (`serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT`).
+pub fn metrics_addr_from_log(log: &Path) -> Result<String, String> {
+    let text = strip_ansi(&std::fs::read_to_string(log).map_err(|e| e.to_string())?);
+    text.lines()
+        .rev()
+        .filter(|l| l.contains("serving /metrics"))
+        .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim()))
+        .and_then(|a| a.split_whitespace().next())
+        .map(str::to_string)
+        .ok_or_else(|| "no `serving /metrics` line in the operator's log yet".to_string())
+}
+
 /// Creates a run of `composition` with `params`.
 pub async fn start_run(
     client: &Client,
@@ -305,6 +344,7 @@ pub async fn start_run(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             cancel: false,
+            priority: 0,
         },
         status: None,
     };
@@ -464,21 +504,37 @@ pub async fn delete_runs(client: &Client, ns: &str) {
 
 impl Env {
     pub async fn new(prefix: &str) -> Result<Self> {
-        Self::with_operator_args(prefix, &[]).await
+        Self::with_options(prefix, "restricted", &[]).await
+    }
+
+    /// An Env whose namespace enforces Pod Security Standard `level`.
+    pub async fn with_security(prefix: &str, level: &str) -> Result<Self> {
+        Self::with_options(prefix, level, &[]).await
     }
 
     /// An Env whose operator gets `extra_args` too (see [`Operator::start_with`]).
     pub async fn with_operator_args(prefix: &str, extra_args: &[String]) -> Result<Self> {
+        Self::with_options(prefix, "restricted", extra_args).await
+    }
+
+    /// An Env whose namespace enforces Pod Security Standard `level` and whose operator
+    /// gets `extra_args` too.
+    pub async fn with_options(prefix: &str, level: &str, extra_args: &[String]) -> Result<Self> {
         let client = crate::client().await?;
         install_crds(&client).await?;
         install_library(&client).await?;
-        let ns = crate::TestNamespace::create(&client, prefix).await?;
+        let ns = crate::TestNamespace::create_with_security(&client, prefix, level).await?;
         let operator = Operator::start_with(&ns.name, extra_args).await?;
         Ok(Self {
             client,
             operator,
             ns,
         })
+    }
+
+    /// Applies the objects of YAML text into the test namespace.
+    pub async fn apply_yaml(&self, text: &str) -> Result<Vec<String>> {
+        apply_yaml(&self.client, &self.ns.name, text).await
     }
 
     /// Applies a file of examples/ into the test namespace.
@@ -497,8 +553,15 @@ impl Env {
     /// caches that do not hold the composition or its Tasks yet.
     pub async fn apply_example_ready(&self, path: &str) -> Result<Vec<String>> {
         let names = self.apply_example(path).await?;
+        self.wait_compositions_ready(&names).await?;
+        Ok(names)
+    }
+
+    /// Waits until the operator reports each named Composition Ready for its current
+    /// generation.
+    pub async fn wait_compositions_ready(&self, names: &[String]) -> Result<()> {
         let compositions: Api<Composition> = Api::namespaced(self.client.clone(), &self.ns.name);
-        for name in &names {
+        for name in names {
             wait_for(
                 &format!("composition {name} to be Ready"),
                 Duration::from_secs(30),
@@ -520,7 +583,7 @@ impl Env {
             )
             .await?;
         }
-        Ok(names)
+        Ok(())
     }
 
     pub async fn start_run(&self, composition: &str, params: &[(&str, &str)]) -> Result<String> {

@@ -37,7 +37,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(45);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The message of the CEL transition rule on a CompositionRun's spec (operator/src/api/run.rs).
 const RUN_SPEC_FROZEN: &str =
-    "a run's composition and params cannot change once created; start a new run instead";
+    "a run's composition, params and priority cannot change once created; start a new run instead";
 /// The message of the rule that keeps a cancelled run cancelled.
 const RUN_STAYS_CANCELLED: &str = "a cancelled run cannot be resumed";
 
@@ -517,6 +517,11 @@ async fn a_run_spec_cannot_change_except_cancel() -> Result<()> {
         "removing a key of spec.params",
         RUN_SPEC_FROZEN,
     );
+    assert_refused(
+        patch_spec(&api, &name, json!({"priority": 5})).await,
+        "changing spec.priority",
+        RUN_SPEC_FROZEN,
+    );
     // Changing both the frozen fields and cancel at once is refused as a whole.
     assert_refused(
         patch_spec(
@@ -573,7 +578,7 @@ async fn kubectl_explain_prints_the_doc_comments() -> Result<()> {
     let client = maestro_e2e::client().await?;
     install_crds(&client).await?;
     let kubectl = kubectl()?;
-    let expectations: [(&str, &[&str]); 4] = [
+    let expectations: [(&str, &[&str]); 5] = [
         (
             "composition.spec.steps",
             &[
@@ -611,6 +616,16 @@ async fn kubectl_explain_prints_the_doc_comments() -> Result<()> {
             &[
                 "The spec cannot change once created, except `cancel`.",
                 "Set to true to cancel the run",
+                "Where the run stands in the queue for Agent slots: higher first",
+            ],
+        ),
+        (
+            "agent.spec",
+            &[
+                "KIND: Agent",
+                "How many step pods of this pool may run at once, across all its slots.",
+                "How long a run waits for the busy slot that last ran its composition",
+                "The slots' cache volumes",
             ],
         ),
     ];

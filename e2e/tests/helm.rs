@@ -1115,7 +1115,7 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     let step = Instant::now();
     let (runs, own) = (release.runs_namespace.as_str(), release.namespace.as_str());
     let library_owner = format!("deployments.apps/{}", release.name);
-    let allowed: [&[&str]; 14] = [
+    let allowed: &[&[&str]] = &[
         &["create", "pods", "-n", runs],
         // The webhook secret a Composition's git trigger names, by name only.
         &["get", "secrets", "-n", runs],
@@ -1137,6 +1137,14 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["create", "compositionruns.maestro.dev", "-n", runs],
         &["create", "events.events.k8s.io", "-n", runs],
         &["create", "persistentvolumeclaims", "-n", runs],
+        &["watch", "agents.maestro.dev", "-n", runs],
+        &[
+            "patch",
+            "agents.maestro.dev",
+            "--subresource=status",
+            "-n",
+            runs,
+        ],
         &["list", "tasks.maestro.dev", "--all-namespaces"],
         &["update", "leases.coordination.k8s.io", "-n", own],
         &["create", "leases.coordination.k8s.io", "-n", own],
@@ -1145,7 +1153,7 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["patch", "tasks.maestro.dev", "-n", own],
         &["get", &library_owner, "-n", own],
     ];
-    let denied: [&[&str]; 16] = [
+    let denied: &[&[&str]] = &[
         &["list", "secrets", "-n", runs],
         &["watch", "secrets", "-n", runs],
         &["create", "secrets", "-n", runs],
@@ -1159,6 +1167,7 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["get", "deployments.apps", "-n", own],
         &["update", "deployments.apps", "-n", own],
         &["create", "approvals.maestro.dev", "-n", runs],
+        &["update", "agents.maestro.dev", "-n", runs],
         // Watching one namespace, it is granted pods there only.
         &["create", "pods", "-n", "default"],
         &["delete", "leases.coordination.k8s.io", "-n", own],

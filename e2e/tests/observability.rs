@@ -8,14 +8,14 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use maestro_e2e::{
-    maestro::{Env, apply_file, repo_root},
+    maestro::{Env, apply_file, metrics_addr_from_log, repo_root},
     wait_for,
 };
 use maestro_operator::api::RunPhase;
@@ -193,40 +193,6 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Removes ANSI escape sequences (the operator's log is colored).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, then one final byte in @..~.
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The address the operator serves /metrics on, from the line it logs at startup
-/// (`serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT`).
-fn metrics_addr_from_log(log: &Path) -> Result<String, String> {
-    let text = strip_ansi(&std::fs::read_to_string(log).map_err(|e| e.to_string())?);
-    text.lines()
-        .rev()
-        .filter(|l| l.contains("serving /metrics"))
-        .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim()))
-        .and_then(|a| a.split_whitespace().next())
-        .map(str::to_string)
-        .ok_or_else(|| "no `serving /metrics` line in the operator's log yet".to_string())
 }
 
 /// One query of one panel.

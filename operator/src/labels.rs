@@ -21,6 +21,10 @@ pub const COMPOSITION: &str = "maestro.dev/composition";
 pub const PARENT_RUN: &str = "maestro.dev/parent-run";
 /// On an onFailure run: the failed run that started it.
 pub const FAILED_RUN: &str = "maestro.dev/failed-run";
+/// On a step pod: the Agent whose slot runs it (its capacity counts the pod).
+pub const AGENT: &str = "maestro.dev/agent";
+/// On a step pod: the index of the Agent slot whose cache it mounts.
+pub const SLOT: &str = "maestro.dev/slot";
 /// The name of the step container in a step pod.
 pub const STEP_CONTAINER: &str = "step";
 

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod labels;
 pub mod library;
 pub mod metrics;
+pub mod routing;
 pub mod telemetry;
 pub mod tls;
 pub mod triggers;

@@ -44,6 +44,14 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// Cron schedule times handled, by composition and result (started, skipped).
     pub cron_schedules: IntCounterVec,
+    /// Runs assigned to a slot that last ran their composition, by Agent.
+    pub agent_cache_hits: IntCounterVec,
+    /// Runs assigned to a slot that last ran something else (or nothing), by Agent.
+    pub agent_cache_misses: IntCounterVec,
+    /// Slots holding a run now, by Agent.
+    pub agent_slots_busy: IntGaugeVec,
+    /// Time from a run's creation to its assignment to an Agent slot.
+    pub run_queue_wait: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -135,6 +143,29 @@ impl Metrics {
                 "Schedule times of cron triggers, by composition and result (started, skipped, replaced).",
                 &["composition", "result"],
             )?,
+            agent_cache_hits: counter(
+                "maestro_agent_cache_hits_total",
+                "Runs assigned to the Agent slot that last ran their composition (warm cache).",
+                &["agent"],
+            )?,
+            agent_cache_misses: counter(
+                "maestro_agent_cache_misses_total",
+                "Runs assigned to an Agent slot that last ran another composition or nothing.",
+                &["agent"],
+            )?,
+            agent_slots_busy: IntGaugeVec::new(
+                Opts::new("maestro_agent_slots_busy", "Agent slots holding a run now."),
+                &["agent"],
+            )?,
+            run_queue_wait: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "maestro_run_queue_wait_seconds",
+                    "Time from a run's creation to its assignment to an Agent slot.",
+                )
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                ]),
+            )?,
             registry,
         };
         for c in [
@@ -145,6 +176,8 @@ impl Metrics {
             &m.reconcile_errors,
             &m.webhook_deliveries,
             &m.cron_schedules,
+            &m.agent_cache_hits,
+            &m.agent_cache_misses,
         ] {
             m.registry.register(Box::new(c.clone()))?;
         }
@@ -156,6 +189,8 @@ impl Metrics {
         m.registry.register(Box::new(m.step_pods_running.clone()))?;
         m.registry.register(Box::new(m.task_report.clone()))?;
         m.registry.register(Box::new(m.leader.clone()))?;
+        m.registry.register(Box::new(m.agent_slots_busy.clone()))?;
+        m.registry.register(Box::new(m.run_queue_wait.clone()))?;
         Ok(m)
     }
 

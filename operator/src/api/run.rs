@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("size(self.metadata.name) <= 63").message("a run's name is at most 63 characters: it labels the run's pods"),
 )]
 #[x_kube(
-    validation = Rule::new("self.composition == oldSelf.composition && self.params == oldSelf.params").message("a run's composition and params cannot change once created; start a new run instead"),
+    validation = Rule::new("self.composition == oldSelf.composition && self.params == oldSelf.params && self.priority == oldSelf.priority").message("a run's composition, params and priority cannot change once created; start a new run instead"),
     validation = Rule::new("!oldSelf.cancel || self.cancel").message("a cancelled run cannot be resumed"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +40,10 @@ pub struct CompositionRunSpec {
     /// the run ends in phase Cancelled.
     #[serde(default)]
     pub cancel: bool,
+    /// Where the run stands in the queue for Agent slots: higher first, then older first
+    /// (default 0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// The phase of a run.
@@ -48,7 +52,7 @@ pub enum RunPhase {
     /// Accepted, not started yet.
     #[default]
     Pending,
-    /// Waiting for agent capacity.
+    /// Waiting for a slot of an Agent; the Succeeded condition's message says why.
     Queued,
     /// The steps have ended; leftover external resources are being removed.
     CleaningUp,
@@ -141,6 +145,9 @@ pub struct CompositionRunStatus {
     /// The run started by `onFailure`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure_run: Option<String>,
+    /// The Agent slot the run holds; its steps share that slot's cache volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<RunAgent>,
     /// The composition's spec as it was when the run started; the run follows this
     /// snapshot, so editing the composition does not change a run in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +160,22 @@ pub struct CompositionRunStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The Agent slot a run was assigned to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAgent {
+    /// The Agent.
+    pub name: String,
+    /// The slot's index in the Agent.
+    pub slot: u32,
+    /// Whether the slot last ran this run's composition, so its cache is warm.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// When the run was assigned to the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_time: Option<Time>,
 }
 
 /// The state of one step of a run.

@@ -182,6 +182,8 @@ async fn create_run(
             composition: composition_name.clone(),
             params: cron_trigger.params.clone(),
             cancel: false,
+            // A scheduled run queues like a manual one.
+            priority: 0,
         },
         status: None,
     };

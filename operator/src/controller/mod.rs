@@ -2,6 +2,7 @@
 //! watch (reflector stores) -> plan (engine) -> act (pods, runs) -> status (server-side
 //! apply with one field manager) -> events.
 
+mod agents;
 mod composition;
 mod cron;
 pub mod leader;
@@ -33,7 +34,7 @@ use tokio::sync::watch;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{
-    api::{Approval, Composition, CompositionRun, RunPhase, Task},
+    api::{Agent, Approval, Composition, CompositionRun, RunPhase, Task},
     labels,
     metrics::Metrics,
 };
@@ -109,7 +110,11 @@ pub struct Context {
     pub tasks: Store<Task>,
     pub pods: Store<Pod>,
     pub approvals: Store<Approval>,
+    pub agents: Store<Agent>,
     pub metrics: Metrics,
+    /// Held while a run takes an Agent slot or starts step pods on an Agent, so that
+    /// concurrent reconciles never share a slot or exceed a capacity.
+    pub admissions: tokio::sync::Mutex<agents::Admissions>,
     /// Consecutive failures per object, for exponential backoff in the error policy.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -181,6 +186,15 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
 
+    let (agents, agent_writer) = reflector::store();
+    let agent_watch = reflector::reflector(
+        agent_writer,
+        watcher(scoped::<Agent>(&client, ns), watcher::Config::default()),
+    )
+    .modify(|a| a.managed_fields_mut().clear())
+    .default_backoff()
+    .touched_objects();
+
     let run_api = scoped::<DeserializeGuard<CompositionRun>>(&client, ns);
     let composition_api = scoped::<DeserializeGuard<Composition>>(&client, ns);
     // The run controller reads compositions from a cache of its own, so it can wait for
@@ -204,7 +218,9 @@ pub async fn run(
         tasks,
         pods,
         approvals,
+        agents,
         metrics,
+        admissions: tokio::sync::Mutex::new(agents::Admissions::default()),
         failures: Mutex::new(HashMap::new()),
     });
 
@@ -272,6 +288,7 @@ pub async fn run(
     tokio::spawn(task_watch.for_each(|_| async {}));
     tokio::spawn(approval_watch.for_each(|_| async {}));
     tokio::spawn(composition_watch.for_each(|_| async {}));
+    tokio::spawn(agent_watch.for_each(|_| async {}));
     // A reconcile against a half-filled cache would see a Task or a pod as missing: a
     // restarted operator must not fail a run in flight for that. Wait for every cache.
     for (name, ready) in [
@@ -279,6 +296,7 @@ pub async fn run(
         ("pods", ctx.pods.wait_until_ready().boxed()),
         ("approvals", ctx.approvals.wait_until_ready().boxed()),
         ("compositions", ctx.compositions.wait_until_ready().boxed()),
+        ("agents", ctx.agents.wait_until_ready().boxed()),
     ] {
         ready
             .await
@@ -310,6 +328,7 @@ pub async fn run(
     // Only the leader reports the run gauges, so summing them over replicas still counts
     // each run once.
     tokio::spawn(gauges(ctx.clone()));
+    tokio::spawn(agents::status_loop(ctx.clone()));
     let controllers = async {
         tokio::join!(runs, compositions);
     };

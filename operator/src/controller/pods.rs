@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+        Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, HostPathVolumeSource,
         PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
         PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretEnvSource,
         SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
@@ -16,9 +16,78 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 
 use crate::{
+    api::{AgentTemplate, CacheClaim},
     engine::{StepPod, TaskRuns},
     labels,
 };
+
+/// The Agent slot a run's pods go to: the pool's pod settings and the slot's cache volume,
+/// mounted as the run's /workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub agent: String,
+    pub slot: u32,
+    pub template: AgentTemplate,
+    pub cache: SlotCache,
+}
+
+/// Where a slot's cache lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotCache {
+    /// A PersistentVolumeClaim of this name.
+    Claim(String),
+    /// A directory on the node.
+    HostPath(String),
+}
+
+/// The name of an Agent slot's cache claim: `<agent>-cache-<slot>`.
+pub fn slot_claim_name(agent: &str, slot: u32) -> String {
+    let suffix = format!("-cache-{slot}");
+    let room = 63usize.saturating_sub(suffix.len());
+    format!("{}{suffix}", agent.chars().take(room).collect::<String>())
+}
+
+/// The directory of an Agent slot's hostPath cache: `<path>/<slot>`.
+pub fn slot_host_path(path: &str, slot: u32) -> String {
+    format!("{}/{slot}", path.trim_end_matches('/'))
+}
+
+/// The PersistentVolumeClaim holding an Agent slot's cache, owned by the Agent (the cache
+/// outlives runs, not its pool).
+pub fn slot_claim(
+    agent: &str,
+    slot: u32,
+    namespace: &str,
+    owner: OwnerReference,
+    claim: &CacheClaim,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(slot_claim_name(agent, slot)),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                (labels::AGENT.to_string(), agent.to_string()),
+                (labels::SLOT.to_string(), slot.to_string()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: claim.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(claim.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
 
 /// Where step pods take the agent from, and their defaults.
 #[derive(Debug, Clone)]
@@ -101,10 +170,15 @@ pub fn step_pod(
     composition: &str,
     owner: OwnerReference,
     settings: &PodSettings,
+    placement: Option<&Placement>,
 ) -> Pod {
+    let template = placement.map(|p| &p.template);
+    let agent_image = template
+        .and_then(|t| t.image.clone())
+        .unwrap_or_else(|| settings.agent_image.clone());
     let (image, pull_policy, command) = match &pod.runs {
         TaskRuns::Builtin(b) => (
-            settings.agent_image.clone(),
+            agent_image.clone(),
             settings.agent_pull_policy.clone(),
             vec![
                 format!("{BIN_DIR}/maestro-agent"),
@@ -139,6 +213,10 @@ pub fn step_pod(
     if composition.len() <= 63 {
         pod_labels.insert(labels::COMPOSITION.to_string(), composition.to_string());
     }
+    if let Some(placement) = placement {
+        pod_labels.insert(labels::AGENT.to_string(), placement.agent.clone());
+        pod_labels.insert(labels::SLOT.to_string(), placement.slot.to_string());
+    }
     let mounts = |read_only_bin: bool| {
         vec![
             VolumeMount {
@@ -161,7 +239,7 @@ pub fn step_pod(
     };
     let install = Container {
         name: "maestro-install".into(),
-        image: Some(settings.agent_image.clone()),
+        image: Some(agent_image.clone()),
         image_pull_policy: Some(settings.agent_pull_policy.clone()),
         command: Some(vec![
             "maestro-agent".into(),
@@ -178,7 +256,8 @@ pub fn step_pod(
         image: Some(image),
         image_pull_policy: Some(pull_policy),
         command: Some(command),
-        env: Some(step_env(pod, run_name)),
+        env: Some(step_env(pod, run_name, template)),
+        resources: template.and_then(|t| t.resources.clone()),
         // Secrets by reference: the kubelet resolves them, so their values never pass
         // through the operator, the run's status or its logs.
         env_from: (!pod.secret_env.is_empty()).then(|| {
@@ -204,8 +283,28 @@ pub fn step_pod(
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     };
-    let workspace = match &settings.workspace {
-        Some(_) => Volume {
+    let mut init_containers = vec![install];
+    let workspace = match (placement.map(|p| &p.cache), &settings.workspace) {
+        (Some(SlotCache::Claim(claim)), _) => Volume {
+            name: "workspace".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        (Some(SlotCache::HostPath(path)), _) => {
+            init_containers.push(host_cache_owner(&agent_image, &settings.agent_pull_policy));
+            Volume {
+                name: "workspace".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: path.clone(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Volume::default()
+            }
+        }
+        (None, Some(_)) => Volume {
             name: "workspace".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: workspace_claim_name(run_name),
@@ -213,7 +312,7 @@ pub fn step_pod(
             }),
             ..Volume::default()
         },
-        None => empty("workspace"),
+        (None, None) => empty("workspace"),
     };
     Pod {
         metadata: ObjectMeta {
@@ -225,7 +324,17 @@ pub fn step_pod(
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
-            service_account_name: pod.service_account.clone(),
+            // The composition's own ServiceAccount wins over the pool's.
+            service_account_name: pod
+                .service_account
+                .clone()
+                .or_else(|| template.and_then(|t| t.service_account_name.clone())),
+            node_selector: template
+                .filter(|t| !t.node_selector.is_empty())
+                .map(|t| t.node_selector.clone()),
+            tolerations: template
+                .filter(|t| !t.tolerations.is_empty())
+                .map(|t| t.tolerations.clone()),
             // Steps talk to the outside world, not to the Kubernetes API.
             automount_service_account_token: Some(false),
             active_deadline_seconds: pod
@@ -240,7 +349,7 @@ pub fn step_pod(
                 seccomp_profile: Some(runtime_default()),
                 ..PodSecurityContext::default()
             }),
-            init_containers: Some(vec![install]),
+            init_containers: Some(init_containers),
             containers: vec![step],
             volumes: Some(vec![
                 empty("maestro-bin"),
@@ -253,7 +362,42 @@ pub fn step_pod(
     }
 }
 
-fn step_env(pod: &StepPod, run_name: &str) -> Vec<EnvVar> {
+/// The kubelet creates a missing hostPath directory owned by root; steps run as
+/// [`STEP_UID`] and fsGroup does not apply to hostPath volumes. This init container (root,
+/// with only CAP_CHOWN) hands the slot's directory to the step user. hostPath caches are
+/// for privileged development namespaces only, so a root container is acceptable there.
+fn host_cache_owner(image: &str, pull_policy: &str) -> Container {
+    Container {
+        name: "maestro-cache-owner".into(),
+        image: Some(image.into()),
+        image_pull_policy: Some(pull_policy.into()),
+        command: Some(vec![
+            "chown".into(),
+            format!("{STEP_UID}:{STEP_UID}"),
+            WORKSPACE_DIR.into(),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "workspace".into(),
+            mount_path: WORKSPACE_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["CHOWN".into()]),
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        resources: Some(small_resources()),
+        ..Container::default()
+    }
+}
+
+fn step_env(pod: &StepPod, run_name: &str, template: Option<&AgentTemplate>) -> Vec<EnvVar> {
     let var = |name: &str, value: String| EnvVar {
         name: name.into(),
         value: Some(value),
@@ -282,6 +426,12 @@ fn step_env(pod: &StepPod, run_name: &str) -> Vec<EnvVar> {
             other => other.to_string(),
         };
         env.push(var(&format!("MAESTRO_INPUT_{}", name.to_uppercase()), text));
+    }
+    // Maestro's own variables, set above, win over the pool's of the same name.
+    for (name, value) in template.iter().flat_map(|t| &t.env) {
+        if !env.iter().any(|e| &e.name == name) {
+            env.push(var(name, value.clone()));
+        }
     }
     env
 }
@@ -372,6 +522,7 @@ mod tests {
             "hello",
             owner(),
             &settings(),
+            None,
         );
         let spec = pod.spec.unwrap();
         let main = &spec.containers[0];
@@ -413,6 +564,7 @@ mod tests {
             "hello",
             owner(),
             &settings(),
+            None,
         );
         let main = &pod.spec.unwrap().containers[0];
         assert_eq!(main.image.as_deref(), Some("python:3"));
@@ -437,6 +589,7 @@ mod tests {
             "c",
             owner(),
             &settings(),
+            None,
         );
         let spec = pod.spec.unwrap();
         let psc = spec.security_context.unwrap();
@@ -458,5 +611,141 @@ mod tests {
         for v in spec.volumes.unwrap() {
             assert!(v.empty_dir.is_some(), "only emptyDir volumes: {}", v.name);
         }
+    }
+
+    fn placement(cache: SlotCache) -> Placement {
+        let template: AgentTemplate = serde_json::from_value(serde_json::json!({
+            "image": "registry.example/agent:7",
+            "serviceAccountName": "builder",
+            "nodeSelector": {"pool": "maven"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}],
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+            "env": {"MAVEN_OPTS": "-Xmx2g", "MAESTRO_RUN": "spoofed"}
+        }))
+        .unwrap();
+        Placement {
+            agent: "maven-pool".into(),
+            slot: 1,
+            template,
+            cache,
+        }
+    }
+
+    #[test]
+    fn placement_applies_the_pool_template_and_mounts_the_slot_claim() {
+        let placement = placement(SlotCache::Claim(slot_claim_name("maven-pool", 1)));
+        let mut with_workspace = settings();
+        with_workspace.workspace = Some(WorkspaceClaim {
+            storage_class: None,
+            size: "1Gi".into(),
+        });
+        let pod = step_pod(
+            &step(TaskRuns::Builtin(BuiltinTask::Shell)),
+            "r",
+            "ns",
+            "c",
+            owner(),
+            &with_workspace,
+            Some(&placement),
+        );
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels[labels::AGENT], "maven-pool");
+        assert_eq!(labels[labels::SLOT], "1");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("builder"));
+        assert_eq!(spec.node_selector.unwrap()["pool"], "maven");
+        assert_eq!(
+            spec.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
+        let main = &spec.containers[0];
+        assert_eq!(main.image.as_deref(), Some("registry.example/agent:7"));
+        assert_eq!(
+            spec.init_containers.unwrap()[0].image.as_deref(),
+            Some("registry.example/agent:7")
+        );
+        let requests = main.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"], Quantity("2".into()));
+        let env: BTreeMap<_, _> = main
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+            .collect();
+        assert_eq!(env["MAVEN_OPTS"], "-Xmx2g");
+        assert_eq!(
+            env["MAESTRO_RUN"], "r",
+            "the pool cannot override Maestro's variables"
+        );
+        let workspace = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "workspace")
+            .unwrap();
+        assert_eq!(
+            workspace.persistent_volume_claim.unwrap().claim_name,
+            "maven-pool-cache-1",
+            "the slot's cache, not the run's own claim"
+        );
+    }
+
+    #[test]
+    fn composition_service_account_wins_over_the_pool() {
+        let placement = placement(SlotCache::Claim("c".into()));
+        let mut pod = step(TaskRuns::Builtin(BuiltinTask::Shell));
+        pod.service_account = Some("deployer".into());
+        let pod = step_pod(&pod, "r", "ns", "c", owner(), &settings(), Some(&placement));
+        assert_eq!(
+            pod.spec.unwrap().service_account_name.as_deref(),
+            Some("deployer")
+        );
+    }
+
+    #[test]
+    fn host_path_cache_is_handed_to_the_step_user() {
+        let placement = placement(SlotCache::HostPath(slot_host_path(
+            "/var/cache/maestro/",
+            1,
+        )));
+        let pod = step_pod(
+            &step(TaskRuns::Builtin(BuiltinTask::Shell)),
+            "r",
+            "ns",
+            "c",
+            owner(),
+            &settings(),
+            Some(&placement),
+        );
+        let spec = pod.spec.unwrap();
+        let workspace = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "workspace")
+            .unwrap();
+        let host = workspace.host_path.unwrap();
+        assert_eq!(host.path, "/var/cache/maestro/1");
+        assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
+        let owner_fix = &spec.init_containers.unwrap()[1];
+        assert_eq!(
+            owner_fix.command.as_ref().unwrap(),
+            &vec!["chown", "65532:65532", "/workspace"]
+        );
+        let sc = owner_fix.security_context.as_ref().unwrap();
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().add.as_ref().unwrap(),
+            &vec!["CHOWN".to_string()]
+        );
+    }
+
+    #[test]
+    fn slot_claim_names_stay_within_63_characters() {
+        assert_eq!(slot_claim_name("pool", 0), "pool-cache-0");
+        let long = "a".repeat(70);
+        let name = slot_claim_name(&long, 12);
+        assert_eq!(name.len(), 63);
+        assert!(name.ends_with("-cache-12"));
     }
 }

@@ -20,17 +20,25 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER, RUN_FINALIZER, backoff_action, key, observe, pods};
+use super::{
+    Context, Error, FIELD_MANAGER, RUN_FINALIZER, agents, backoff_action, key, observe, pods,
+};
 use crate::{
-    api::{CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, TaskSpec},
-    engine::{self, Action, NewRun, Observed, PlanInput},
+    api::{
+        Agent, CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, RunAgent,
+        TaskSpec,
+    },
+    engine::{self, Action, Admission, NewRun, Observed, PlanInput},
     labels,
     metrics::Metrics,
+    routing::Decision,
 };
 
 /// How often an active run is looked at even when nothing it watches changes (waiting
 /// for another composition's run is polled, not watched).
 const ACTIVE_RESYNC: Duration = Duration::from_secs(5);
+/// How often a run queued for an Agent slot looks again (slots free when runs end).
+const QUEUED_RESYNC: Duration = Duration::from_secs(2);
 
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<CompositionRun>>,
@@ -114,6 +122,25 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let tasks = find_tasks(spec_for_tasks.as_ref(), &ns, ctx);
     let observed = observe_world(run, &ns, spec_for_tasks.as_ref(), ctx);
 
+    // Route: in a namespace with Agents, the run needs a slot before any step starts,
+    // and its new pods fit in its Agent's capacity. The lock is held until the pods are
+    // created, so no other reconcile counts the same free slot or capacity.
+    let pool = agents::in_namespace(ctx, &ns);
+    let mut admissions = if pool.is_empty() {
+        None
+    } else {
+        // Occupancy is rebuilt from every run's status: wait for the whole run cache.
+        if let Err(e) = ctx.runs.wait_until_ready().await {
+            tracing::warn!(error = %e, "run cache not ready");
+        }
+        Some(ctx.admissions.lock().await)
+    };
+    let mut status = status;
+    let mut route = Route::default();
+    if let Some(admissions) = admissions.as_deref_mut() {
+        route = admit(run, &ns, &pool, &mut status, deleting, admissions, ctx).await?;
+    }
+
     // Plan.
     let plan = engine::plan(&PlanInput {
         run_name: &name,
@@ -126,28 +153,25 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         observed: &observed,
         now: Timestamp::now(),
         deleting,
+        admission: route.admission.clone(),
+        pod_budget: route.pod_budget,
     });
 
     // Act: every action is idempotent, so a crash between here and the status write
     // only repeats work that AlreadyExists.
     for action in &plan.actions {
-        act(run, &ns, action, ctx).await?;
+        act(run, &ns, action, route.placement.as_ref(), ctx).await?;
+        if let (Action::CreatePod(pod), Some(placement), Some(admissions)) =
+            (action, &route.placement, admissions.as_deref_mut())
+        {
+            admissions.created(&ns, &placement.agent, &pod.name);
+        }
     }
+    drop(admissions);
 
     // Status, only when it changed.
     if plan.status != status {
-        let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({
-            "apiVersion": "maestro.dev/v1alpha1",
-            "kind": "CompositionRun",
-            "status": plan.status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        write_status(run, &ns, &plan.status, ctx).await?;
     }
     record_transitions(&ctx.metrics, &run.spec.composition, &status, &plan.status);
     record_reports(&ctx.metrics, &run.spec.composition, &observed);
@@ -178,14 +202,156 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
             ctx.settings.finished_run_ttl.max(Duration::from_secs(1)),
         ));
     }
+    let resync = if matches!(route.admission, Admission::Queued(_)) {
+        // A slot frees when another run ends: look again soon.
+        QUEUED_RESYNC
+    } else {
+        ACTIVE_RESYNC
+    };
     Ok(Requeue::requeue(
-        plan.requeue_after
-            .map_or(ACTIVE_RESYNC, |d| d.min(ACTIVE_RESYNC)),
+        plan.requeue_after.map_or(resync, |d| d.min(resync)),
     ))
 }
 
+/// What routing decided for one planning pass.
+#[derive(Default)]
+struct Route {
+    admission: Admission,
+    pod_budget: Option<u32>,
+    placement: Option<pods::Placement>,
+}
+
+/// Finds or takes the run's Agent slot. A new assignment is written to the run's status
+/// before any pod exists, so a restarted operator sees which slots are held.
+async fn admit(
+    run: &CompositionRun,
+    ns: &str,
+    pool: &[Agent],
+    status: &mut CompositionRunStatus,
+    deleting: bool,
+    admissions: &mut agents::Admissions,
+    ctx: &Context,
+) -> Result<Route, Error> {
+    agents::forget_seen(ctx, admissions);
+    let name = run.name_any();
+    let now = Timestamp::now();
+    // A run reconciled again before the cache shows the assignment just written keeps it.
+    let mut assigned = status
+        .agent
+        .clone()
+        .or_else(|| admissions.assignment_of(ns, &name));
+    let child_of = run.labels().get(labels::PARENT_RUN);
+    if assigned.is_none()
+        && let Some(parent) = child_of
+    {
+        // A child run works in its parent's slot; it never holds one of its own (and
+        // runs like before Agents existed when its parent holds none).
+        assigned = ctx
+            .runs
+            .state()
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok())
+            .find(|r| r.name_any() == *parent && r.namespace().as_deref() == Some(ns))
+            .and_then(|r| r.status.as_ref()?.agent.clone())
+            .map(|a| RunAgent {
+                cache_hit: false,
+                assigned_time: Some(Time(now)),
+                ..a
+            });
+    }
+    let stopping = run.spec.cancel || deleting;
+    let mut routed = false;
+    if assigned.is_none() && child_of.is_none() && !stopping && status.start_time.is_none() {
+        let routing = agents::routing_input(ctx, ns, pool, admissions, now);
+        match routing.route(&name) {
+            Decision::Assign { slot, cache_hit } => {
+                routed = true;
+                assigned = Some(RunAgent {
+                    name: slot.agent,
+                    slot: slot.index,
+                    cache_hit,
+                    assigned_time: Some(Time(now)),
+                });
+            }
+            Decision::Wait { reason, .. } => {
+                return Ok(Route {
+                    admission: Admission::Queued(reason),
+                    ..Route::default()
+                });
+            }
+        }
+    }
+    let Some(assigned) = assigned else {
+        return Ok(Route::default());
+    };
+    let newly_assigned = status.agent.as_ref() != Some(&assigned);
+    if newly_assigned {
+        status.agent = Some(assigned.clone());
+        write_status(run, ns, status, ctx).await?;
+        admissions.assigned(ns, &name, assigned.clone());
+        if routed {
+            let counter = if assigned.cache_hit {
+                &ctx.metrics.agent_cache_hits
+            } else {
+                &ctx.metrics.agent_cache_misses
+            };
+            counter.with_label_values(&[assigned.name.as_str()]).inc();
+            if let Some(created) = &run.metadata.creation_timestamp {
+                let waited = now.duration_since(created.0).as_secs_f64().max(0.0);
+                ctx.metrics.run_queue_wait.observe(waited);
+            }
+            tracing::info!(agent = %assigned.name, slot = assigned.slot, cache_hit = assigned.cache_hit, "assigned run to agent slot");
+        }
+    }
+    // The Agent may have gone since: the run then continues without a capacity limit,
+    // its pods still mounting the slot's cache.
+    let agent = pool.iter().find(|a| a.name_any() == assigned.name);
+    let placement = match agent {
+        Some(agent) => agents::placement(agent, assigned.slot),
+        None => pods::Placement {
+            agent: assigned.name.clone(),
+            slot: assigned.slot,
+            template: Default::default(),
+            cache: pods::SlotCache::Claim(pods::slot_claim_name(&assigned.name, assigned.slot)),
+        },
+    };
+    let pod_budget = agent.map(|a| agents::free_capacity(ctx, ns, a, admissions));
+    if let (Some(agent), true) = (agent, routed) {
+        // The status loop makes every slot's claim too; this covers a slot just added.
+        agents::ensure_slot_claim(ctx, agent, assigned.slot).await?;
+    }
+    Ok(Route {
+        admission: Admission::Admitted,
+        pod_budget,
+        placement: Some(placement),
+    })
+}
+
+/// Writes the run's whole status by server-side apply (a partial status would drop the
+/// fields it leaves out).
+async fn write_status(
+    run: &CompositionRun,
+    ns: &str,
+    status: &CompositionRunStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "maestro.dev/v1alpha1",
+        "kind": "CompositionRun",
+        "status": status,
+    });
+    api.patch_status(
+        &run.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// The Tasks the composition's steps name: the run's namespace first, then the library.
-fn find_tasks(
+pub(super) fn find_tasks(
     spec: Option<&CompositionSpec>,
     ns: &str,
     ctx: &Context,
@@ -266,14 +432,21 @@ fn owner_of(run: &CompositionRun) -> Option<OwnerReference> {
     run.controller_owner_ref(&())
 }
 
-async fn act(run: &CompositionRun, ns: &str, action: &Action, ctx: &Context) -> Result<(), Error> {
+async fn act(
+    run: &CompositionRun,
+    ns: &str,
+    action: &Action,
+    placement: Option<&pods::Placement>,
+    ctx: &Context,
+) -> Result<(), Error> {
     let run_name = run.name_any();
     match action {
         Action::CreatePod(step) => {
             let Some(owner) = owner_of(run) else {
                 return Ok(());
             };
-            if let Some(claim) = &ctx.settings.pods.workspace {
+            // On an Agent slot the run works in the slot's cache, not a claim of its own.
+            if let (Some(claim), None) = (&ctx.settings.pods.workspace, placement) {
                 let pvc = pods::workspace_claim(&run_name, ns, owner.clone(), claim);
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
                 let params = PostParams {
@@ -293,6 +466,7 @@ async fn act(run: &CompositionRun, ns: &str, action: &Action, ctx: &Context) -> 
                 &run.spec.composition,
                 owner,
                 &ctx.settings.pods,
+                placement,
             );
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
             match api
@@ -369,6 +543,8 @@ async fn create_run(
             composition: new.composition.clone(),
             params: new.params.clone(),
             cancel: false,
+            // A child (or the onFailure run) keeps its parent's place in the queue.
+            priority: parent.spec.priority,
         },
         status: None,
     };

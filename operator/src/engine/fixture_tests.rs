@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     api::{CompositionRunSpec, CompositionRunStatus, CompositionSpec, TaskSpec, parse_duration},
-    engine::{self, Action, Observed, PlanInput},
+    engine::{self, Action, Admission, Observed, PlanInput},
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
@@ -31,7 +31,7 @@ struct Fixture {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Round {
     /// Time since the first round, like `30s`.
     #[serde(default)]
@@ -44,6 +44,12 @@ struct Round {
     /// The run object is being deleted in this round.
     #[serde(default)]
     delete: bool,
+    /// The run waits for an Agent slot, with this reason.
+    #[serde(default)]
+    queued: Option<String>,
+    /// How many new step pods the run's Agent has room for this round.
+    #[serde(default)]
+    pod_budget: Option<u32>,
     expect: Expect,
 }
 
@@ -74,6 +80,8 @@ struct Expect {
     invalid: Option<String>,
     /// Reason of the Succeeded condition.
     reason: Option<String>,
+    /// Substring of the Succeeded condition's message.
+    condition_message: Option<String>,
     /// Reasons of the events recorded this round (exactly these, in order).
     events: Option<Vec<String>>,
     /// Whether the engine asks to be called again after a delay, and the delay.
@@ -129,6 +137,11 @@ fn run_fixture(path: &Path) -> Result<(), String> {
             observed: &round.observe,
             now,
             deleting: round.delete,
+            admission: round
+                .queued
+                .clone()
+                .map_or(Admission::Admitted, Admission::Queued),
+            pod_budget: round.pod_budget,
         };
         let plan = engine::plan(&input);
         check(&round.expect, &plan).map_err(|e| {
@@ -281,6 +294,19 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             .map(|c| c.reason.clone());
         if got.as_ref() != Some(want) {
             return Err(format!("Succeeded reason: want {want}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.condition_message {
+        let got = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Succeeded")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        if !got.contains(want.as_str()) {
+            return Err(format!(
+                "Succeeded message: want it to contain {want:?}, got {got:?}"
+            ));
         }
     }
     if let Some(want) = &expect.events {

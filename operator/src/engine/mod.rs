@@ -42,6 +42,22 @@ pub struct PlanInput<'a> {
     pub now: Timestamp,
     /// The run object is being deleted: stop its steps and clean up before it goes.
     pub deleting: bool,
+    /// Whether the run may start (the controller's routing to an Agent slot decides).
+    pub admission: Admission,
+    /// How many new step pods this pass may start (its Agent's free capacity); `None`
+    /// for no limit. Cleanup pods and pods asked for again are not counted.
+    pub pod_budget: Option<u32>,
+}
+
+/// Whether a run may start its steps. The engine knows nothing of Agents: the controller
+/// routes the run and tells the engine the outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// The run holds what it needs (a slot, or no Agents are in play).
+    #[default]
+    Admitted,
+    /// The run waits for a slot; the reason is shown in its Succeeded condition.
+    Queued(String),
 }
 
 /// What the controller observed of the run's world.

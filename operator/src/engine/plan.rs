@@ -51,6 +51,7 @@ const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut planner = Planner {
         input,
+        pod_budget: input.pod_budget,
         plan: Plan {
             status: input.status.clone(),
             ..Plan::default()
@@ -63,8 +64,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
 struct Planner<'a> {
     input: &'a PlanInput<'a>,
+    /// New step pods this pass may still start (`None`: no limit).
+    pod_budget: Option<u32>,
     plan: Plan,
 }
+
+/// How soon a step waiting for its Agent's capacity looks again.
+const CAPACITY_RECHECK: Duration = Duration::from_secs(2);
 
 impl Planner<'_> {
     fn run(&mut self) {
@@ -87,6 +93,12 @@ impl Planner<'_> {
             Ok(g) => g,
             Err(problems) => return self.invalid(problems.join("; ")),
         };
+        let stopping = self.input.spec.cancel || self.input.deleting;
+        if let (super::Admission::Queued(reason), false) = (&self.input.admission, stopping)
+            && self.plan.status.start_time.is_none()
+        {
+            return self.queue(reason);
+        }
         if let Err(problem) = self.start(&composition) {
             return self.invalid(problem);
         }
@@ -137,6 +149,45 @@ impl Planner<'_> {
                 self.input.spec.composition, self.input.namespace
             )
         })
+    }
+
+    /// The run waits for an Agent slot: phase Queued, and the reason in its condition.
+    fn queue(&mut self, reason: &str) {
+        let now = self.input.now;
+        let status = &mut self.plan.status;
+        if status.phase != RunPhase::Queued {
+            self.plan
+                .events
+                .push(normal("RunQueued", format!("run queued: {reason}")));
+        }
+        status.phase = RunPhase::Queued;
+        set_condition(
+            &mut status.conditions,
+            "Succeeded",
+            "Unknown",
+            "Queued",
+            reason,
+            now,
+        );
+    }
+
+    /// Takes one new step pod from the Agent's free capacity; false when none is left.
+    fn take_pod_budget(&mut self) -> bool {
+        match &mut self.pod_budget {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+        }
+    }
+
+    /// The step cannot start its pod for lack of Agent capacity: say so and look again soon.
+    fn wait_for_capacity(&mut self, i: usize) {
+        self.plan.status.steps[i].message = Some("waiting for agent capacity".into());
+        let at = add(self.input.now, CAPACITY_RECHECK);
+        self.requeue_at(at);
     }
 
     fn invalid(&mut self, message: String) {
@@ -285,6 +336,9 @@ impl Planner<'_> {
                 }
                 Err(e) => return self.finish_step(i, StepPhase::Failed, format!("when: {e}")),
             }
+        }
+        if step.task.is_some() && !self.take_pod_budget() {
+            return self.wait_for_capacity(i);
         }
         let now = self.input.now;
         self.plan.status.steps[i].start_time = Some(Time(now));
@@ -604,6 +658,9 @@ impl Planner<'_> {
             Some(at) if self.input.now < at => self.requeue_at(at),
             _ => {
                 let next = st.attempts + 1;
+                if !self.take_pod_budget() {
+                    return self.wait_for_capacity(i);
+                }
                 if let Some(task) = composition.steps[i].task.clone() {
                     self.start_attempt(composition, i, &task, next);
                 }

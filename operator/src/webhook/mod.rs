@@ -292,6 +292,8 @@ impl Webhook {
                 composition: composition_name.clone(),
                 params: push::run_params(trigger, push, declared),
                 cancel: false,
+                // A pushed commit queues like a manual run.
+                priority: 0,
             },
             status: None,
         };

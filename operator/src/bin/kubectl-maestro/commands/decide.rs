@@ -122,6 +122,7 @@ mod tests {
                 composition: "c".into(),
                 params: Default::default(),
                 cancel: false,
+                priority: 0,
             },
         );
         run.status = Some(CompositionRunStatus {

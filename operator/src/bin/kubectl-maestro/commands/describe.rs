@@ -55,6 +55,17 @@ pub fn describe(run: &CompositionRun, now: Timestamp) -> String {
         },
     );
     field("Progress", status.progress.as_deref().unwrap_or(NONE));
+    if let Some(agent) = &status.agent {
+        let cache = if agent.cache_hit {
+            "warm cache"
+        } else {
+            "cold cache"
+        };
+        field(
+            "Agent",
+            &format!("{} slot {} ({cache})", agent.name, agent.slot),
+        );
+    }
     if run.spec.cancel {
         field("Cancel", "requested");
     }
@@ -256,6 +267,7 @@ mod tests {
                 composition: "acceptance-tests".into(),
                 params: BTreeMap::from([("version".into(), "1.4.3".into())]),
                 cancel: false,
+                priority: 0,
             },
         );
         run.metadata.namespace = Some("qa".into());
@@ -337,5 +349,33 @@ Resources:
   ec2-instance   i-0d1e   eu-west-1   provision
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn names_the_agent_slot_of_a_routed_run() {
+        let mut run = CompositionRun::new(
+            "build-abc",
+            CompositionRunSpec {
+                composition: "build".into(),
+                params: BTreeMap::new(),
+                cancel: false,
+                priority: 0,
+            },
+        );
+        run.status = Some(CompositionRunStatus {
+            phase: RunPhase::Running,
+            agent: Some(maestro_operator::api::RunAgent {
+                name: "builders".into(),
+                slot: 1,
+                cache_hit: true,
+                assigned_time: None,
+            }),
+            ..Default::default()
+        });
+        let text = describe(&run, "2025-05-01T10:02:00Z".parse().unwrap());
+        assert!(
+            text.contains("Agent:        builders slot 1 (warm cache)\n"),
+            "{text}"
+        );
     }
 }

@@ -95,6 +95,7 @@ mod tests {
                 composition: "acceptance-tests".into(),
                 params: Default::default(),
                 cancel: false,
+                priority: 0,
             },
         );
         run.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));

@@ -44,6 +44,7 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
             composition: args.composition.clone(),
             params,
             cancel: false,
+            priority: 0,
         },
     );
     new_run.metadata.name = None;
