@@ -76,6 +76,15 @@ impl GitRunner {
                 .arg("-c")
                 .arg(format!("credential.helper={CREDENTIAL_HELPER}"));
         }
+        if let Some(dir) = dir {
+            // The workspace's root belongs to the volume (root, or the node's directory
+            // owner), not to the step's user: git would refuse it as "dubious ownership".
+            // This directory is the one the task was told to check out into, so trust it;
+            // a command-line setting is one git honours for this.
+            let mut trusted = std::ffi::OsString::from("safe.directory=");
+            trusted.push(dir.as_os_str());
+            command.arg("-c").arg(trusted).current_dir(dir);
+        }
         command
             .args(args)
             // A missing or wrong password must fail, not wait for a terminal that never answers.
@@ -91,9 +100,6 @@ impl GitRunner {
             None => {
                 command.env_remove(USERNAME_VAR).env_remove(PASSWORD_VAR);
             }
-        }
-        if let Some(dir) = dir {
-            command.current_dir(dir);
         }
         let subcommand = args
             .first()
