@@ -108,10 +108,11 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
                 "paths": ["src/**"],
                 "secretRef": {"name": "push-hook"}
             }]},
+            // Into the workspace's root, a directory the volume owns, not the step's user.
             "steps": [{
                 "name": "checkout",
                 "task": "git",
-                "with": {"repo": "{{ params.repository }}", "ref": "{{ params.commitSha }}", "path": "app"}
+                "with": {"repo": "{{ params.repository }}", "ref": "{{ params.commitSha }}"}
             }]
         }
     }))?;
