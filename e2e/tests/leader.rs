@@ -42,6 +42,8 @@ impl Replica {
             .args(["--namespace", ns, "--lease-namespace", ns])
             .args(["--library-namespace", LIBRARY_NAMESPACE])
             .args(["--metrics-addr", "127.0.0.1:0"])
+            // Two replicas on one host: each its own webhook port.
+            .args(["--webhook-addr", "127.0.0.1:0"])
             .env("POD_NAME", identity)
             .env("MAESTRO_LOG_LEVEL", "info,maestro_operator=debug")
             .stdout(Stdio::from(file.try_clone()?))
