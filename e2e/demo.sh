@@ -32,7 +32,9 @@ stop_pid maestro-operator   # an operator process of an older demo
 # operator watches the demo's namespace only, so it never competes with the operators of
 # tests on the same cluster. The operator's leader installs the Task library.
 log "installing Maestro with Helm (charts/maestro) into maestro-system"
-helm_args=(charts/maestro -n maestro-system --take-ownership --wait --timeout 5m)
+# --take-ownership and --force-conflicts: on a cluster the e2e tests used, the CRDs and the
+# approval policy already exist, applied by the tests' harness; the release adopts them.
+helm_args=(charts/maestro -n maestro-system --take-ownership --force-conflicts --wait --timeout 5m)
 (cd "$top" && helm upgrade --install maestro "${helm_args[@]}" --set watchNamespace="$ns" >/dev/null)
 for _ in $(seq 1 60); do
   leader=$(kubectl get lease maestro-operator -n maestro-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
