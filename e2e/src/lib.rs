@@ -126,3 +126,37 @@ where
         }
     }
 }
+
+/// Waits until `api` lists no object (what the garbage collector or the operator was to
+/// delete), or fails after `timeout` with how many are left.
+pub async fn wait_all_gone<K>(what: &str, timeout: Duration, api: &Api<K>) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(what, timeout, || async {
+        let left = api
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await
+}
+
+/// The holderIdentity of the Lease `name`, `None` when there is no Lease or no holder.
+pub async fn lease_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let lease = leases.get_opt(name).await.map_err(|e| e.to_string())?;
+    Ok(lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}

@@ -15,7 +15,7 @@ use kube::{
 use maestro_e2e::{
     maestro::Env,
     wait_for,
-    world::{Moto, Sink, run},
+    world::{Moto, Sink, TempDir, run},
 };
 use maestro_operator::api::{CompositionRun, RunPhase, StepPhase};
 use serde_json::json;
@@ -40,34 +40,13 @@ struct World {
     env: Env,
     sink: Sink,
     moto: Moto,
-    _dir: tempdir::Dir,
+    _dir: TempDir,
     war: Vec<u8>,
-}
-
-mod tempdir {
-    /// A temporary folder removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(prefix: &str) -> std::io::Result<Self> {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            let path = std::env::temp_dir().join(format!("{prefix}-{nanos}"));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 async fn world(prefix: &str) -> anyhow::Result<World> {
     let env = Env::new(prefix).await?;
-    let dir = tempdir::Dir::new(&format!("maestro-{prefix}"))?;
+    let dir = TempDir::new(&format!("maestro-{prefix}"))?;
     let war = make_world(&dir.0)?;
     let sink = Sink::start(&dir.0).await?;
     let moto = Moto::start().await?;

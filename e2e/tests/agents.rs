@@ -3,7 +3,7 @@
 //! namespace (hostPath mode). Each test has its own namespace and operator, so they run
 //! at once.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
@@ -14,7 +14,7 @@ use kube::{
 use maestro_e2e::{
     maestro::{Env, metrics_addr_from_log, repo_root},
     wait_for,
-    world::{Sink, run},
+    world::{Sink, TempDir, run},
 };
 use maestro_operator::{
     api::{Agent, CompositionRun, RunAgent, RunPhase, StepStatus},
@@ -22,27 +22,6 @@ use maestro_operator::{
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);
-
-/// A temporary folder removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!("{prefix}-{nanos}"));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn assignment(run: &CompositionRun) -> Result<RunAgent> {
     run.status

@@ -35,9 +35,9 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use maestro_e2e::{
-    TestNamespace, client,
+    TestNamespace, client, lease_holder,
     maestro::{apply_file, repo_root, start_run, wait_finished},
-    wait_for,
+    wait_all_gone, wait_for,
 };
 use maestro_operator::api::{CompositionRun, RunPhase, StepPhase, Task};
 use serde::Deserialize as _;
@@ -761,18 +761,6 @@ async fn rolled_out(client: &Client, release: &Release) -> Result<Vec<String>> {
     }
 }
 
-/// The Lease's holderIdentity, `None` when there is no Lease or no holder.
-async fn lease_holder(leases: &Api<Lease>) -> Result<Option<String>, String> {
-    let lease = leases
-        .get_opt("maestro-operator")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(lease
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty()))
-}
-
 /// The chart's two replicas: while examples/leader-takeover runs, the leader's pod is
 /// deleted without grace (as when its node fails). The other replica holds the Lease
 /// within 15 s and finishes the run, with exactly one pod per step.
@@ -792,7 +780,7 @@ async fn leader_pod_killed_mid_run(
     .await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &release.namespace);
     let leader = wait_for("a replica to lead", Duration::from_secs(30), || async {
-        match lease_holder(&leases).await? {
+        match lease_holder(&leases, "maestro-operator").await? {
             Some(h) if replicas.contains(&h) => Ok(h),
             other => Err(format!("holder {other:?}, replicas {replicas:?}")),
         }
@@ -831,7 +819,7 @@ async fn leader_pod_killed_mid_run(
         "another replica to take the Lease",
         TAKEOVER_LIMIT + Duration::from_secs(10),
         || async {
-            match lease_holder(&leases).await? {
+            match lease_holder(&leases, "maestro-operator").await? {
                 Some(h) if h != leader => Ok(h),
                 other => Err(format!(
                     "holder {other:?} (killed {leader}, replicas {replicas:?})"
@@ -1280,22 +1268,10 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     runs_api
         .delete_collection(&DeleteParams::background(), &ListParams::default())
         .await?;
-    wait_for(
+    wait_all_gone(
         "the runs to be deleted by the operator",
         Duration::from_secs(60),
-        || async {
-            let left = runs_api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if left == 0 {
-                Ok(())
-            } else {
-                Err(format!("{left} left"))
-            }
-        },
+        &runs_api,
     )
     .await?;
     let uninstalled = release
@@ -1310,22 +1286,10 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         assert!(roles.get_opt(&role).await?.is_none(), "{role} left behind");
     }
     // The garbage collector removes the library with the Deployment that owned it.
-    wait_for(
+    wait_all_gone(
         "the library Tasks to go with the operator's Deployment",
         Duration::from_secs(60),
-        || async {
-            let left = tasks
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if left == 0 {
-                Ok(())
-            } else {
-                Err(format!("{left} left"))
-            }
-        },
+        &tasks,
     )
     .await?;
     for name in CRDS {

@@ -71,11 +71,7 @@ impl Replica {
 
 /// The Lease's holderIdentity, `None` when there is no Lease or no holder.
 async fn holder(leases: &Api<Lease>) -> Result<Option<String>, String> {
-    let lease = leases.get_opt(LEASE).await.map_err(|e| e.to_string())?;
-    Ok(lease
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty()))
+    maestro_e2e::lease_holder(leases, LEASE).await
 }
 
 /// On SIGTERM (a rolling update, a drain) the leader clears holderIdentity as it stops,

@@ -61,8 +61,8 @@ pub fn slot_claim(
     owner: OwnerReference,
     claim: &CacheClaim,
 ) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
+    owned_claim(
+        ObjectMeta {
             name: Some(slot_claim_name(agent, slot)),
             namespace: Some(namespace.into()),
             labels: Some(BTreeMap::from([
@@ -73,13 +73,26 @@ pub fn slot_claim(
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
+        claim.storage_class_name.clone(),
+        &claim.size,
+    )
+}
+
+/// A ReadWriteOnce claim of `size` from `storage_class` (`None`: the default class).
+fn owned_claim(
+    metadata: ObjectMeta,
+    storage_class: Option<String>,
+    size: &str,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: claim.storage_class_name.clone(),
+            storage_class_name: storage_class,
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
-                    Quantity(claim.size.clone()),
+                    Quantity(size.to_string()),
                 )])),
                 ..VolumeResourceRequirements::default()
             }),
@@ -129,8 +142,8 @@ pub fn workspace_claim(
     owner: OwnerReference,
     claim: &WorkspaceClaim,
 ) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
+    owned_claim(
+        ObjectMeta {
             name: Some(workspace_claim_name(run_name)),
             namespace: Some(namespace.into()),
             labels: Some(BTreeMap::from([
@@ -140,20 +153,9 @@ pub fn workspace_claim(
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: claim.storage_class.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(claim.size.clone()),
-                )])),
-                ..VolumeResourceRequirements::default()
-            }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
-        status: None,
-    }
+        claim.storage_class.clone(),
+        &claim.size,
+    )
 }
 
 /// The user and group step pods run as (the agent image's `maestro` user).
