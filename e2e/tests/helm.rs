@@ -1,7 +1,8 @@
 //! The Helm chart (charts/maestro) end to end: it lints; its RBAC has no wildcard and no
 //! Secret; its kustomize bases equal a fresh render; and on the real cluster, with Helm 4
 //! and with Helm 3 alike, it lints, `helm install` installs it, the in-cluster operator
-//! (reaching the API through the kubernetes Service) runs examples/hello, `helm upgrade`
+//! (reaching the API through the kubernetes Service) runs examples/hello and answers a
+//! push through the webhook Service, `helm upgrade`
 //! rolls the operator, the leader's pod killed mid-run hands over to the other replica
 //! within 15 s and the run finishes, the ServiceAccount and the user roles can do what
 //! they need and nothing more, and `helm uninstall` removes the operator and its Task
@@ -24,7 +25,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         coordination::v1::Lease,
-        core::v1::{Namespace, Pod},
+        core::v1::{Namespace, Pod, Service},
         events::v1::Event,
         rbac::v1::ClusterRole,
     },
@@ -1046,6 +1047,50 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         "no event reported by {first_pods:?}: {reporters:?}"
     );
     eprintln!("[{major}] hello run: {:?}", step.elapsed());
+
+    // The webhook Service reaches the operator's webhook endpoint: a push of a repository
+    // no composition has a trigger for is answered 202, and nothing starts.
+    let step = Instant::now();
+    let services: Api<Service> = Api::namespaced(client.clone(), &release.namespace);
+    let webhook = services.get(&format!("{}-webhook", release.name)).await?;
+    let cluster_ip = webhook
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .context("the webhook Service has no cluster IP")?;
+    let url = format!("http://{cluster_ip}/hooks/github");
+    let answer = wait_for(
+        "the webhook Service to answer",
+        Duration::from_secs(30),
+        || async {
+            let out = exec_bin(
+                Path::new("curl"),
+                &[
+                    "-sS", "-m", "5", "-w", "\n%{http_code}", "-X", "POST", "-H",
+                    "Content-Type: application/json", "-H", "X-GitHub-Event: push", "-H",
+                    "X-GitHub-Delivery: helm-e2e-1", "--data-binary",
+                    r#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000001","repository":{"clone_url":"https://git.example.invalid/nobody/none.git","html_url":"https://git.example.invalid/nobody/none"}}"#,
+                    &url,
+                ],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if out.ok {
+                Ok(out.stdout)
+            } else {
+                Err(out.stderr)
+            }
+        },
+    )
+    .await?;
+    assert!(
+        answer.trim_end().ends_with("202") && answer.contains("no_match"),
+        "webhook answer through the Service: {answer}"
+    );
+    eprintln!(
+        "[{major}] webhook through its Service: {:?}",
+        step.elapsed()
+    );
 
     // Upgrade with a changed value: the pod rolls and the new one has the new setting.
     // The CRDs are release objects, applied again by every upgrade: a label removed from
