@@ -314,14 +314,24 @@ fn strip_ansi(s: &str) -> String {
 /// The address the operator serves /metrics on, from the line it logs at startup
 /// (`serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT`).
 pub fn metrics_addr_from_log(log: &Path) -> Result<String, String> {
+    addr_from_log(log, "serving /metrics")
+}
+
+/// The address the operator serves git push webhooks on, from its log.
+pub fn webhook_addr_from_log(log: &Path) -> Result<String, String> {
+    addr_from_log(log, "serving git push webhooks")
+}
+
+/// The `addr=` field of the operator's last log line that holds `marker`.
+fn addr_from_log(log: &Path, marker: &str) -> Result<String, String> {
     let text = strip_ansi(&std::fs::read_to_string(log).map_err(|e| e.to_string())?);
     text.lines()
         .rev()
-        .filter(|l| l.contains("serving /metrics"))
+        .filter(|l| l.contains(marker))
         .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim()))
         .and_then(|a| a.split_whitespace().next())
         .map(str::to_string)
-        .ok_or_else(|| "no `serving /metrics` line in the operator's log yet".to_string())
+        .ok_or_else(|| format!("no `{marker}` line in the operator's log yet"))
 }
 
 /// Creates a run of `composition` with `params`.

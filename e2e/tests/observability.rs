@@ -2,7 +2,9 @@
 //! that succeeds and one that fails while Prometheus (Debian's `prometheus` package, see
 //! e2e/cluster/install-deps.sh) scrapes its /metrics every second; then every query of
 //! every panel in charts/maestro/dashboards/maestro.json, with Grafana's template
-//! variables filled in, must return data through Prometheus's HTTP API.
+//! variables filled in, must return data through Prometheus's HTTP API. The namespace has
+//! an Agent pool, so the runs are routed to its slots (the agent panels), and one push
+//! reaches the webhook endpoint (the webhook panel).
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use maestro_e2e::{
-    maestro::{Env, apply_file, metrics_addr_from_log, repo_root},
+    maestro::{Env, apply_file, metrics_addr_from_log, repo_root, webhook_addr_from_log},
     wait_for,
 };
 use maestro_operator::api::RunPhase;
@@ -53,6 +55,21 @@ spec:
         script: |
           echo "failing on purpose"
           exit 1
+"#;
+
+/// A pool with a slot for each run that can be in flight at once (hello, always-fails and
+/// long-job), so nothing queues for long; the second round's runs find their slots warm.
+const POOL: &str = r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Agent
+metadata:
+  name: pool
+spec:
+  capacity: 4
+  slots: 3
+  affinityWait: 5s
+  cache:
+    persistentVolumeClaim: {size: 100Mi}
 "#;
 
 /// A Prometheus server in a temporary directory, scraping one target; killed and its
@@ -165,12 +182,39 @@ fn free_local_addr() -> Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
+/// A minimal HTTP/1.0 POST of a JSON body with `headers`; returns the status code and
+/// the body.
+fn http_post(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    )?;
+    for (name, value) in headers {
+        write!(stream, "{name}: {value}\r\n")?;
+    }
+    write!(stream, "\r\n{body}")?;
+    read_response(addr, stream)
+}
+
 /// A minimal HTTP/1.0 GET (the server closes the connection after the response, with no
 /// chunked encoding); returns the status code and the body.
 fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    read_response(addr, stream)
+}
+
+/// The status code and body of the response on `stream` (the server closes it after).
+fn read_response(addr: &str, mut stream: TcpStream) -> Result<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response
@@ -294,6 +338,27 @@ async fn every_dashboard_panel_has_data_in_prometheus() -> Result<()> {
     let failing = prometheus.dir.join("always-fails.yaml");
     std::fs::write(&failing, FAILING)?;
     apply_file(&env.client, &env.ns.name, &failing).await?;
+    let pool = prometheus.dir.join("pool.yaml");
+    std::fs::write(&pool, POOL)?;
+    apply_file(&env.client, &env.ns.name, &pool).await?;
+
+    // A push of a repository no composition has a trigger for: answered, counted.
+    let webhook_addr = wait_for(
+        "the operator to log its webhook address",
+        Duration::from_secs(30),
+        || async { webhook_addr_from_log(&env.operator.log) },
+    )
+    .await?;
+    let (status, body) = http_post(
+        &webhook_addr,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "observability-1"),
+        ],
+        r#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000001","repository":{"clone_url":"https://git.example.invalid/nobody/none.git"}}"#,
+    )?;
+    assert_eq!(status, 202, "webhook answer: {body}");
 
     // Two rounds: a counter appears only when its first run ends, at 1, and rate() and
     // increase() see the second run of each composition as the counter's increase.
@@ -441,6 +506,30 @@ async fn every_dashboard_panel_has_data_in_prometheus() -> Result<()> {
         },
     )
     .await?;
+    // Both rounds ran on the pool: the second round's hello and always-fails found the
+    // slots their first runs had left warm.
+    let hits = prometheus
+        .sum(r#"maestro_agent_cache_hits_total{agent="pool"}"#)
+        .await?;
+    let misses = prometheus
+        .sum(r#"maestro_agent_cache_misses_total{agent="pool"}"#)
+        .await?;
+    assert!(
+        hits >= 2.0 && misses >= 2.0,
+        "cache hits {hits}, misses {misses}"
+    );
+    // ...and the panels show it: a hit ratio above 0, the delivery counted.
+    for (title, what) in [
+        ("Warm-cache hit ratio", "hit ratio"),
+        ("Webhook deliveries by result", "deliveries"),
+    ] {
+        let panel = queries
+            .iter()
+            .find(|q| q.panel == title)
+            .with_context(|| format!("no {title} panel"))?;
+        let value = prometheus.sum(&substitute(&panel.expr)).await?;
+        assert!(value > 0.0, "{what} {value}");
+    }
     Ok(())
 }
 

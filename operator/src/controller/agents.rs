@@ -376,10 +376,21 @@ pub async fn status_loop(ctx: std::sync::Arc<Context>) {
             let ready = ensure_claims(&ctx, agent, &mut claims_made).await;
             let added = new_counts.get(&key).copied().unwrap_or_default();
             let status = agent_status(&ctx, agent, added, ready);
+            let name = agent.name_any();
             ctx.metrics
                 .agent_slots_busy
-                .with_label_values(&[agent.name_any().as_str()])
+                .with_label_values(&[name.as_str()])
                 .set(i64::from(status.busy_slots));
+            // The counters exist at 0 from the Agent's first sight: Prometheus sees no
+            // increase in a series that is born at 1.
+            let _ = ctx
+                .metrics
+                .agent_cache_hits
+                .with_label_values(&[name.as_str()]);
+            let _ = ctx
+                .metrics
+                .agent_cache_misses
+                .with_label_values(&[name.as_str()]);
             if agent.status.as_ref() != Some(&status)
                 && let Err(e) = write_status(&ctx, agent, &status).await
             {

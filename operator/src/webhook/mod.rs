@@ -57,6 +57,13 @@ pub async fn serve(
     metrics: Metrics,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
+    for provider in [Provider::GitHub, Provider::GitLab, Provider::Gitea] {
+        for result in Outcome::PROVIDER_RESULTS {
+            let _ = metrics
+                .webhook_deliveries
+                .with_label_values(&[provider.name(), result]);
+        }
+    }
     tracing::info!(addr = %listener.local_addr()?, "serving git push webhooks on /hooks/github, /hooks/gitlab, /hooks/gitea");
     serve_on(
         listener,

@@ -48,6 +48,21 @@ impl Outcome {
         }
     }
 
+    /// Every value [`Outcome::result`] gives for a provider's endpoint, so the counters
+    /// exist at 0 before the first delivery (Prometheus sees no increase in a series that
+    /// is born at 1).
+    pub const PROVIDER_RESULTS: [&'static str; 9] = [
+        "created",
+        "duplicate",
+        "no_match",
+        "ping",
+        "ignored",
+        "unauthorized",
+        "too_large",
+        "malformed",
+        "error",
+    ];
+
     pub fn result(&self) -> &'static str {
         match self {
             Self::Created { .. } => "created",

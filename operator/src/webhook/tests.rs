@@ -29,6 +29,23 @@ fn refusals_have_their_documented_codes_and_results() {
         assert_eq!(outcome.result(), result);
         assert_eq!(outcome.body()["result"], result);
     }
+    // Every answer a provider's endpoint gives has its counter made at 0 up front.
+    for outcome in [
+        Outcome::Unauthorized("x".into()),
+        Outcome::TooLarge,
+        Outcome::Malformed("x".into()),
+        Outcome::NoMatch("x".into()),
+        Outcome::Created { runs: vec![] },
+        Outcome::Duplicate { runs: vec![] },
+        Outcome::Pong,
+        Outcome::Ignored("x".into()),
+        Outcome::Error("x".into()),
+    ] {
+        assert!(
+            Outcome::PROVIDER_RESULTS.contains(&outcome.result()),
+            "{outcome:?}"
+        );
+    }
     assert_eq!(
         Outcome::Duplicate {
             runs: vec!["r".into()]
