@@ -108,11 +108,16 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
                 "paths": ["src/**"],
                 "secretRef": {"name": "push-hook"}
             }]},
-            // Into the workspace's root, a directory the volume owns, not the step's user.
+            // Into the workspace's root, a directory the volume owns, not the step's user;
+            // then the user's own git reads that clone in a shell step.
             "steps": [{
                 "name": "checkout",
                 "task": "git",
                 "with": {"repo": "{{ params.repository }}", "ref": "{{ params.commitSha }}"}
+            }, {
+                "name": "inspect",
+                "task": "shell",
+                "with": {"script": "git -C /workspace rev-parse HEAD > \"$MAESTRO_OUTPUTS/head\""}
             }]
         }
     }))?;
@@ -323,6 +328,16 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
             checkout.outputs.get("commit"),
             Some(&pushed.sha),
             "{name}: the git step checked out the pushed commit"
+        );
+        let inspect = status
+            .steps
+            .iter()
+            .find(|s| s.name == "inspect")
+            .context("no inspect step")?;
+        assert_eq!(
+            inspect.outputs.get("head").map(|h| h.trim()),
+            Some(pushed.sha.as_str()),
+            "{name}: git in a shell step reads the clone in the workspace's root"
         );
     }
     let github = created

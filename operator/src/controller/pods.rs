@@ -421,6 +421,12 @@ fn step_env(pod: &StepPod, run_name: &str, template: Option<&AgentTemplate>) -> 
             "MAESTRO_CONTEXT",
             serde_json::to_string(&pod.context).unwrap_or_else(|_| "{}".into()),
         ),
+        // The workspace's root belongs to its volume, not to the step's user, so git in
+        // any step would refuse a clone there as "dubious ownership". Configuration from
+        // these variables is command-line configuration, which git honours for this.
+        var("GIT_CONFIG_COUNT", "1".into()),
+        var("GIT_CONFIG_KEY_0", "safe.directory".into()),
+        var("GIT_CONFIG_VALUE_0", WORKSPACE_DIR.into()),
     ];
     for (name, value) in &pod.inputs {
         let text = match value {
@@ -543,6 +549,8 @@ mod tests {
         assert_eq!(env["MAESTRO_INPUT_SCRIPT"], "echo hi");
         assert_eq!(env["MAESTRO_INPUT_COUNT"], "3");
         assert_eq!(env["MAESTRO_INPUTS"], r#"{"count":3,"script":"echo hi"}"#);
+        assert_eq!(env["GIT_CONFIG_KEY_0"], "safe.directory");
+        assert_eq!(env["GIT_CONFIG_VALUE_0"], "/workspace");
         assert_eq!(spec.active_deadline_seconds, Some(90));
         let from = main.env_from.as_ref().unwrap();
         assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "aws-credentials");
