@@ -87,24 +87,35 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop cannot await, and the test's client is bound to the test's runtime, which
-        // this thread blocks: delete from a thread with its own runtime and client.
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(client) = Client::try_default().await {
-                    let api = Api::<Namespace>::all(client);
-                    let _ = api.delete(&name, &DeleteParams::background()).await;
-                }
-            });
+        cleanup_in_drop(move |client| async move {
+            let api = Api::<Namespace>::all(client);
+            let _ = api.delete(&name, &DeleteParams::background()).await;
         });
-        let _ = handle.join();
     }
+}
+
+/// Runs `cleanup` to its end from a `Drop`. Drop cannot await, and the test's client is
+/// bound to the test's runtime, which the dropping thread blocks: so the cleanup runs on
+/// a thread with a runtime and a client of its own, and the drop waits for it.
+pub fn cleanup_in_drop<F, Fut>(cleanup: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let handle = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok(client) = Client::try_default().await {
+                cleanup(client).await;
+            }
+        });
+    });
+    let _ = handle.join();
 }
 
 /// Polls `probe` every 500 ms until it returns `Ok`, or fails after `timeout` naming

@@ -465,21 +465,7 @@ impl Drop for Env {
     /// test namespace does not hang in Terminating.
     fn drop(&mut self) {
         let ns = self.ns.name.clone();
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                delete_runs(&client, &ns).await;
-            });
-        });
-        let _ = handle.join();
+        crate::cleanup_in_drop(move |client| async move { delete_runs(&client, &ns).await });
     }
 }
 

@@ -670,35 +670,23 @@ impl Drop for Release {
             self.namespace.clone(),
             self.runs_namespace.clone(),
         );
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                // Runs hold a finalizer only the operator removes: delete them while it
-                // still runs, then strip what is left.
-                maestro_e2e::maestro::delete_runs(&client, &runs_namespace).await;
-                let _ = exec_bin(
-                    &helm,
-                    &[
-                        "uninstall",
-                        &name,
-                        "--namespace",
-                        &namespace,
-                        "--ignore-not-found",
-                    ],
-                )
-                .await;
-                release_crds(&client, &name).await;
-            });
+        maestro_e2e::cleanup_in_drop(move |client| async move {
+            // Runs hold a finalizer only the operator removes: delete them while it still
+            // runs, then strip what is left.
+            maestro_e2e::maestro::delete_runs(&client, &runs_namespace).await;
+            let _ = exec_bin(
+                &helm,
+                &[
+                    "uninstall",
+                    &name,
+                    "--namespace",
+                    &namespace,
+                    "--ignore-not-found",
+                ],
+            )
+            .await;
+            release_crds(&client, &name).await;
         });
-        let _ = handle.join();
     }
 }
 
