@@ -392,22 +392,8 @@ mod tests {
 
     use super::*;
     use crate::builtin::test_http_server::{CannedResponse, TestHttpServer};
+    use crate::builtin::test_support::{inputs, step_paths};
     use serde_json::json;
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
-
-    fn step_paths(workspace: &Path) -> StepPaths {
-        StepPaths {
-            outputs_dir: workspace.join(".outputs"),
-            result_path: workspace.join(".result.json"),
-            workspace_dir: workspace.to_path_buf(),
-        }
-    }
 
     fn error_for(value: Value, workspace: &Path) -> String {
         parse_http_inputs(&inputs(value), workspace)

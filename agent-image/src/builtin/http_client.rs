@@ -140,14 +140,8 @@ pub fn human_size(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::builtin::test_http_server::{CannedResponse, TestHttpServer};
-    use serde_json::{Value, json};
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
+    use crate::builtin::test_support::inputs;
+    use serde_json::json;
 
     #[test]
     fn url_inputs_must_be_http_urls() {

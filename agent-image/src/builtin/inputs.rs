@@ -97,14 +97,8 @@ pub fn path_in_workspace(given: &str, workspace_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::test_support::inputs;
     use serde_json::json;
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
 
     #[test]
     fn required_strings_must_be_given_and_not_blank() {

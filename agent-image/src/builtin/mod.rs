@@ -10,6 +10,8 @@ mod notify;
 mod shell;
 #[cfg(test)]
 mod test_http_server;
+#[cfg(test)]
+mod test_support;
 
 use std::ffi::OsString;
 

@@ -114,13 +114,7 @@ async fn post(notification: &NotifyInputs) -> Result<BTreeMap<String, String>, S
 mod tests {
     use super::*;
     use crate::builtin::test_http_server::{CannedResponse, TestHttpServer};
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
+    use crate::builtin::test_support::inputs;
 
     fn no_paths() -> StepPaths {
         StepPaths::from_lookup(|_| None)

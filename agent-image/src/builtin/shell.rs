@@ -112,14 +112,8 @@ pub fn resolve_working_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::test_support::inputs;
     use serde_json::{Value, json};
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
 
     fn error_for(value: Value) -> String {
         parse_shell_inputs(&inputs(value)).err().unwrap_or_default()

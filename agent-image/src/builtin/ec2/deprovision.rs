@@ -288,16 +288,10 @@ fn in_order<'a>(ids: &[String], subset: impl IntoIterator<Item = &'a String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::test_support::inputs;
     use crate::result::ExternalResource;
     use aws_sdk_ec2::types::InstanceState;
     use serde_json::{Value, json};
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
 
     #[test]
     fn ids_come_as_a_list_or_comma_separated_and_are_deduplicated() {

@@ -123,14 +123,8 @@ pub fn is_instance_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::test_support::inputs;
     use serde_json::json;
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
 
     #[test]
     fn lists_accept_arrays_and_comma_separated_text() {

@@ -509,15 +509,9 @@ fn provision_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin::test_support::inputs;
     use aws_sdk_ec2::types::{InstanceState, StateReason};
     use serde_json::json;
-
-    fn inputs(value: Value) -> Inputs {
-        match value {
-            Value::Object(map) => map,
-            _ => Inputs::new(),
-        }
-    }
 
     fn step_env(name: &str) -> Option<String> {
         match name {

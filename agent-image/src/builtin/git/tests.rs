@@ -10,6 +10,7 @@ use tempfile::TempDir;
 use super::runner::GitCredentials;
 use super::*;
 use crate::builtin::test_http_server::{CannedResponse, TestHttpServer};
+use crate::builtin::test_support::{inputs, step_paths};
 
 /// Runs git in `dir` with a fixed identity, so commits work on any machine.
 fn git_in(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -74,21 +75,6 @@ fn commit(dir: &Path, file: &str, content: &str) -> anyhow::Result<String> {
     git_in(dir, &["add", file])?;
     git_in(dir, &["commit", "-q", "-m", &format!("{file}: {content}")])?;
     git_in(dir, &["rev-parse", "HEAD"])
-}
-
-fn inputs(value: Value) -> Inputs {
-    match value {
-        Value::Object(map) => map,
-        _ => Inputs::new(),
-    }
-}
-
-fn step_paths(workspace: &Path) -> StepPaths {
-    StepPaths {
-        outputs_dir: workspace.join(".outputs"),
-        result_path: workspace.join(".result.json"),
-        workspace_dir: workspace.to_path_buf(),
-    }
 }
 
 fn output<'result>(result: &'result StepResult, name: &str) -> &'result str {
