@@ -38,7 +38,7 @@ unit:
 
 # The Helm chart reads no file outside its folder: copy crds/ into it (it renders them as
 # templates, so helm upgrade upgrades them), then render the kustomize bases from it. Tests
-# fail when either copy is stale (operator/tests/chart_crds_fresh.rs, e2e/tests/helm.rs).
+# fail when either copy is stale (operator/api/tests/chart_crds_fresh.rs, e2e/tests/helm.rs).
 chart:
 	rm -f charts/maestro/files/crds/*.yaml
 	cp crds/*.yaml charts/maestro/files/crds/

@@ -1,13 +1,10 @@
 //! The step result: what the agent reports to the operator, and writing it within the size
 //! limit of a pod's termination message.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
-
-/// The kubelet keeps at most this many bytes of a container's termination message.
-pub const RESULT_SIZE_LIMIT_BYTES: usize = 4096;
+/// The step result and its size limit are the protocol's, shared with the operator.
+pub use maestro_protocol::{ExternalResource, RESULT_SIZE_LIMIT_BYTES, StepResult};
 
 /// Exit code for a step whose command could not be started (the shells' convention).
 pub const EXIT_CANNOT_START: i32 = 127;
@@ -15,61 +12,6 @@ pub const EXIT_CANNOT_START: i32 = 127;
 pub const EXIT_BAD_INPUT: i32 = 2;
 /// Exit code for a step whose command succeeded but whose result the agent could not deliver.
 pub const EXIT_AGENT_FAILURE: i32 = 1;
-
-/// The result of a step, serialized as the JSON the operator reads from the termination
-/// message. Empty fields are left out so small results stay small.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepResult {
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub outputs: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub resources: Vec<ExternalResource>,
-    /// External resources the step removed (ec2-deprovision), for the operator to take off
-    /// the run's ledger.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub released: Vec<ExternalResource>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub report: BTreeMap<String, ReportValue>,
-    pub exit_code: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// An external resource a step created (e.g. an EC2 instance), so the operator can track and
-/// clean it up (or, in `released`, one it removed).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ExternalResource {
-    pub kind: String,
-    pub id: String,
-    pub region: String,
-}
-
-/// A value of a step's report: a number or a string.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "filled by built-ins that report, not implemented yet"
-    )
-)]
-pub enum ReportValue {
-    Number(serde_json::Number),
-    Text(String),
-}
-
-impl StepResult {
-    /// A result for a step that failed before or instead of running its command.
-    pub fn failure(exit_code: i32, error: impl Into<String>) -> Self {
-        Self {
-            exit_code,
-            error: Some(error.into()),
-            ..Self::default()
-        }
-    }
-}
 
 /// A result ready to write: the JSON and the exit code the agent exits with.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +93,10 @@ pub fn write_result(result: &StepResult, path: &Path) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use maestro_protocol::ReportValue;
+
     use super::*;
 
     #[test]

@@ -4,14 +4,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-pub const OUTPUTS_DIR_VAR: &str = "MAESTRO_OUTPUTS";
-pub const RESULT_PATH_VAR: &str = "MAESTRO_RESULT_PATH";
-pub const WORKSPACE_DIR_VAR: &str = "MAESTRO_WORKSPACE";
-pub const INPUTS_VAR: &str = "MAESTRO_INPUTS";
-
-const DEFAULT_OUTPUTS_DIR: &str = "/maestro/outputs";
-const DEFAULT_RESULT_PATH: &str = "/dev/termination-log";
-const DEFAULT_WORKSPACE_DIR: &str = "/workspace";
+use maestro_protocol::env::{DEFAULT_OUTPUTS_DIR, DEFAULT_RESULT_PATH, DEFAULT_WORKSPACE_DIR};
+pub use maestro_protocol::env::{
+    INPUTS as INPUTS_VAR, OUTPUTS_DIR as OUTPUTS_DIR_VAR, RESULT_PATH as RESULT_PATH_VAR,
+    WORKSPACE_DIR as WORKSPACE_DIR_VAR,
+};
 
 /// Paths of a step, from the `MAESTRO_*` variables or their defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 #      MAESTRO_CACHE  cache root (default $HOME/.cache/maestro)
 #      DEBIAN_MIRROR  (default http://deb.debian.org/debian)
 #
-# The images are defined by agent-image/Containerfile, operator/Containerfile,
+# The images are defined by agent-image/Containerfile, operator/controller/Containerfile,
 # e2e/images/pause/Containerfile and examples/plugins/NAME/Containerfile (built from its
 # own folder as localhost/maestro/plugin-NAME:dev); oci_archive.py reads their final
 # stages, so this script holds no package list, user or entrypoint of its own. No registry is reachable from the
@@ -143,7 +143,7 @@ build_pause() {
 
 if [ "$mode" = prepare ]; then
   build_base_layer "$repo/agent-image/Containerfile"
-  build_base_layer "$repo/operator/Containerfile"
+  build_base_layer "$repo/operator/controller/Containerfile"
   for cf in "$repo"/examples/plugins/*/Containerfile; do
     if [ -f "$cf" ]; then build_base_layer "$cf"; fi
   done
@@ -162,8 +162,8 @@ if [ "$mode" = all ]; then
     --file "$bin_dir/maestro-agent" --tag "$agent_image" --out "$out/agent.tar" >&2
   archives+=("$out/agent.tar") names+=("$agent_image")
 
-  build_base_layer "$repo/operator/Containerfile"
-  "${oci[@]}" build "$repo/operator/Containerfile" --base-layer "$BASE_LAYER" \
+  build_base_layer "$repo/operator/controller/Containerfile"
+  "${oci[@]}" build "$repo/operator/controller/Containerfile" --base-layer "$BASE_LAYER" \
     --file "$bin_dir/maestro-operator" --tag "$operator_image" --out "$out/operator.tar" >&2
   archives+=("$out/operator.tar") names+=("$operator_image")
 

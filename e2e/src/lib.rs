@@ -20,7 +20,8 @@ pub fn agent_image() -> String {
 
 /// A client for the cluster that KUBECONFIG names (the local one after `make cluster-up`).
 pub async fn client() -> Result<Client> {
-    maestro_operator::tls::install_crypto_provider();
+    // kube links rustls with aws-lc-rs; choose it once before the first connection.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     Client::try_default()
         .await
         .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")

@@ -20,10 +20,7 @@ use kube::{
         PatchParams, PostParams,
     },
 };
-use maestro_operator::{
-    api::{Composition, CompositionRun, CompositionRunSpec, RunPhase},
-    labels,
-};
+use maestro_api::{Composition, CompositionRun, CompositionRunSpec, RunPhase, labels};
 
 use crate::wait_for;
 

@@ -12,12 +12,12 @@ use kube::{
     Api,
     api::{DeleteParams, PostParams},
 };
+use maestro_api::{CompositionRun, RunPhase, StepPhase};
 use maestro_e2e::{
     maestro::Env,
     wait_for,
     world::{Moto, Sink, TempDir, run},
 };
-use maestro_operator::api::{CompositionRun, RunPhase, StepPhase};
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);

@@ -11,14 +11,11 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, LogParams},
 };
+use maestro_api::{Agent, CompositionRun, RunAgent, RunPhase, StepStatus, labels};
 use maestro_e2e::{
     maestro::{Env, metrics_addr_from_log, repo_root},
     wait_for,
     world::{Sink, TempDir, run},
-};
-use maestro_operator::{
-    api::{Agent, CompositionRun, RunAgent, RunPhase, StepStatus},
-    labels,
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);

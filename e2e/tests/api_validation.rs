@@ -24,18 +24,18 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
+use maestro_api::{Composition, CompositionRun, RunPhase};
 use maestro_e2e::{
     maestro::{Env, apply_file, install_crds, repo_root},
     wait_for,
 };
-use maestro_operator::api::{Composition, CompositionRun, RunPhase};
 use serde_json::json;
 
 /// How long the operator may take to write a composition's Ready condition.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long a run may take to reach a phase.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-/// The message of the CEL transition rule on a CompositionRun's spec (operator/src/api/run.rs).
+/// The message of the CEL transition rule on a CompositionRun's spec (operator/api/src/run.rs).
 const RUN_SPEC_FROZEN: &str =
     "a run's composition, params and priority cannot change once created; start a new run instead";
 /// The message of the rule that keeps a cancelled run cancelled.

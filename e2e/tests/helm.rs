@@ -35,12 +35,12 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
+use maestro_api::{CompositionRun, RunPhase, StepPhase, Task};
 use maestro_e2e::{
     TestNamespace, client, lease_holder,
     maestro::{apply_file, repo_root, start_run, wait_finished},
     wait_all_gone, wait_for,
 };
-use maestro_operator::api::{CompositionRun, RunPhase, StepPhase, Task};
 use serde::Deserialize as _;
 
 const CHART: &str = "charts/maestro";

@@ -13,12 +13,12 @@ use std::{
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
+use maestro_api::{Composition, CompositionRun, RunPhase, StepPhase};
 use maestro_e2e::{
     TestNamespace,
     maestro::{self, LIBRARY_NAMESPACE},
     wait_for,
 };
-use maestro_operator::api::{Composition, CompositionRun, RunPhase, StepPhase};
 
 const LEASE: &str = "maestro-operator";
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);

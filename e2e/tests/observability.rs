@@ -16,11 +16,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use maestro_api::RunPhase;
 use maestro_e2e::{
     maestro::{Env, apply_file, metrics_addr_from_log, repo_root, webhook_addr_from_log},
     wait_for,
 };
-use maestro_operator::api::RunPhase;
 use serde_json::Value;
 
 /// Prometheus's scrape interval in this test; the rate windows below span many of them.
@@ -372,7 +372,7 @@ async fn every_dashboard_panel_has_data_in_prometheus() -> Result<()> {
         }
         let ok = env.wait_finished(&hello, Duration::from_secs(180)).await?;
         let failed = env.wait_finished(&fails, Duration::from_secs(180)).await?;
-        let phase = |r: &maestro_operator::api::CompositionRun| {
+        let phase = |r: &maestro_api::CompositionRun| {
             r.status.as_ref().map(|s| s.phase).unwrap_or_default()
         };
         assert_eq!(phase(&ok), RunPhase::Succeeded, "run {hello}");

@@ -16,18 +16,15 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
 };
-use maestro_e2e::{maestro::Env, wait_for};
-use maestro_operator::{
-    api::{
-        Approval, ApprovalSpec, CompositionRun, CompositionRunStatus, Decision, RunPhase,
-        StepPhase, StepStatus,
-    },
-    labels,
+use maestro_api::{
+    Approval, ApprovalSpec, CompositionRun, CompositionRunStatus, Decision, RunPhase, StepPhase,
+    StepStatus, labels,
 };
+use maestro_e2e::{maestro::Env, wait_for};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn outputs(run: &maestro_operator::api::CompositionRun, step: &str) -> BTreeMap<String, String> {
+fn outputs(run: &maestro_api::CompositionRun, step: &str) -> BTreeMap<String, String> {
     run.status
         .as_ref()
         .and_then(|s| s.steps.iter().find(|x| x.name == step))

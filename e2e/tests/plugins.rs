@@ -13,11 +13,8 @@ use std::{
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use maestro_api::{CompositionRun, RunPhase, StepPhase, StepStatus, labels};
 use maestro_e2e::maestro::{Env, apply_file, repo_root};
-use maestro_operator::{
-    api::{CompositionRun, RunPhase, StepPhase, StepStatus},
-    labels,
-};
 
 const PLUGIN_IMAGE: &str = "localhost/maestro/plugin-semver:dev";
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);

@@ -18,14 +18,11 @@ use kube::{
     Api, ResourceExt,
     api::{ApiResource, DynamicObject, ListParams, PostParams},
 };
+use maestro_api::{Composition, CompositionRun, RunPhase, labels};
 use maestro_e2e::{
     maestro::Env,
     wait_for,
     world::{Sink, TempDir, node_ip},
-};
-use maestro_operator::{
-    api::{Composition, CompositionRun, RunPhase},
-    labels,
 };
 use serde_json::json;
 

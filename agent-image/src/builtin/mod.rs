@@ -15,6 +15,7 @@ mod test_support;
 
 use std::ffi::OsString;
 
+use maestro_protocol::BuiltinTask;
 use serde_json::{Map, Value};
 
 use crate::result::{EXIT_BAD_INPUT, StepResult};
@@ -23,61 +24,38 @@ use crate::step_env::{INPUTS_VAR, StepPaths};
 /// A step's resolved inputs, by name.
 pub type Inputs = Map<String, Value>;
 
-/// The names of the built-in tasks, as the operator passes them.
-pub const BUILTIN_TASK_NAMES: [&str; 7] = [
-    "shell",
-    "git",
-    "http",
-    "ec2-provision",
-    "ec2-deprovision",
-    "notify",
-    "container",
-];
-
 const CONTAINER_TASK_MESSAGE: &str =
     "the container task runs its command with `maestro-agent exec`; this pod was built wrong";
 
 /// Runs the built-in task `name` with the inputs in `MAESTRO_INPUTS`.
 pub async fn run_builtin(name: &str, paths: &StepPaths) -> StepResult {
-    match name {
-        "shell" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
-            Ok(inputs) => shell::run_shell(&inputs, paths).await,
-            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
-        },
-        "ec2-provision" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
-            Ok(inputs) => ec2::run_ec2_provision(&inputs, paths).await,
-            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
-        },
-        "ec2-deprovision" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
-            Ok(inputs) => ec2::run_ec2_deprovision(&inputs, paths).await,
-            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
-        },
-        "git" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
-            Ok(inputs) => git::run_git(&inputs, paths).await,
-            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
-        },
-        "http" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
-            Ok(inputs) => http::run_http(&inputs, paths).await,
-            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
-        },
-        "notify" => match inputs_from(std::env::var_os(INPUTS_VAR)) {
-            Ok(inputs) => notify::run_notify(&inputs, paths).await,
-            Err(message) => StepResult::failure(EXIT_BAD_INPUT, message),
-        },
-        // The operator runs a container task's own image and command under `maestro-agent
-        // exec`; reaching this arm means the step pod was built from the wrong spec.
-        "container" => StepResult::failure(EXIT_BAD_INPUT, CONTAINER_TASK_MESSAGE),
-        known if BUILTIN_TASK_NAMES.contains(&known) => StepResult::failure(
-            EXIT_BAD_INPUT,
-            format!("built-in task {known} is not implemented in this agent version"),
-        ),
-        unknown => StepResult::failure(
+    let Some(builtin) = BuiltinTask::from_name(name) else {
+        let known: Vec<&str> = BuiltinTask::ALL.iter().map(|b| b.as_str()).collect();
+        return StepResult::failure(
             EXIT_BAD_INPUT,
             format!(
-                "unknown built-in task {unknown:?}; the built-in tasks are {}",
-                BUILTIN_TASK_NAMES.join(", ")
+                "unknown built-in task {name:?}; the built-in tasks are {}",
+                known.join(", ")
             ),
-        ),
+        );
+    };
+    if builtin == BuiltinTask::Container {
+        // The operator runs a container task's own image and command under `maestro-agent
+        // exec`; reaching this means the step pod was built from the wrong spec.
+        return StepResult::failure(EXIT_BAD_INPUT, CONTAINER_TASK_MESSAGE);
+    }
+    let inputs = match inputs_from(std::env::var_os(INPUTS_VAR)) {
+        Ok(inputs) => inputs,
+        Err(message) => return StepResult::failure(EXIT_BAD_INPUT, message),
+    };
+    match builtin {
+        BuiltinTask::Shell => shell::run_shell(&inputs, paths).await,
+        BuiltinTask::Git => git::run_git(&inputs, paths).await,
+        BuiltinTask::Http => http::run_http(&inputs, paths).await,
+        BuiltinTask::Ec2Provision => ec2::run_ec2_provision(&inputs, paths).await,
+        BuiltinTask::Ec2Deprovision => ec2::run_ec2_deprovision(&inputs, paths).await,
+        BuiltinTask::Notify => notify::run_notify(&inputs, paths).await,
+        BuiltinTask::Container => StepResult::failure(EXIT_BAD_INPUT, CONTAINER_TASK_MESSAGE),
     }
 }
 

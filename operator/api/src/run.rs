@@ -1,0 +1,259 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One execution of a Composition with its parameters. Its status holds each step's
+/// phase, times, pod and small outputs, the run's shared context, the external resources
+/// it created, and conditions. The spec cannot change once created, except `cancel`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "maestro.dev",
+    version = "v1alpha1",
+    kind = "CompositionRun",
+    namespaced,
+    status = "CompositionRunStatus",
+    shortname = "crun",
+    category = "maestro",
+    printcolumn(name = "Composition", type_ = "string", json_path = ".spec.composition"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    selectable = ".spec.composition",
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a run's name is at most 63 characters: it labels the run's pods"),
+)]
+#[x_kube(
+    validation = Rule::new("self.composition == oldSelf.composition && self.params == oldSelf.params && self.priority == oldSelf.priority").message("a run's composition, params and priority cannot change once created; start a new run instead"),
+    validation = Rule::new("!oldSelf.cancel || self.cancel").message("a cancelled run cannot be resumed"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositionRunSpec {
+    /// The Composition to run, in the run's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub composition: String,
+    /// Values of the composition's parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Set to true to cancel the run: running step pods are stopped, cleanup runs, and
+    /// the run ends in phase Cancelled.
+    #[serde(default)]
+    pub cancel: bool,
+    /// Where the run stands in the queue for Agent slots: higher first, then older first
+    /// (default 0).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// The phase of a run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RunPhase {
+    /// Accepted, not started yet.
+    #[default]
+    Pending,
+    /// Waiting for a slot of an Agent; the Succeeded condition's message says why.
+    Queued,
+    /// The steps have ended; leftover external resources are being removed.
+    CleaningUp,
+    /// Steps are running.
+    Running,
+    /// A step waits for a human approval.
+    WaitingApproval,
+    /// Every step succeeded or was skipped.
+    Succeeded,
+    /// A step failed, the run timed out, or an approval was rejected or timed out.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+    /// The composition is invalid; no step ran. The Invalid condition says why.
+    Invalid,
+}
+
+impl RunPhase {
+    /// Whether the run has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Invalid
+        )
+    }
+}
+
+/// The phase of one step.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StepPhase {
+    /// Not started: waiting for the steps it depends on.
+    #[default]
+    Pending,
+    /// Its pod or child runs are running.
+    Running,
+    /// Failed, waiting for its backoff before the next attempt.
+    Retrying,
+    /// Waiting for a human approval.
+    WaitingApproval,
+    /// Ended well.
+    Succeeded,
+    /// Ended badly after its last attempt.
+    Failed,
+    /// Not run: its `when` was false, or a step before it failed.
+    Skipped,
+    /// Stopped by a cancel.
+    Cancelled,
+}
+
+impl StepPhase {
+    /// Whether the step has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+}
+
+/// What the operator observed of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositionRunStatus {
+    /// The run's phase.
+    #[serde(default)]
+    pub phase: RunPhase,
+    /// Ended steps out of all steps, like `3/7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// When the first step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Each step's state, in the composition's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+    /// The run's shared context: values every step can read as `context.<key>` (the
+    /// workspace path, the failed run that started this one...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, String>,
+    /// The external resources the run created and has not yet removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<LedgerEntry>,
+    /// The removal of what the ledger still held when the run ended (per the
+    /// composition's `cleanup` policy), and its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupStatus>,
+    /// The run started by `onFailure`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure_run: Option<String>,
+    /// The Agent slot the run holds; its steps share that slot's cache volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<RunAgent>,
+    /// The composition's spec as it was when the run started; the run follows this
+    /// snapshot, so editing the composition does not change a run in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::any_json")]
+    pub composition_spec: Option<serde_json::Value>,
+    /// Succeeded (Unknown while the run goes on, then True or False with the reason) and,
+    /// for an invalid composition, Invalid with a message naming the problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The Agent slot a run was assigned to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAgent {
+    /// The Agent.
+    pub name: String,
+    /// The slot's index in the Agent.
+    pub slot: u32,
+    /// Whether the slot last ran this run's composition, so its cache is warm.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// When the run was assigned to the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_time: Option<Time>,
+}
+
+/// The state of one step of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The step's name.
+    pub name: String,
+    /// The step's phase.
+    #[serde(default)]
+    pub phase: StepPhase,
+    /// How many attempts have started (1 for the first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// When the step (its first attempt) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the step ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    /// The pod of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The node the latest attempt ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// When the next attempt may start (a failed step waiting for its backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+    /// The step's outputs (small values; at most 4 KiB in all).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// The child runs this step started (call and fork steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub child_runs: Vec<String>,
+    /// Who approved or rejected the gate, as the API server authenticated them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// Why the step is in its phase: an exit code, an error, a skip reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The exit code of the latest attempt's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The cleanup of a run's leftover external resources.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupStatus {
+    /// Running, Succeeded, Failed or Skipped (the policy kept the resources).
+    pub phase: StepPhase,
+    /// The pod that deprovisions the leftovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// How many cleanup attempts have started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An external resource a run created: an entry of its ledger.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// The kind of resource, like `ec2-instance`.
+    pub kind: String,
+    /// Its id, like `i-0d1e2f3a4b5c6d7e8`.
+    pub id: String,
+    /// Its region, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The step that created it.
+    pub step: String,
+}

@@ -1,0 +1,625 @@
+//! Agents in the controller: routing a run to a slot (from the caches, through the pure
+//! [`maestro_engine::routing`]), the capacity left for new step pods, and the loop that writes
+//! each Agent's status and makes its slots' cache claims.
+//!
+//! Every decision that takes a slot or starts a step pod of an Agent is made while holding
+//! [`Context::admissions`]: kube-runtime reconciles runs concurrently, and two reconciles
+//! must never both see the same slot free, or both see room for the last pod.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::PersistentVolumeClaim,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER, pods};
+use maestro_api::labels;
+use maestro_api::{
+    Agent, AgentStatus, CompositionRun, CompositionSpec, RunAgent, SlotStatus, TaskSpec,
+    parse_duration,
+};
+use maestro_engine::routing::{Pool, QueuedRun, Requirement, Routing, SlotHistory, SlotRef};
+
+/// Default of an Agent's `affinityWait`.
+const DEFAULT_AFFINITY_WAIT: Duration = Duration::from_secs(30);
+/// How long a pod this process created is counted before the pod cache shows it.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(60);
+/// How often Agent status is brought up to date.
+const STATUS_PERIOD: Duration = Duration::from_secs(2);
+
+/// What this process decided that the caches may not show yet.
+#[derive(Debug, Default)]
+pub struct Admissions {
+    /// Assignments written to runs' status, by `namespace/run`, until the run cache has them.
+    assigned: HashMap<String, RunAgent>,
+    /// Step pods created, by `namespace/agent`, until the pod cache has them.
+    created: HashMap<String, Vec<(String, Instant)>>,
+}
+
+impl Admissions {
+    /// Remembers an assignment until the run cache shows it.
+    pub fn assigned(&mut self, ns: &str, run: &str, agent: RunAgent) {
+        self.assigned.insert(format!("{ns}/{run}"), agent);
+    }
+
+    /// The assignment this process wrote for a run, while the run cache may not show it.
+    pub fn assignment_of(&self, ns: &str, run: &str) -> Option<RunAgent> {
+        self.assigned.get(&format!("{ns}/{run}")).cloned()
+    }
+
+    /// Remembers a step pod created for `agent` until the pod cache shows it.
+    pub fn created(&mut self, ns: &str, agent: &str, pod: &str) {
+        self.created
+            .entry(format!("{ns}/{agent}"))
+            .or_default()
+            .push((pod.to_string(), Instant::now()));
+    }
+}
+
+/// The Agents of a namespace.
+pub fn in_namespace(ctx: &Context, ns: &str) -> Vec<Agent> {
+    let mut agents: Vec<Agent> = ctx
+        .agents
+        .state()
+        .iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns) && a.meta().deletion_timestamp.is_none())
+        .map(|a| (**a).clone())
+        .collect();
+    agents.sort_by_key(|a| a.name_any());
+    agents
+}
+
+/// The capabilities a composition's steps require, each with the task and step needing it.
+pub fn requirements(
+    spec: &CompositionSpec,
+    tasks: &BTreeMap<String, TaskSpec>,
+) -> Vec<Requirement> {
+    let mut out = Vec::new();
+    for step in &spec.steps {
+        let Some(name) = &step.task else { continue };
+        for capability in tasks.get(name).iter().flat_map(|t| &t.requires) {
+            out.push(Requirement {
+                capability: capability.clone(),
+                task: name.clone(),
+                step: step.name.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn pool(agent: &Agent) -> Pool {
+    Pool {
+        name: agent.name_any(),
+        capabilities: agent.spec.capabilities.iter().cloned().collect(),
+        slots: agent.spec.slots,
+        affinity_wait: agent
+            .spec
+            .affinity_wait
+            .as_deref()
+            .and_then(|w| parse_duration(w).ok())
+            .unwrap_or(DEFAULT_AFFINITY_WAIT),
+    }
+}
+
+/// A top-level run (children share their parent's slot and never hold one of their own).
+fn top_level(run: &CompositionRun) -> bool {
+    !run.labels().contains_key(labels::PARENT_RUN)
+}
+
+fn slot_of(agent: &RunAgent) -> SlotRef {
+    SlotRef {
+        agent: agent.name.clone(),
+        index: agent.slot,
+    }
+}
+
+/// The runs of a namespace, from the cache.
+fn runs_in(ctx: &Context, ns: &str) -> Vec<CompositionRun> {
+    ctx.runs
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .cloned()
+        .collect()
+}
+
+/// The run's assignment as the cache shows it, or as this process just made it.
+fn assignment(run: &CompositionRun, ns: &str, admissions: &Admissions) -> Option<RunAgent> {
+    run.status
+        .as_ref()
+        .and_then(|s| s.agent.clone())
+        .or_else(|| {
+            admissions
+                .assigned
+                .get(&format!("{ns}/{}", run.name_any()))
+                .cloned()
+        })
+}
+
+/// Whether a run still waits for a slot: top-level, not ended, not stopping, unassigned.
+fn waiting(run: &CompositionRun, ns: &str, admissions: &Admissions) -> bool {
+    let status = run.status.clone().unwrap_or_default();
+    top_level(run)
+        && !status.phase.is_finished()
+        && status.start_time.is_none()
+        && !run.spec.cancel
+        && run.meta().deletion_timestamp.is_none()
+        && assignment(run, ns, admissions).is_none()
+}
+
+/// The composition a not-yet-started run would follow, and its requirements.
+fn run_requirements(run: &CompositionRun, ns: &str, ctx: &Context) -> Vec<Requirement> {
+    let spec = run
+        .status
+        .as_ref()
+        .and_then(|s| s.composition_spec.clone())
+        .and_then(|v| serde_json::from_value::<CompositionSpec>(v).ok())
+        .or_else(|| {
+            ctx.compositions
+                .state()
+                .iter()
+                .filter_map(|c| c.0.as_ref().ok())
+                .find(|c| {
+                    c.name_any() == run.spec.composition && c.namespace().as_deref() == Some(ns)
+                })
+                .map(|c| c.spec.clone())
+        });
+    let Some(spec) = spec else {
+        return Vec::new();
+    };
+    let tasks = super::run::find_tasks(Some(&spec), ns, ctx);
+    requirements(&spec, &tasks)
+}
+
+/// What routing decides from, for a namespace: its pools, held slots, slot history and
+/// queue, from the caches and this process's fresh decisions.
+pub fn routing_input(
+    ctx: &Context,
+    ns: &str,
+    agents: &[Agent],
+    admissions: &Admissions,
+    now: Timestamp,
+) -> Routing {
+    let runs = runs_in(ctx, ns);
+    let mut busy = BTreeMap::new();
+    let mut history: BTreeMap<SlotRef, SlotHistory> = BTreeMap::new();
+    let mut remember = |slot: SlotRef, composition: &str, used: Option<Timestamp>| {
+        let Some(used) = used else { return };
+        let newer = history.get(&slot).is_none_or(|h| h.used < used);
+        if newer {
+            history.insert(
+                slot,
+                SlotHistory {
+                    composition: composition.to_string(),
+                    used,
+                },
+            );
+        }
+    };
+    // The Agents' status keeps what a slot last ran after its runs are deleted.
+    for agent in agents {
+        for slot in agent.status.iter().flat_map(|s| &s.slots) {
+            if let Some(composition) = &slot.last_composition {
+                remember(
+                    SlotRef {
+                        agent: agent.name_any(),
+                        index: slot.index,
+                    },
+                    composition,
+                    slot.last_used.as_ref().map(|t| t.0),
+                );
+            }
+        }
+    }
+    let mut queue = Vec::new();
+    for run in runs.iter().filter(|r| top_level(r)) {
+        let status = run.status.clone().unwrap_or_default();
+        if let Some(agent) = assignment(run, ns, admissions) {
+            let slot = slot_of(&agent);
+            remember(
+                slot.clone(),
+                &run.spec.composition,
+                agent.assigned_time.as_ref().map(|t| t.0),
+            );
+            if !status.phase.is_finished() {
+                busy.insert(slot, run.name_any());
+            }
+        } else if waiting(run, ns, admissions) {
+            queue.push(QueuedRun {
+                name: run.name_any(),
+                composition: run.spec.composition.clone(),
+                requires: run_requirements(run, ns, ctx),
+                priority: run.spec.priority,
+                created: run.meta().creation_timestamp.as_ref().map_or(now, |t| t.0),
+            });
+        }
+    }
+    Routing {
+        pools: agents.iter().map(pool).collect(),
+        busy,
+        history,
+        queue,
+        now: Some(now),
+    }
+}
+
+/// The settings of the pods of a run on `agent`'s slot.
+pub fn placement(agent: &Agent, slot: u32) -> pods::Placement {
+    let name = agent.name_any();
+    let cache = match agent.spec.cache.as_ref().and_then(|c| c.host_path.as_ref()) {
+        Some(host) => pods::SlotCache::HostPath(pods::slot_host_path(&host.path, slot)),
+        None => pods::SlotCache::Claim(pods::slot_claim_name(&name, slot)),
+    };
+    pods::Placement {
+        agent: name,
+        slot,
+        template: agent.spec.template.clone().unwrap_or_default(),
+        cache,
+    }
+}
+
+/// How many more step pods `agent` may start now: its capacity less its live step pods
+/// (from the pod cache, plus those this process created that the cache does not show yet).
+pub fn free_capacity(ctx: &Context, ns: &str, agent: &Agent, admissions: &mut Admissions) -> u32 {
+    let name = agent.name_any();
+    let cached: Vec<(String, bool)> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns) && p.labels().get(labels::AGENT) == Some(&name)
+        })
+        .map(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            (
+                p.name_any(),
+                !matches!(phase, Some("Succeeded") | Some("Failed")),
+            )
+        })
+        .collect();
+    let live = cached.iter().filter(|(_, live)| *live).count();
+    let in_flight = admissions
+        .created
+        .entry(format!("{ns}/{name}"))
+        .or_default();
+    in_flight.retain(|(pod, at)| {
+        at.elapsed() < IN_FLIGHT_GRACE && !cached.iter().any(|(name, _)| name == pod)
+    });
+    let used = u32::try_from(live + in_flight.len()).unwrap_or(u32::MAX);
+    agent.spec.capacity.saturating_sub(used)
+}
+
+/// Makes sure a slot's cache claim exists (AlreadyExists is fine), in PVC mode.
+pub async fn ensure_slot_claim(ctx: &Context, agent: &Agent, slot: u32) -> Result<(), Error> {
+    let cache = agent.spec.cache.clone().unwrap_or_default();
+    if cache.host_path.is_some() {
+        return Ok(());
+    }
+    let claim = cache
+        .persistent_volume_claim
+        .unwrap_or_else(|| maestro_api::CacheClaim {
+            storage_class_name: None,
+            size: "1Gi".into(),
+        });
+    let ns = agent.namespace().ok_or(Error::NoNamespace)?;
+    let Some(owner) = agent.controller_owner_ref(&()) else {
+        return Ok(());
+    };
+    let pvc = pods::slot_claim(&agent.name_any(), slot, &ns, owner, &claim);
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &pvc).await {
+        Ok(_) => {
+            tracing::info!(claim = %pods::slot_claim_name(&agent.name_any(), slot), "created slot cache claim");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Keeps every Agent's status (slots, busy and idle, queue, cache hits and misses) and the
+/// busy-slots gauge in step with the caches, and makes the slots' cache claims. Runs on
+/// the leader only.
+pub async fn status_loop(ctx: std::sync::Arc<Context>) {
+    let mut claims_made: HashSet<String> = HashSet::new();
+    // Runs whose assignment was already counted in an Agent's hits and misses. Those seen
+    // at start-up were counted by an earlier process.
+    let mut counted: Option<HashSet<String>> = None;
+    loop {
+        let agents: Vec<Agent> = ctx.agents.state().iter().map(|a| (**a).clone()).collect();
+        let assigned: Vec<(String, RunAgent)> = ctx
+            .runs
+            .state()
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok())
+            .filter(|r| top_level(r))
+            .filter_map(|r| {
+                let agent = r.status.as_ref()?.agent.clone()?;
+                Some((format!("{}/{}", r.namespace()?, r.name_any()), agent))
+            })
+            .collect();
+        let seen = counted.get_or_insert_with(|| assigned.iter().map(|(k, _)| k.clone()).collect());
+        let mut new_counts: HashMap<String, (u64, u64)> = HashMap::new();
+        for (key, agent) in &assigned {
+            if seen.insert(key.clone()) {
+                let ns = key.split('/').next().unwrap_or_default();
+                let entry = new_counts
+                    .entry(format!("{ns}/{}", agent.name))
+                    .or_default();
+                if agent.cache_hit {
+                    entry.0 += 1;
+                } else {
+                    entry.1 += 1;
+                }
+            }
+        }
+        for agent in &agents {
+            let key = super::key(agent);
+            let ready = ensure_claims(&ctx, agent, &mut claims_made).await;
+            let added = new_counts.get(&key).copied().unwrap_or_default();
+            let status = agent_status(&ctx, agent, added, ready);
+            let name = agent.name_any();
+            ctx.metrics
+                .agent_slots_busy
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(status.busy_slots));
+            // The counters exist at 0 from the Agent's first sight: Prometheus sees no
+            // increase in a series that is born at 1.
+            let _ = ctx
+                .metrics
+                .agent_cache_hits
+                .with_label_values(&[name.as_str()]);
+            let _ = ctx
+                .metrics
+                .agent_cache_misses
+                .with_label_values(&[name.as_str()]);
+            if agent.status.as_ref() != Some(&status)
+                && let Err(e) = write_status(&ctx, agent, &status).await
+            {
+                tracing::debug!(agent = %key, error = %e, "agent status not written");
+            }
+        }
+        tokio::time::sleep(STATUS_PERIOD).await;
+    }
+}
+
+/// Makes the slot claims this process has not made yet; `Err` says what failed.
+async fn ensure_claims(
+    ctx: &Context,
+    agent: &Agent,
+    made: &mut HashSet<String>,
+) -> Result<(), String> {
+    for slot in 0..agent.spec.slots {
+        let key = format!(
+            "{}/{}/{}",
+            super::key(agent),
+            agent.uid().unwrap_or_default(),
+            slot
+        );
+        if made.contains(&key) {
+            continue;
+        }
+        ensure_slot_claim(ctx, agent, slot)
+            .await
+            .map_err(|e| format!("slot {slot}: {e}"))?;
+        made.insert(key);
+    }
+    Ok(())
+}
+
+/// An Agent's status, computed from the runs and its previous status.
+fn agent_status(
+    ctx: &Context,
+    agent: &Agent,
+    added: (u64, u64),
+    ready: Result<(), String>,
+) -> AgentStatus {
+    let old = agent.status.clone().unwrap_or_default();
+    let ns = agent.namespace().unwrap_or_default();
+    let name = agent.name_any();
+    let mut slots: Vec<SlotStatus> = (0..agent.spec.slots)
+        .map(|index| {
+            old.slots
+                .iter()
+                .find(|s| s.index == index)
+                .cloned()
+                .map(|s| SlotStatus { run: None, ..s })
+                .unwrap_or(SlotStatus {
+                    index,
+                    ..SlotStatus::default()
+                })
+        })
+        .collect();
+    let runs = runs_in(ctx, &ns);
+    let pool = pool(agent);
+    let mut queued = 0;
+    for run in runs.iter().filter(|r| top_level(r)) {
+        let status = run.status.clone().unwrap_or_default();
+        let Some(assigned) = status.agent.clone() else {
+            if status.phase == maestro_api::RunPhase::Queued {
+                let requires = run_requirements(run, &ns, ctx);
+                if requires
+                    .iter()
+                    .all(|r| pool.capabilities.contains(&r.capability))
+                {
+                    queued += 1;
+                }
+            }
+            continue;
+        };
+        if assigned.name != name {
+            continue;
+        }
+        let Some(slot) = slots.iter_mut().find(|s| s.index == assigned.slot) else {
+            continue;
+        };
+        if !status.phase.is_finished() {
+            slot.run = Some(run.name_any());
+        }
+        let newer = match (&slot.last_used, &assigned.assigned_time) {
+            (Some(old), Some(new)) => new.0 > old.0,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if newer {
+            slot.last_used = assigned.assigned_time.clone();
+            slot.last_composition = Some(run.spec.composition.clone());
+        }
+    }
+    let busy = u32::try_from(slots.iter().filter(|s| s.run.is_some()).count()).unwrap_or(0);
+    let (status, reason, message) = match &ready {
+        Ok(()) => (
+            "True",
+            "SlotsReady",
+            format!("{} slots ready", agent.spec.slots),
+        ),
+        Err(e) => ("False", "CacheClaimFailed", e.clone()),
+    };
+    let condition = match old.conditions.iter().find(|c| c.type_ == "Ready") {
+        Some(c) if c.status == status && c.message == message => c.clone(),
+        _ => Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Time(Timestamp::now()),
+            observed_generation: agent.metadata.generation,
+        },
+    };
+    AgentStatus {
+        busy_slots: busy,
+        idle_slots: agent.spec.slots.saturating_sub(busy),
+        queued_runs: queued,
+        cache_hits: old.cache_hits + added.0,
+        cache_misses: old.cache_misses + added.1,
+        slots,
+        conditions: vec![condition],
+    }
+}
+
+async fn write_status(ctx: &Context, agent: &Agent, status: &AgentStatus) -> Result<(), Error> {
+    let ns = agent.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": "maestro.dev/v1alpha1",
+        "kind": "Agent",
+        "status": status,
+    });
+    api.patch_status(
+        &agent.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Drops remembered assignments that the run cache now shows, or whose run is gone.
+pub fn forget_seen(ctx: &Context, admissions: &mut Admissions) {
+    // For each cached run: whether the cache shows its assignment already.
+    let shown: HashMap<String, bool> = ctx
+        .runs
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter_map(|r| {
+            let has_agent = r.status.as_ref().is_some_and(|s| s.agent.is_some());
+            Some((format!("{}/{}", r.namespace()?, r.name_any()), has_agent))
+        })
+        .collect();
+    admissions
+        .assigned
+        .retain(|key, _| shown.get(key) == Some(&false));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_name_the_task_and_step() {
+        let spec: CompositionSpec = serde_yaml::from_str(
+            r#"
+steps:
+  - {name: build, task: mvn}
+  - {name: up, task: ec2-provision}
+  - {name: gate, approval: {}}
+"#,
+        )
+        .unwrap();
+        let tasks: BTreeMap<String, TaskSpec> = serde_yaml::from_str(
+            r#"
+mvn: {builtin: shell, requires: [maven, java]}
+ec2-provision: {builtin: ec2-provision, requires: [aws]}
+"#,
+        )
+        .unwrap();
+        let got: Vec<(String, String, String)> = requirements(&spec, &tasks)
+            .into_iter()
+            .map(|r| (r.capability, r.task, r.step))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("maven".into(), "mvn".into(), "build".into()),
+                ("java".into(), "mvn".into(), "build".into()),
+                ("aws".into(), "ec2-provision".into(), "up".into()),
+            ]
+        );
+    }
+
+    fn agent(spec: serde_json::Value) -> Agent {
+        Agent::new("pool", serde_json::from_value(spec).unwrap())
+    }
+
+    #[test]
+    fn placement_mounts_the_slot_claim_or_host_directory() {
+        let claim = placement(&agent(serde_json::json!({"capacity": 1, "slots": 3})), 2);
+        assert_eq!(
+            claim.cache,
+            pods::SlotCache::Claim("pool-cache-2".into()),
+            "a claim per slot by default"
+        );
+        let host = placement(
+            &agent(serde_json::json!({
+                "capacity": 1,
+                "cache": {"hostPath": {"path": "/var/cache/maestro"}},
+                "template": {"image": "agent:7"}
+            })),
+            0,
+        );
+        assert_eq!(
+            host.cache,
+            pods::SlotCache::HostPath("/var/cache/maestro/0".into())
+        );
+        assert_eq!(host.template.image.as_deref(), Some("agent:7"));
+    }
+
+    #[test]
+    fn affinity_wait_defaults_to_30s() {
+        let p = pool(&agent(serde_json::json!({"capacity": 1})));
+        assert_eq!(p.affinity_wait, DEFAULT_AFFINITY_WAIT);
+        assert_eq!(p.slots, 1);
+        let p = pool(&agent(
+            serde_json::json!({"capacity": 1, "affinityWait": "1m30s", "capabilities": ["maven"]}),
+        ));
+        assert_eq!(p.affinity_wait, Duration::from_secs(90));
+        assert!(p.capabilities.contains("maven"));
+    }
+}

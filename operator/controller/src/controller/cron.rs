@@ -1,0 +1,229 @@
+//! The cron trigger, run by the Composition controller (so only by the leader): applies
+//! the pure decision of `triggers::cron` — creates the due run, cancels runs it replaces —
+//! and says what the status should remember and when to look again.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType},
+};
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER};
+use maestro_api::labels;
+use maestro_api::{
+    Composition, CompositionRun, CompositionRunSpec, CompositionStatus, CronTrigger,
+};
+use maestro_engine::triggers::cron::{self, CronState, Decision, Schedule};
+
+/// The cron fields of the status after a tick, and when to tick again.
+pub struct Tick {
+    pub last_schedule_time: Option<Time>,
+    pub last_skipped_time: Option<Time>,
+    pub requeue_after: Option<Duration>,
+}
+
+/// The trigger value marking runs a schedule started.
+const CRON: &str = "cron";
+
+/// Handles the composition's schedule at `now`.
+pub async fn tick(
+    composition: &Composition,
+    cron_trigger: &CronTrigger,
+    old: &CompositionStatus,
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> Result<Tick, Error> {
+    let mut tick = Tick {
+        last_schedule_time: old.last_schedule_time.clone(),
+        last_skipped_time: old.last_skipped_time.clone(),
+        requeue_after: None,
+    };
+    // An invalid schedule is reported by validation, in the Ready condition.
+    let Ok(schedule) = Schedule::parse(&cron_trigger.schedule, cron_trigger.time_zone.as_deref())
+    else {
+        return Ok(tick);
+    };
+    let ns = composition.namespace().ok_or(Error::NoNamespace)?;
+    let name = composition.name_any();
+    let active: Vec<String> = ctx
+        .runs
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns.as_str())
+                && r.spec.composition == name
+                && r.labels().get(labels::TRIGGER).map(String::as_str) == Some(CRON)
+                && !r.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .map(|r| r.name_any())
+        .collect();
+    let handled = [&old.last_schedule_time, &old.last_skipped_time]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| to_chrono(&t.0))
+        .max();
+    let created = composition
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| to_chrono(&t.0))
+        .unwrap_or(now);
+    let state = CronState {
+        composition: &name,
+        created,
+        last_handled: handled,
+        starting_deadline: cron_trigger
+            .starting_deadline_seconds
+            .map(chrono::Duration::seconds),
+        policy: cron_trigger.concurrency_policy,
+        active_runs: &active,
+        now,
+    };
+    let plan = cron::decide(&schedule, &state);
+    let runs: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), &ns);
+    match plan.decision {
+        Decision::Wait => {}
+        Decision::Skip { at } => {
+            tracing::info!(composition = %name, %at, running = ?active, "schedule time skipped: a run is still going (concurrencyPolicy Forbid)");
+            ctx.metrics
+                .cron_schedules
+                .with_label_values(&[name.as_str(), "skipped"])
+                .inc();
+            tick.last_skipped_time = to_time(at);
+            let note = format!(
+                "skipped the run of {at}: {} still running (concurrencyPolicy Forbid)",
+                active.join(", ")
+            );
+            record(ctx, composition, "ScheduleSkipped", note).await;
+        }
+        Decision::Start {
+            at,
+            name: run,
+            cancel,
+        } => {
+            for old_run in &cancel {
+                let cancelled = runs
+                    .patch(
+                        old_run,
+                        &PatchParams {
+                            field_manager: Some(FIELD_MANAGER.into()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Merge(json!({"spec": {"cancel": true}})),
+                    )
+                    .await;
+                match cancelled {
+                    Ok(_) => {
+                        tracing::info!(composition = %name, run = %old_run, "cancelled: replaced by the next scheduled run")
+                    }
+                    // Deleted meanwhile: nothing left to replace.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let created = create_run(&runs, composition, cron_trigger, &run, &ns).await?;
+            tick.last_schedule_time = to_time(at);
+            // A run found already there (created before a restart) was counted then.
+            if created {
+                let result = if cancel.is_empty() {
+                    "started"
+                } else {
+                    "replaced"
+                };
+                ctx.metrics
+                    .cron_schedules
+                    .with_label_values(&[name.as_str(), result])
+                    .inc();
+                let mut note = format!("started run {run} for {at}");
+                if !cancel.is_empty() {
+                    note.push_str(&format!(", replacing {}", cancel.join(", ")));
+                }
+                record(ctx, composition, "ScheduleStarted", note).await;
+            }
+        }
+    }
+    tick.requeue_after = plan.next.map(|next| {
+        // A little after the minute starts, so the time is surely due when looked at.
+        (next - now)
+            .to_std()
+            .unwrap_or_default()
+            .saturating_add(Duration::from_millis(500))
+    });
+    Ok(tick)
+}
+
+/// Creates the schedule's run; false when it exists already.
+async fn create_run(
+    runs: &Api<CompositionRun>,
+    composition: &Composition,
+    cron_trigger: &CronTrigger,
+    run: &str,
+    ns: &str,
+) -> Result<bool, Error> {
+    let composition_name = composition.name_any();
+    let new = CompositionRun {
+        metadata: ObjectMeta {
+            name: Some(run.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                (labels::COMPOSITION.to_string(), composition_name.clone()),
+                (labels::TRIGGER.to_string(), CRON.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: CompositionRunSpec {
+            composition: composition_name.clone(),
+            params: cron_trigger.params.clone(),
+            cancel: false,
+            // A scheduled run queues like a manual one.
+            priority: 0,
+        },
+        status: None,
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match runs.create(&params, &new).await {
+        Ok(_) => {
+            tracing::info!(composition = %composition_name, %run, "schedule started a run");
+            Ok(true)
+        }
+        // Created before a restart, or by the previous leader: the same time, once.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An Event on the composition, so `kubectl describe comp` tells what the schedule did.
+async fn record(ctx: &Context, composition: &Composition, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Schedule".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &composition.object_ref(&()))
+        .await
+    {
+        tracing::debug!(error = %e, "event not recorded");
+    }
+}
+
+fn to_chrono(t: &Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.as_second(), u32::try_from(t.subsec_nanosecond()).ok()?)
+}
+
+fn to_time(t: DateTime<Utc>) -> Option<Time> {
+    Timestamp::from_second(t.timestamp()).ok().map(Time)
+}

@@ -1,0 +1,669 @@
+//! The CompositionRun controller: fetch what the engine needs from the caches, plan,
+//! carry out the actions, then write the status by server-side apply.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::{PersistentVolumeClaim, Pod},
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    core::DeserializeGuard,
+    runtime::{
+        controller::Action as Requeue,
+        events::{Event, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, FIELD_MANAGER, RUN_FINALIZER, agents, backoff_action, key, observe, pods,
+};
+use crate::metrics::Metrics;
+use maestro_api::labels;
+use maestro_api::{
+    Agent, CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, RunAgent,
+    TaskSpec,
+};
+use maestro_engine::routing::Decision;
+use maestro_engine::{self as engine, Action, Admission, NewRun, Observed, PlanInput};
+
+/// How often an active run is looked at even when nothing it watches changes (waiting
+/// for another composition's run is polled, not watched).
+const ACTIVE_RESYNC: Duration = Duration::from_secs(5);
+/// How often a run queued for an Agent slot looks again (slots free when runs end).
+const QUEUED_RESYNC: Duration = Duration::from_secs(2);
+
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<CompositionRun>>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["compositionrun"])
+        .inc();
+    let _timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["compositionrun"])
+        .start_timer();
+    let run = match &guard.0 {
+        Ok(run) => Arc::new(run.clone()),
+        Err(invalid) => {
+            // A malformed object is reported and skipped, never retried in a loop.
+            tracing::warn!(object = %key(guard.as_ref()), error = %invalid.error, "malformed CompositionRun");
+            return Ok(Requeue::await_change());
+        }
+    };
+    let ns = run.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", run = %run.name_any(), namespace = %ns);
+    let _entered = span.enter();
+    let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(&run, &ctx, false).await,
+            Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    if result.is_ok() {
+        ctx.succeeded(&key(guard.as_ref()));
+    }
+    result
+}
+
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<CompositionRun>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Requeue {
+    backoff_action(guard.as_ref(), error, &ctx, "compositionrun")
+}
+
+/// One planning pass. `deleting`: the run object is going away, so its steps are stopped
+/// and its leftovers cleaned up first.
+async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Requeue, Error> {
+    let name = run.name_any();
+    let ns = run.namespace().ok_or(Error::NoNamespace)?;
+    let status = run.status.clone().unwrap_or_default();
+    if status.phase.is_finished() {
+        if deleting {
+            return Ok(Requeue::await_change());
+        }
+        return expire_if_old(run, ctx).await;
+    }
+
+    // Fetch.
+    let composition = ctx
+        .compositions
+        .state()
+        .into_iter()
+        .filter_map(|c| c.0.as_ref().ok().cloned())
+        .find(|c| {
+            c.name_any() == run.spec.composition && c.namespace().as_deref() == Some(ns.as_str())
+        })
+        .map(|c| c.spec);
+    let spec_for_tasks = status
+        .composition_spec
+        .clone()
+        .and_then(|v| serde_json::from_value::<CompositionSpec>(v).ok())
+        .or_else(|| composition.clone());
+    let tasks = find_tasks(spec_for_tasks.as_ref(), &ns, ctx);
+    let observed = observe_world(run, &ns, spec_for_tasks.as_ref(), ctx);
+
+    // Route: in a namespace with Agents, the run needs a slot before any step starts,
+    // and its new pods fit in its Agent's capacity. The lock is held until the pods are
+    // created, so no other reconcile counts the same free slot or capacity.
+    let pool = agents::in_namespace(ctx, &ns);
+    let mut admissions = if pool.is_empty() {
+        None
+    } else {
+        // Occupancy is rebuilt from every run's status: wait for the whole run cache.
+        if let Err(e) = ctx.runs.wait_until_ready().await {
+            tracing::warn!(error = %e, "run cache not ready");
+        }
+        Some(ctx.admissions.lock().await)
+    };
+    let mut status = status;
+    let mut route = Route::default();
+    if let Some(admissions) = admissions.as_deref_mut() {
+        route = admit(run, &ns, &pool, &mut status, deleting, admissions, ctx).await?;
+    }
+
+    // Plan.
+    let plan = engine::plan(&PlanInput {
+        run_name: &name,
+        namespace: &ns,
+        generation: run.metadata.generation,
+        spec: &run.spec,
+        status: &status,
+        composition: composition.as_ref(),
+        tasks: &tasks,
+        observed: &observed,
+        now: Timestamp::now(),
+        deleting,
+        admission: route.admission.clone(),
+        pod_budget: route.pod_budget,
+    });
+
+    // Act: every action is idempotent, so a crash between here and the status write
+    // only repeats work that AlreadyExists.
+    for action in &plan.actions {
+        act(run, &ns, action, route.placement.as_ref(), ctx).await?;
+        if let (Action::CreatePod(pod), Some(placement), Some(admissions)) =
+            (action, &route.placement, admissions.as_deref_mut())
+        {
+            admissions.created(&ns, &placement.agent, &pod.name);
+        }
+    }
+    drop(admissions);
+
+    // Status, only when it changed.
+    if plan.status != status {
+        write_status(run, &ns, &plan.status, ctx).await?;
+    }
+    record_transitions(&ctx.metrics, &run.spec.composition, &status, &plan.status);
+    record_reports(&ctx.metrics, &run.spec.composition, &observed);
+    let reference = run.object_ref(&());
+    for note in &plan.events {
+        let event = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.into(),
+            note: Some(note.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+
+    if deleting && !plan.status.phase.is_finished() {
+        // The finalizer stays until the leftovers are gone; look again soon.
+        return Err(Error::CleanupInProgress);
+    }
+    if plan.status.phase.is_finished() {
+        return Ok(Requeue::requeue(
+            ctx.settings.finished_run_ttl.max(Duration::from_secs(1)),
+        ));
+    }
+    let resync = if matches!(route.admission, Admission::Queued(_)) {
+        // A slot frees when another run ends: look again soon.
+        QUEUED_RESYNC
+    } else {
+        ACTIVE_RESYNC
+    };
+    Ok(Requeue::requeue(
+        plan.requeue_after.map_or(resync, |d| d.min(resync)),
+    ))
+}
+
+/// What routing decided for one planning pass.
+#[derive(Default)]
+struct Route {
+    admission: Admission,
+    pod_budget: Option<u32>,
+    placement: Option<pods::Placement>,
+}
+
+/// Finds or takes the run's Agent slot. A new assignment is written to the run's status
+/// before any pod exists, so a restarted operator sees which slots are held.
+async fn admit(
+    run: &CompositionRun,
+    ns: &str,
+    pool: &[Agent],
+    status: &mut CompositionRunStatus,
+    deleting: bool,
+    admissions: &mut agents::Admissions,
+    ctx: &Context,
+) -> Result<Route, Error> {
+    agents::forget_seen(ctx, admissions);
+    let name = run.name_any();
+    let now = Timestamp::now();
+    // A run reconciled again before the cache shows the assignment just written keeps it.
+    let mut assigned = status
+        .agent
+        .clone()
+        .or_else(|| admissions.assignment_of(ns, &name));
+    let child_of = run.labels().get(labels::PARENT_RUN);
+    if assigned.is_none()
+        && let Some(parent) = child_of
+    {
+        // A child run works in its parent's slot; it never holds one of its own (and
+        // runs like before Agents existed when its parent holds none).
+        assigned = ctx
+            .runs
+            .state()
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok())
+            .find(|r| r.name_any() == *parent && r.namespace().as_deref() == Some(ns))
+            .and_then(|r| r.status.as_ref()?.agent.clone())
+            .map(|a| RunAgent {
+                cache_hit: false,
+                assigned_time: Some(Time(now)),
+                ..a
+            });
+    }
+    let stopping = run.spec.cancel || deleting;
+    let mut routed = false;
+    if assigned.is_none() && child_of.is_none() && !stopping && status.start_time.is_none() {
+        let routing = agents::routing_input(ctx, ns, pool, admissions, now);
+        match routing.route(&name) {
+            Decision::Assign { slot, cache_hit } => {
+                routed = true;
+                assigned = Some(RunAgent {
+                    name: slot.agent,
+                    slot: slot.index,
+                    cache_hit,
+                    assigned_time: Some(Time(now)),
+                });
+            }
+            Decision::Wait { reason, .. } => {
+                return Ok(Route {
+                    admission: Admission::Queued(reason),
+                    ..Route::default()
+                });
+            }
+        }
+    }
+    let Some(assigned) = assigned else {
+        return Ok(Route::default());
+    };
+    let newly_assigned = status.agent.as_ref() != Some(&assigned);
+    if newly_assigned {
+        status.agent = Some(assigned.clone());
+        write_status(run, ns, status, ctx).await?;
+        admissions.assigned(ns, &name, assigned.clone());
+        if routed {
+            let counter = if assigned.cache_hit {
+                &ctx.metrics.agent_cache_hits
+            } else {
+                &ctx.metrics.agent_cache_misses
+            };
+            counter.with_label_values(&[assigned.name.as_str()]).inc();
+            if let Some(created) = &run.metadata.creation_timestamp {
+                let waited = now.duration_since(created.0).as_secs_f64().max(0.0);
+                ctx.metrics.run_queue_wait.observe(waited);
+            }
+            tracing::info!(agent = %assigned.name, slot = assigned.slot, cache_hit = assigned.cache_hit, "assigned run to agent slot");
+        }
+    }
+    // The Agent may have gone since: the run then continues without a capacity limit,
+    // its pods still mounting the slot's cache.
+    let agent = pool.iter().find(|a| a.name_any() == assigned.name);
+    let placement = match agent {
+        Some(agent) => agents::placement(agent, assigned.slot),
+        None => pods::Placement {
+            agent: assigned.name.clone(),
+            slot: assigned.slot,
+            template: Default::default(),
+            cache: pods::SlotCache::Claim(pods::slot_claim_name(&assigned.name, assigned.slot)),
+        },
+    };
+    let pod_budget = agent.map(|a| agents::free_capacity(ctx, ns, a, admissions));
+    if let (Some(agent), true) = (agent, routed) {
+        // The status loop makes every slot's claim too; this covers a slot just added.
+        agents::ensure_slot_claim(ctx, agent, assigned.slot).await?;
+    }
+    Ok(Route {
+        admission: Admission::Admitted,
+        pod_budget,
+        placement: Some(placement),
+    })
+}
+
+/// Writes the run's whole status by server-side apply (a partial status would drop the
+/// fields it leaves out).
+async fn write_status(
+    run: &CompositionRun,
+    ns: &str,
+    status: &CompositionRunStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "maestro.dev/v1alpha1",
+        "kind": "CompositionRun",
+        "status": status,
+    });
+    api.patch_status(
+        &run.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The Tasks the composition's steps name: the run's namespace first, then the library.
+pub(super) fn find_tasks(
+    spec: Option<&CompositionSpec>,
+    ns: &str,
+    ctx: &Context,
+) -> BTreeMap<String, TaskSpec> {
+    let Some(spec) = spec else {
+        return BTreeMap::new();
+    };
+    let all = ctx.tasks.state();
+    let mut found = BTreeMap::new();
+    // The deprovision task is always looked up: the cleanup of leftovers runs it.
+    let cleanup = std::iter::once(maestro_api::BuiltinTask::Ec2Deprovision.as_str());
+    for name in spec
+        .steps
+        .iter()
+        .filter_map(|s| s.task.as_deref())
+        .chain(cleanup)
+    {
+        let lookup = |namespace: &str| {
+            all.iter()
+                .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))
+                .map(|t| t.spec.clone())
+        };
+        if let Some(task) = lookup(ns).or_else(|| lookup(&ctx.settings.library_namespace)) {
+            found.insert(name.to_string(), task);
+        }
+    }
+    found
+}
+
+fn observe_world(
+    run: &CompositionRun,
+    ns: &str,
+    spec: Option<&CompositionSpec>,
+    ctx: &Context,
+) -> Observed {
+    let name = run.name_any();
+    let pods = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns) && p.labels().get(labels::RUN) == Some(&name)
+        })
+        .filter_map(|p| observe::pod(p))
+        .collect();
+    let awaited: Vec<String> = spec
+        .into_iter()
+        .flat_map(|s| &s.steps)
+        .filter_map(|s| s.wait_for.as_ref().map(|w| w.composition.clone()))
+        .collect();
+    let runs = ctx
+        .runs
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .filter(|r| {
+            r.labels().get(labels::PARENT_RUN) == Some(&name)
+                || awaited.contains(&r.spec.composition)
+        })
+        .map(observe::run)
+        .collect();
+    let approvals = ctx
+        .approvals
+        .state()
+        .iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns) && a.spec.run == name)
+        .map(|a| observe::approval(a))
+        .collect();
+    Observed {
+        pods,
+        runs,
+        approvals,
+    }
+}
+
+fn owner_of(run: &CompositionRun) -> Option<OwnerReference> {
+    run.controller_owner_ref(&())
+}
+
+async fn act(
+    run: &CompositionRun,
+    ns: &str,
+    action: &Action,
+    placement: Option<&pods::Placement>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let run_name = run.name_any();
+    match action {
+        Action::CreatePod(step) => {
+            let Some(owner) = owner_of(run) else {
+                return Ok(());
+            };
+            // On an Agent slot the run works in the slot's cache, not a claim of its own.
+            if let (Some(claim), None) = (&ctx.settings.pods.workspace, placement) {
+                let pvc = pods::workspace_claim(&run_name, ns, owner.clone(), claim);
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+                let params = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                match api.create(&params, &pvc).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let pod = pods::step_pod(
+                step,
+                &run_name,
+                ns,
+                &run.spec.composition,
+                owner,
+                &ctx.settings.pods,
+                placement,
+            );
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &pod,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
+                }
+                // The deterministic name means the attempt is already under way.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::DeletePod { name } => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(pod = %name, "deleted step pod"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::CreateRun(new) => create_run(run, ns, new, ctx).await?,
+        Action::CancelRun { name } => {
+            let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+            let patch = json!({"spec": {"cancel": true}});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(run = %name, "cancelled child run"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_run(
+    parent: &CompositionRun,
+    ns: &str,
+    new: &NewRun,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let parent_name = parent.name_any();
+    let mut run_labels =
+        BTreeMap::from([(labels::MANAGED_BY.to_string(), labels::MANAGER.to_string())]);
+    let mut owners = None;
+    if let Some(step) = &new.step {
+        run_labels.insert(labels::PARENT_RUN.into(), parent_name.clone());
+        run_labels.insert(labels::STEP.into(), step.clone());
+    } else {
+        run_labels.insert(labels::FAILED_RUN.into(), parent_name.clone());
+    }
+    if new.owned {
+        owners = owner_of(parent).map(|o| vec![o]);
+    }
+    let child = CompositionRun {
+        metadata: ObjectMeta {
+            name: Some(new.name.clone()),
+            namespace: Some(ns.into()),
+            labels: Some(run_labels),
+            owner_references: owners,
+            ..ObjectMeta::default()
+        },
+        spec: CompositionRunSpec {
+            composition: new.composition.clone(),
+            params: new.params.clone(),
+            cancel: false,
+            // A child (or the onFailure run) keeps its parent's place in the queue.
+            priority: parent.spec.priority,
+        },
+        status: None,
+    };
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &child,
+        )
+        .await
+    {
+        Ok(_) => tracing::info!(run = %new.name, composition = %new.composition, "created run"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Cleanup before a run object goes away: the engine stops what still runs and removes
+/// the ledger's leftovers (per the cleanup policy); the finalizer is released once the run
+/// has ended. Child runs and pods are owned by the run and removed by the garbage collector.
+async fn cleanup(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
+    let result = apply(run, ctx, true).await;
+    if result.is_ok() {
+        tracing::info!(run = %run.name_any(), "cleaned up; releasing the finalizer");
+    }
+    result
+}
+
+/// Deletes a finished top-level run once its TTL has passed; child runs go with their
+/// parent. This keeps etcd and the operator's caches bounded as runs accumulate.
+async fn expire_if_old(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
+    if run.labels().contains_key(labels::PARENT_RUN) {
+        return Ok(Requeue::await_change());
+    }
+    let ttl = ctx.settings.finished_run_ttl;
+    let finished = run
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0);
+    let Some(finished) = finished else {
+        return Ok(Requeue::await_change());
+    };
+    let age = Timestamp::now().duration_since(finished);
+    let age = Duration::try_from(age).unwrap_or(Duration::ZERO);
+    if age >= ttl {
+        let api: Api<CompositionRun> = Api::namespaced(
+            ctx.client.clone(),
+            &run.namespace().ok_or(Error::NoNamespace)?,
+        );
+        match api
+            .delete(&run.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => tracing::info!(run = %run.name_any(), "deleted finished run after its TTL"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Requeue::await_change());
+    }
+    Ok(Requeue::requeue(ttl - age))
+}
+
+/// Counts what ended (or started) between two statuses: runs started and finished, steps
+/// finished, and their durations.
+fn record_transitions(
+    m: &Metrics,
+    composition: &str,
+    old: &CompositionRunStatus,
+    new: &CompositionRunStatus,
+) {
+    let seconds = |from: &Option<Time>, to: &Option<Time>| match (from, to) {
+        (Some(a), Some(b)) => b.0.duration_since(a.0).as_secs_f64().max(0.0),
+        _ => 0.0,
+    };
+    if old.start_time.is_none() && new.start_time.is_some() {
+        m.runs_started.with_label_values(&[composition]).inc();
+    }
+    if !old.phase.is_finished() && new.phase.is_finished() {
+        let phase = format!("{:?}", new.phase);
+        m.runs_finished
+            .with_label_values(&[composition, phase.as_str()])
+            .inc();
+        m.run_duration
+            .with_label_values(&[composition, phase.as_str()])
+            .observe(seconds(&new.start_time, &new.completion_time));
+    }
+    for step in &new.steps {
+        let was_finished = old
+            .steps
+            .iter()
+            .any(|o| o.name == step.name && o.phase.is_finished());
+        if step.phase.is_finished() && !was_finished {
+            let phase = format!("{:?}", step.phase);
+            m.steps_finished
+                .with_label_values(&[composition, step.name.as_str(), phase.as_str()])
+                .inc();
+            if step.start_time.is_some() {
+                m.step_duration
+                    .with_label_values(&[composition, step.name.as_str(), phase.as_str()])
+                    .observe(seconds(&step.start_time, &step.finish_time));
+            }
+        }
+    }
+}
+
+/// Exports the numeric report values of ended step pods (at most 16 keys per step, so a
+/// plugin cannot blow up the label cardinality).
+fn record_reports(m: &Metrics, composition: &str, observed: &Observed) {
+    for pod in &observed.pods {
+        let Some(result) = &pod.result else { continue };
+        for (key, value) in result.report.iter().take(16) {
+            if let Some(v) = value.as_f64() {
+                m.task_report
+                    .with_label_values(&[composition, pod.step.as_str(), key.as_str()])
+                    .set(v);
+            }
+        }
+    }
+}

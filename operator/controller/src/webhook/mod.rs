@@ -1,0 +1,363 @@
+//! The git push webhook endpoint: `POST /hooks/github`, `/hooks/gitlab`, `/hooks/gitea`
+//! on its own port. Every replica serves it (a delivery is a user-like write, and the
+//! deterministic run name makes a second delivery harmless). A delivery is read (at most
+//! 1 MiB), parsed, matched against the compositions' git triggers by repository, verified
+//! with each such composition's secret, and starts one run per composition whose trigger
+//! also matches the ref and paths. Refusals create nothing and say why.
+
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, PostParams},
+    core::DeserializeGuard,
+};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+mod outcome;
+
+pub use outcome::{Outcome, label_value};
+
+use crate::{controller::FIELD_MANAGER, metrics::Metrics};
+use maestro_api::labels;
+use maestro_api::{Composition, CompositionRun, CompositionRunSpec, GitTrigger};
+use maestro_engine::triggers::{
+    push::{self, EventKind, MAX_BODY_BYTES, Mismatch, Provider, Push},
+    signature,
+};
+
+/// What the endpoint needs from the cluster.
+#[derive(Clone)]
+pub struct Webhook {
+    client: Client,
+    /// Only compositions of this namespace (the operator's watched one), or all.
+    namespace: Option<String>,
+    metrics: Metrics,
+}
+
+/// Serves the endpoint on `addr` until the process ends.
+pub async fn serve(
+    addr: String,
+    client: Client,
+    namespace: Option<String>,
+    metrics: Metrics,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(&addr).await?;
+    for provider in [Provider::GitHub, Provider::GitLab, Provider::Gitea] {
+        for result in Outcome::PROVIDER_RESULTS {
+            let _ = metrics
+                .webhook_deliveries
+                .with_label_values(&[provider.name(), result]);
+        }
+    }
+    tracing::info!(addr = %listener.local_addr()?, "serving git push webhooks on /hooks/github, /hooks/gitlab, /hooks/gitea");
+    serve_on(
+        listener,
+        Webhook {
+            client,
+            namespace,
+            metrics,
+        },
+    )
+    .await
+}
+
+/// Serves the endpoint on a bound listener.
+async fn serve_on(listener: TcpListener, webhook: Webhook) -> std::io::Result<()> {
+    let webhook = Arc::new(webhook);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let webhook = webhook.clone();
+                async move { Ok::<_, Infallible>(webhook.answer(request).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "webhook connection");
+            }
+        });
+    }
+}
+
+impl Webhook {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        if path == "/healthz" {
+            return respond(StatusCode::OK, "text/plain", "ok\n".into());
+        }
+        let provider = Provider::from_path(&path);
+        let outcome = match provider {
+            None => Outcome::NotFound,
+            Some(_) if request.method() != Method::POST => Outcome::MethodNotAllowed,
+            Some(provider) => self.receive(provider, request).await,
+        };
+        let provider_name = provider.map_or("none", Provider::name);
+        self.metrics
+            .webhook_deliveries
+            .with_label_values(&[provider_name, outcome.result()])
+            .inc();
+        tracing::info!(provider = provider_name, result = outcome.result(), status = outcome.status().as_u16(), body = %outcome.body(), "webhook delivery");
+        respond(
+            outcome.status(),
+            "application/json",
+            format!("{}\n", outcome.body()),
+        )
+    }
+
+    /// Reads the body within the size limit, then handles the delivery.
+    async fn receive(&self, provider: Provider, request: Request<Incoming>) -> Outcome {
+        let declared_length = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // Refused before reading a byte of it when the sender says it is too large.
+        if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Outcome::TooLarge;
+        }
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Outcome::TooLarge,
+            Err(e) => return Outcome::Malformed(format!("cannot read the body: {e}")),
+        };
+        self.deliver(provider, &parts.headers, &body).await
+    }
+
+    async fn deliver(&self, provider: Provider, headers: &HeaderMap, body: &[u8]) -> Outcome {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let Some(event) = header(provider.event_header()) else {
+            return Outcome::Malformed(format!("missing {} header", provider.event_header()));
+        };
+        match provider.event_kind(event) {
+            EventKind::Ping => return Outcome::Pong,
+            EventKind::Other => {
+                return Outcome::Ignored(format!(
+                    "event {event:?} ignored: only pushes start runs"
+                ));
+            }
+            EventKind::Push => {}
+        }
+        let push = match push::parse(body) {
+            Ok(push) => push,
+            Err(e) => return Outcome::Malformed(e),
+        };
+        if push.deleted {
+            return Outcome::Ignored(format!("{} was deleted; nothing to run", push.git_ref));
+        }
+        // Without a delivery id, the body's hash stands for it: a redelivery repeats both.
+        let delivery = provider
+            .delivery_headers()
+            .iter()
+            .find_map(|h| header(h))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("body-{}", &hex::encode(Sha256::digest(body))[..32]));
+        let credential = provider.credential_headers().iter().find_map(|h| header(h));
+        let compositions = match self.compositions().await {
+            Ok(c) => c,
+            Err(e) => return Outcome::Error(e.to_string()),
+        };
+        let candidates: Vec<(&Composition, &GitTrigger)> = compositions
+            .iter()
+            .flat_map(|c| {
+                c.spec
+                    .triggers
+                    .iter()
+                    .flat_map(|t| &t.git)
+                    .filter(|t| push::same_repository(t, &push))
+                    .map(move |t| (c, t))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Outcome::NoMatch(format!(
+                "no matching composition: none has a git trigger for repository {}",
+                push.clone_url
+            ));
+        }
+        if credential.is_none() {
+            return Outcome::Unauthorized(format!(
+                "missing signature: send {}",
+                provider.credential_headers().join(" or ")
+            ));
+        }
+        let mut authentic = Vec::new();
+        for (composition, trigger) in candidates {
+            let secret = self.secret(composition, trigger).await;
+            if secret.is_some_and(|s| signature::verify(provider, &s, body, credential)) {
+                authentic.push((composition, trigger));
+            }
+        }
+        if authentic.is_empty() {
+            return Outcome::Unauthorized(
+                "bad signature: it verifies with the secret of no composition triggered by this repository; nothing created".into(),
+            );
+        }
+        let chosen = match choose(authentic, &push) {
+            Ok(chosen) => chosen,
+            Err(why_not) => {
+                return Outcome::NoMatch(format!("no matching composition: {why_not}"));
+            }
+        };
+        let (mut created, mut duplicates) = (Vec::new(), Vec::new());
+        for (composition, trigger) in chosen {
+            match self.start_run(composition, trigger, &push, &delivery).await {
+                Ok((name, true)) => created.push(name),
+                Ok((name, false)) => duplicates.push(name),
+                Err(e) => return Outcome::Error(e.to_string()),
+            }
+        }
+        if created.is_empty() {
+            Outcome::Duplicate { runs: duplicates }
+        } else {
+            created.extend(duplicates);
+            Outcome::Created { runs: created }
+        }
+    }
+
+    /// Every composition that deserializes: one malformed object must not make every
+    /// delivery fail (the Composition controller logs it).
+    async fn compositions(&self) -> Result<Vec<Composition>, kube::Error> {
+        let api: Api<DeserializeGuard<Composition>> = match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let list = api.list(&Default::default()).await?;
+        Ok(list.items.into_iter().filter_map(|c| c.0.ok()).collect())
+    }
+
+    /// The trigger's secret, or None (logged) when it cannot be read.
+    async fn secret(&self, composition: &Composition, trigger: &GitTrigger) -> Option<Vec<u8>> {
+        let ns = composition.namespace()?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let reference = &trigger.secret_ref;
+        let found = match api.get(&reference.name).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(composition = %composition.name_any(), secret = %reference.name, error = %e, "cannot read the webhook secret");
+                return None;
+            }
+        };
+        let value = found
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&reference.key))
+            .map(|v| v.0.clone());
+        if value.is_none() {
+            tracing::warn!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, "the webhook secret has no such key");
+        }
+        value
+    }
+
+    /// Creates the delivery's run of `composition`; returns its name and whether it is
+    /// new (false: a redelivery found it already there).
+    async fn start_run(
+        &self,
+        composition: &Composition,
+        trigger: &GitTrigger,
+        push: &Push,
+        delivery: &str,
+    ) -> Result<(String, bool), kube::Error> {
+        let ns = composition.namespace().unwrap_or_default();
+        let composition_name = composition.name_any();
+        let name = labels::webhook_run_name(&composition_name, delivery);
+        let declared = |p: &str| composition.spec.params.iter().any(|d| d.name == p);
+        let run = CompositionRun {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(BTreeMap::from([
+                    (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                    (labels::COMPOSITION.to_string(), composition_name.clone()),
+                    (labels::TRIGGER.to_string(), "git".to_string()),
+                    (labels::DELIVERY.to_string(), label_value(delivery)),
+                ])),
+                annotations: Some(BTreeMap::from([(
+                    labels::DELIVERY.to_string(),
+                    delivery.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: CompositionRunSpec {
+                composition: composition_name.clone(),
+                params: push::run_params(trigger, push, declared),
+                cancel: false,
+                // A pushed commit queues like a manual run.
+                priority: 0,
+            },
+            status: None,
+        };
+        let api: Api<CompositionRun> = Api::namespaced(self.client.clone(), &ns);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&params, &run).await {
+            Ok(_) => {
+                tracing::info!(run = %name, composition = %composition_name, git_ref = %push.git_ref, commit = %push.commit_sha, %delivery, "push started a run");
+                Ok((name, true))
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::info!(run = %name, %delivery, "redelivered push: the run exists already");
+                Ok((name, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Of the authentic (composition, trigger) pairs, those whose trigger matches the push's
+/// ref and paths, one per composition; or why none does.
+fn choose<'a>(
+    authentic: Vec<(&'a Composition, &'a GitTrigger)>,
+    push: &Push,
+) -> Result<Vec<(&'a Composition, &'a GitTrigger)>, String> {
+    let mut why_not = Vec::new();
+    let mut chosen: BTreeMap<(String, String), (&Composition, &GitTrigger)> = BTreeMap::new();
+    for (composition, trigger) in authentic {
+        let name = composition.name_any();
+        match push::check_ref_and_paths(trigger, push) {
+            Ok(()) => {
+                let key = (composition.namespace().unwrap_or_default(), name);
+                chosen.entry(key).or_insert((composition, trigger));
+            }
+            Err(Mismatch::Ref(r)) => {
+                why_not.push(format!("{name}: {r} matches no branch or tag pattern"))
+            }
+            Err(Mismatch::Paths) => {
+                why_not.push(format!("{name}: no changed file matches the path patterns"))
+            }
+        }
+    }
+    if chosen.is_empty() {
+        Err(why_not.join("; "))
+    } else {
+        Ok(chosen.into_values().collect())
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! The composition engine: pure planning, no Kubernetes client. Given a run (its spec
+//! and status) and what was observed (its pods, child runs, approvals, other runs), it
+//! returns the run's next status and the actions that get there. The controller carries
+//! the actions out (creating a pod twice fails with AlreadyExists, so every action is
+//! safe to repeat) and then writes the status.
+
+pub mod expr;
+pub mod graph;
+mod plan;
+pub mod routing;
+pub mod triggers;
+
+#[cfg(test)]
+mod fixture_tests;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::jiff::Timestamp;
+use maestro_api::{
+    BuiltinTask, CompositionRunSpec, CompositionRunStatus, CompositionSpec, Decision, RunPhase,
+    TaskSpec,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+/// The step result the agent writes, as the engine reads it (one definition, in the protocol).
+pub use maestro_protocol::{ExternalResource, ReportValue, StepResult};
+
+pub use plan::plan;
+
+/// Everything the engine plans from.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    pub run_name: &'a str,
+    pub namespace: &'a str,
+    /// The run object's metadata.generation.
+    pub generation: Option<i64>,
+    pub spec: &'a CompositionRunSpec,
+    pub status: &'a CompositionRunStatus,
+    /// The composition as it is now; the run keeps a snapshot of it once started, so a
+    /// later edit does not change a run in flight.
+    pub composition: Option<&'a CompositionSpec>,
+    /// The Tasks the composition's steps name, as found (run namespace, then library).
+    pub tasks: &'a BTreeMap<String, TaskSpec>,
+    pub observed: &'a Observed,
+    pub now: Timestamp,
+    /// The run object is being deleted: stop its steps and clean up before it goes.
+    pub deleting: bool,
+    /// Whether the run may start (the controller's routing to an Agent slot decides).
+    pub admission: Admission,
+    /// How many new step pods this pass may start (its Agent's free capacity); `None`
+    /// for no limit. Cleanup pods and pods asked for again are not counted.
+    pub pod_budget: Option<u32>,
+}
+
+/// Whether a run may start its steps. The engine knows nothing of Agents: the controller
+/// routes the run and tells the engine the outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// The run holds what it needs (a slot, or no Agents are in play).
+    #[default]
+    Admitted,
+    /// The run waits for a slot; the reason is shown in its Succeeded condition.
+    Queued(String),
+}
+
+/// What the controller observed of the run's world.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Observed {
+    /// The run's step pods.
+    pub pods: Vec<ObservedPod>,
+    /// Runs this run started (children) and runs of compositions it waits for.
+    pub runs: Vec<ObservedRun>,
+    /// Approvals of this run's gates.
+    pub approvals: Vec<ObservedApproval>,
+}
+
+/// A step pod as observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedPod {
+    pub name: String,
+    pub step: String,
+    pub attempt: u32,
+    pub phase: PodPhase,
+    #[serde(default)]
+    pub created: Option<Timestamp>,
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The step result the agent wrote to the termination message, once the pod ended.
+    #[serde(default)]
+    pub result: Option<StepResult>,
+    /// Why the pod failed when no result explains it (OOMKilled, image not found...).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A pod's phase, as Kubernetes reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// Another run, as observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedRun {
+    pub name: String,
+    pub composition: String,
+    pub phase: RunPhase,
+    #[serde(default)]
+    pub created: Option<Timestamp>,
+    #[serde(default)]
+    pub completed: Option<Timestamp>,
+}
+
+/// An approval decision, as observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedApproval {
+    pub name: String,
+    pub step: String,
+    pub decision: Decision,
+    pub by: String,
+    #[serde(default)]
+    pub created: Option<Timestamp>,
+}
+
+/// The engine's answer: the next status and what to do to get there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub status: CompositionRunStatus,
+    pub actions: Vec<Action>,
+    pub events: Vec<EventNote>,
+    /// When to look again even if nothing changes (a backoff or a timeout ends).
+    pub requeue_after: Option<Duration>,
+}
+
+/// One thing the controller must do. Each is safe to repeat.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    /// Create a step's pod (AlreadyExists means it is under way).
+    CreatePod(StepPod),
+    /// Delete a step pod (a cancel or a timeout stops it).
+    DeletePod { name: String },
+    /// Create a run: a child (owned by this run), or the onFailure run.
+    CreateRun(NewRun),
+    /// Cancel another run (a child of a cancelled run).
+    CancelRun { name: String },
+}
+
+/// A pod to create for one attempt of a step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepPod {
+    pub name: String,
+    pub step: String,
+    pub attempt: u32,
+    pub task: String,
+    pub runs: TaskRuns,
+    /// The resolved inputs, templates evaluated and defaults applied.
+    pub inputs: Map<String, Json>,
+    pub context: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    /// Secrets whose keys become the step's environment variables.
+    pub secret_env: Vec<String>,
+    /// The attempt's timeout, enforced by the engine and as the pod's activeDeadlineSeconds.
+    pub timeout: Option<Duration>,
+}
+
+/// How a step's task runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TaskRuns {
+    /// A built-in of maestro-agent, in the agent image.
+    Builtin(BuiltinTask),
+    /// A plugin image and command, under `maestro-agent exec`.
+    Container {
+        image: String,
+        command: Vec<String>,
+        pull_policy: Option<String>,
+    },
+}
+
+/// A run to create.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewRun {
+    pub name: String,
+    pub composition: String,
+    pub params: BTreeMap<String, String>,
+    /// The step of this run that starts it; `None` for the onFailure run.
+    pub step: Option<String>,
+    /// Whether this run owns the new one (children are deleted with their parent; the
+    /// onFailure run outlives the failed run).
+    pub owned: bool,
+}
+
+/// A Kubernetes Event to record about the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventNote {
+    pub reason: &'static str,
+    pub message: String,
+    pub warning: bool,
+}
