@@ -16,6 +16,7 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 
 use maestro_api::labels;
+use maestro_protocol::env;
 use maestro_api::{AgentTemplate, CacheClaim};
 use maestro_engine::{StepPod, TaskRuns};
 
@@ -159,8 +160,9 @@ pub fn workspace_claim(
 /// The user and group step pods run as (the agent image's `maestro` user).
 pub const STEP_UID: i64 = 65532;
 const BIN_DIR: &str = "/maestro/bin";
-const OUTPUTS_DIR: &str = "/maestro/outputs";
-const WORKSPACE_DIR: &str = "/workspace";
+// Where the step's volumes are mounted: the paths the agent falls back to by default.
+const OUTPUTS_DIR: &str = env::DEFAULT_OUTPUTS_DIR;
+const WORKSPACE_DIR: &str = env::DEFAULT_WORKSPACE_DIR;
 
 /// Builds the pod for one attempt of a step of `run`.
 pub fn step_pod(
@@ -403,20 +405,20 @@ fn step_env(pod: &StepPod, run_name: &str, template: Option<&AgentTemplate>) -> 
         value: Some(value),
         value_from: None,
     };
-    let mut env = vec![
-        var("MAESTRO_RUN", run_name.into()),
-        var("MAESTRO_STEP", pod.step.clone()),
-        var("MAESTRO_ATTEMPT", pod.attempt.to_string()),
-        var("MAESTRO_TASK", pod.task.clone()),
-        var("MAESTRO_OUTPUTS", OUTPUTS_DIR.into()),
-        var("MAESTRO_WORKSPACE", WORKSPACE_DIR.into()),
-        var("MAESTRO_RESULT_PATH", "/dev/termination-log".into()),
+    let mut vars = vec![
+        var(env::RUN, run_name.into()),
+        var(env::STEP, pod.step.clone()),
+        var(env::ATTEMPT, pod.attempt.to_string()),
+        var(env::TASK, pod.task.clone()),
+        var(env::OUTPUTS_DIR, OUTPUTS_DIR.into()),
+        var(env::WORKSPACE_DIR, WORKSPACE_DIR.into()),
+        var(env::RESULT_PATH, env::DEFAULT_RESULT_PATH.into()),
         var(
-            "MAESTRO_INPUTS",
+            env::INPUTS,
             serde_json::Value::Object(pod.inputs.clone()).to_string(),
         ),
         var(
-            "MAESTRO_CONTEXT",
+            env::CONTEXT,
             serde_json::to_string(&pod.context).unwrap_or_else(|_| "{}".into()),
         ),
         // The workspace's root belongs to its volume, not to the step's user, so git in
@@ -431,15 +433,15 @@ fn step_env(pod: &StepPod, run_name: &str, template: Option<&AgentTemplate>) -> 
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        env.push(var(&format!("MAESTRO_INPUT_{}", name.to_uppercase()), text));
+        vars.push(var(&env::input_var(name), text));
     }
     // Maestro's own variables, set above, win over the pool's of the same name.
     for (name, value) in template.iter().flat_map(|t| &t.env) {
-        if !env.iter().any(|e| &e.name == name) {
-            env.push(var(name, value.clone()));
+        if !vars.iter().any(|e| &e.name == name) {
+            vars.push(var(name, value.clone()));
         }
     }
-    env
+    vars
 }
 
 /// The container security context the restricted Pod Security Standard asks for.
