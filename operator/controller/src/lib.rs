@@ -3,6 +3,7 @@
 //! standard Task library.
 
 pub mod controller;
+pub mod http;
 pub mod library;
 pub mod metrics;
 pub mod telemetry;

@@ -8,14 +8,14 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use hyper::{Method, Request, StatusCode, body::Incoming};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
+
+use crate::http::{self, HttpResponse, respond};
 
 /// Buckets for run and step durations: seconds to hours.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -207,45 +207,41 @@ impl Metrics {
 /// filled; a follower replica is ready too, see `controller::run`) on `addr`.
 pub async fn serve(addr: String, metrics: Metrics, ready: Arc<AtomicBool>) -> std::io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
-    let bound = listener.local_addr()?;
-    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-    loop {
-        let (mut socket, _) = listener.accept().await?;
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let Ok(n) = socket.read(&mut buf).await else {
-                return;
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, content_type, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "text/plain", "ok\n".to_string())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "caches not ready\n".to_string(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = socket.write_all(head.as_bytes()).await;
-            let _ = socket.write_all(body.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    http::serve(listener, "metrics", move |request: Request<Incoming>| {
+        let answer = answer(request.method(), request.uri().path(), &metrics, &ready);
+        async move { answer }
+    })
+    .await
+}
+
+/// The answer to one request: reads only the method and path, so it never waits on a body.
+fn answer(method: &Method, path: &str, metrics: &Metrics, ready: &AtomicBool) -> HttpResponse {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != Method::GET && method != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".into());
+    }
+    match path {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/healthz" => respond(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if ready.load(Ordering::Relaxed) => respond(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "caches not ready\n".into(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
@@ -286,9 +282,12 @@ mod tests {
             async move {
                 for _ in 0..50 {
                     if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
-                        s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
-                            .await
-                            .unwrap();
+                        s.write_all(
+                            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await
+                        .unwrap();
                         let mut out = String::new();
                         s.read_to_string(&mut out).await.unwrap();
                         return out;
@@ -307,5 +306,6 @@ mod tests {
                 .await
                 .contains("# TYPE maestro_runs_queued gauge")
         );
+        assert!(get("/nothing").await.starts_with("HTTP/1.1 404"));
     }
 }

@@ -16,9 +16,9 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 
 use maestro_api::labels;
-use maestro_protocol::env;
 use maestro_api::{AgentTemplate, CacheClaim};
 use maestro_engine::{StepPod, TaskRuns};
+use maestro_protocol::env;
 
 /// The Agent slot a run's pods go to: the pool's pod settings and the slot's cache volume,
 /// mounted as the run's /workspace.

@@ -5,17 +5,14 @@
 //! with each such composition's secret, and starts one run per composition whose trigger
 //! also matches the ref and paths. Refusals create nothing and say why.
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::{
-    Method, Request, Response, StatusCode,
-    body::{Bytes, Incoming},
-    header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap},
-    server::conn::http1,
-    service::service_fn,
+    Method, Request, StatusCode,
+    body::Incoming,
+    header::{CONTENT_LENGTH, HeaderMap},
 };
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
@@ -29,7 +26,11 @@ mod outcome;
 
 pub use outcome::{Outcome, label_value};
 
-use crate::{controller::FIELD_MANAGER, metrics::Metrics};
+use crate::{
+    controller::FIELD_MANAGER,
+    http::{self, HttpResponse, respond},
+    metrics::Metrics,
+};
 use maestro_api::labels;
 use maestro_api::{Composition, CompositionRun, CompositionRunSpec, GitTrigger};
 use maestro_engine::triggers::{
@@ -76,26 +77,15 @@ pub async fn serve(
 /// Serves the endpoint on a bound listener.
 async fn serve_on(listener: TcpListener, webhook: Webhook) -> std::io::Result<()> {
     let webhook = Arc::new(webhook);
-    loop {
-        let (stream, peer) = listener.accept().await?;
+    http::serve(listener, "webhook", move |request| {
         let webhook = webhook.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let webhook = webhook.clone();
-                async move { Ok::<_, Infallible>(webhook.answer(request).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "webhook connection");
-            }
-        });
-    }
+        async move { webhook.answer(request).await }
+    })
+    .await
 }
 
 impl Webhook {
-    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, request: Request<Incoming>) -> HttpResponse {
         let path = request.uri().path().to_string();
         if path == "/healthz" {
             return respond(StatusCode::OK, "text/plain", "ok\n".into());
@@ -348,15 +338,6 @@ fn choose<'a>(
     } else {
         Ok(chosen.into_values().collect())
     }
-}
-
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(CONTENT_TYPE, value);
-    }
-    response
 }
 
 #[cfg(test)]
