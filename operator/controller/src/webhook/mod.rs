@@ -38,6 +38,9 @@ use maestro_engine::triggers::{
     signature,
 };
 
+/// How long a delivery may take to send its body (at most 1 MiB).
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the endpoint needs from the cluster.
 #[derive(Clone)]
 pub struct Webhook {
@@ -121,10 +124,21 @@ impl Webhook {
             return Outcome::TooLarge;
         }
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Outcome::TooLarge,
-            Err(e) => return Outcome::Malformed(format!("cannot read the body: {e}")),
+        // A sender that trickles its body does not hold the connection for ever.
+        let reading = tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            Limited::new(body, MAX_BODY_BYTES).collect(),
+        );
+        let body = match reading.await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Outcome::TooLarge,
+            Ok(Err(e)) => return Outcome::Malformed(format!("cannot read the body: {e}")),
+            Err(_) => {
+                return Outcome::Malformed(format!(
+                    "the body was not sent within {}s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ));
+            }
         };
         self.deliver(provider, &parts.headers, &body).await
     }
