@@ -136,7 +136,6 @@ struct Repository {
     http_url: Option<String>,
     html_url: Option<String>,
     web_url: Option<String>,
-    homepage: Option<String>,
     ssh_url: Option<String>,
     git_ssh_url: Option<String>,
     url: Option<String>,
@@ -179,6 +178,8 @@ pub fn parse(body: &[u8]) -> Result<Push, String> {
         .into_iter()
         .flatten()
         .collect();
+    // Only the repository's own identity: GitLab's `homepage` (and any other free-form
+    // URL in the payload) can name some other project's page, so it never matches.
     let mut repository_urls = Vec::new();
     for repo in &repos {
         for url in [
@@ -187,7 +188,6 @@ pub fn parse(body: &[u8]) -> Result<Push, String> {
             &repo.http_url,
             &repo.html_url,
             &repo.web_url,
-            &repo.homepage,
             &repo.ssh_url,
             &repo.git_ssh_url,
             &repo.url,

@@ -170,6 +170,24 @@ fn a_deleted_ref_is_recognised() {
     assert!(parse(body.as_bytes()).unwrap().deleted);
 }
 
+/// A payload whose `homepage` names another project does not match that project's trigger.
+#[test]
+fn the_homepage_field_never_matches_a_trigger() {
+    let forged = GITLAB_PUSH.replace(
+        "\"homepage\": \"http://example.com/mike/diaspora\"",
+        "\"homepage\": \"https://github.com/acme/payments\"",
+    );
+    let push = parse(forged.as_bytes()).unwrap();
+    assert!(!same_repository(
+        &trigger("https://github.com/acme/payments"),
+        &push
+    ));
+    assert!(same_repository(
+        &trigger("http://example.com/mike/diaspora"),
+        &push
+    ));
+}
+
 #[test]
 fn repository_urls_normalize_to_host_and_path() {
     for url in [
