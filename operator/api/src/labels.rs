@@ -76,6 +76,22 @@ pub fn bounded_name(name: &str) -> String {
     format!("{prefix}-{hash:08x}")
 }
 
+/// `<base><suffix>` when short enough, else the first characters of `base`, a stable hash
+/// of the whole name, and `suffix` kept whole (so the name still says what it is).
+pub fn bounded_name_with_suffix(base: &str, suffix: &str) -> String {
+    let whole = format!("{base}{suffix}");
+    if whole.len() <= MAX_NAME {
+        return whole;
+    }
+    let hash = fnv1a(whole.as_bytes());
+    let keep = MAX_NAME.saturating_sub(suffix.len() + 9);
+    let mut prefix: String = base.chars().take(keep).collect();
+    while prefix.ends_with('-') {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash:08x}{suffix}")
+}
+
 /// FNV-1a, 32 bits: stable across Rust versions, unlike `DefaultHasher`.
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| {

@@ -39,11 +39,10 @@ pub enum SlotCache {
     HostPath(String),
 }
 
-/// The name of an Agent slot's cache claim: `<agent>-cache-<slot>`.
+/// The name of an Agent slot's cache claim: `<agent>-cache-<slot>`, shortened with a hash
+/// when too long, so two long names never share a claim.
 pub fn slot_claim_name(agent: &str, slot: u32) -> String {
-    let suffix = format!("-cache-{slot}");
-    let room = 63usize.saturating_sub(suffix.len());
-    format!("{}{suffix}", agent.chars().take(room).collect::<String>())
+    labels::bounded_name_with_suffix(agent, &format!("-cache-{slot}"))
 }
 
 /// The directory of an Agent slot's hostPath cache: `<path>/<slot>`.
@@ -124,14 +123,10 @@ pub struct WorkspaceClaim {
     pub size: String,
 }
 
-/// The name of a run's workspace claim.
+/// The name of a run's workspace claim: `<run>-workspace`, shortened with a hash when too
+/// long, so two runs whose names share a long prefix never share a workspace.
 pub fn workspace_claim_name(run: &str) -> String {
-    format!(
-        "{}-workspace",
-        run.chars()
-            .take(63 - "-workspace".len())
-            .collect::<String>()
-    )
+    labels::bounded_name_with_suffix(run, "-workspace")
 }
 
 /// The PersistentVolumeClaim holding a run's workspace, owned by the run.
@@ -482,6 +477,26 @@ fn small_resources() -> ResourceRequirements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_sharing_a_prefix_get_claims_of_their_own() {
+        let prefix = "acceptance-tests-for-the-payments-service-nightly-eu-west";
+        let (a, b) = (format!("{prefix}-1a2b3"), format!("{prefix}-9z8y7"));
+        let (claim_a, claim_b) = (workspace_claim_name(&a), workspace_claim_name(&b));
+        assert_ne!(claim_a, claim_b);
+        assert!(
+            claim_a.len() <= 63 && claim_b.len() <= 63,
+            "{claim_a} {claim_b}"
+        );
+        assert_eq!(workspace_claim_name("hello-x7k2p"), "hello-x7k2p-workspace");
+        let agent = "a-pool-of-build-agents-for-the-payments-service-in-eu-west-one";
+        assert_ne!(
+            slot_claim_name(agent, 1),
+            slot_claim_name(&format!("{agent}x"), 1)
+        );
+        assert_ne!(slot_claim_name(agent, 1), slot_claim_name(agent, 2));
+        assert_eq!(slot_claim_name("pool", 0), "pool-cache-0");
+    }
     use maestro_api::BuiltinTask;
 
     fn settings() -> PodSettings {
