@@ -42,19 +42,86 @@ pub struct RunScope {
     pub composition: String,
 }
 
-/// Checks that `expr` parses, without evaluating it.
+/// At most this many bytes of CEL in one expression.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// At most this deep may brackets nest; the parser and the interpreter recurse on it.
+pub const MAX_NESTING: usize = 32;
+/// At most this many comprehensions (`map`, `filter`, `all`, `exists`, `exists_one`) may
+/// nest. The interpreter has no cost budget, and each level multiplies the work by the
+/// size of a list: two levels over lists an expression or a run can hold stay cheap, while
+/// deeper ones could keep a reconcile busy for minutes.
+pub const MAX_COMPREHENSION_DEPTH: usize = 2;
+
+/// Checks that `expr` parses and is within the cost limits, without evaluating it.
 pub fn check(expr: &str) -> Result<(), String> {
-    guarded(|| {
-        cel::Program::compile(expr)
-            .map(|_| ())
-            .map_err(|e| parse_error(&e))
-    })
+    compile(expr).map(|_| ())
+}
+
+/// Compiles `expr`, refusing it when it is over a cost limit (with a message that says
+/// which), so evaluating it inside a reconcile stays cheap.
+fn compile(expr: &str) -> Result<cel::Program, String> {
+    if expr.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!(
+            "too costly: the expression is {} bytes, at most {MAX_EXPRESSION_BYTES}",
+            expr.len()
+        ));
+    }
+    let mut depth = 0usize;
+    for c in expr.chars() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_NESTING {
+            return Err(format!(
+                "too costly: brackets nest more than {MAX_NESTING} deep"
+            ));
+        }
+    }
+    let program = guarded(|| cel::Program::compile(expr).map_err(|e| parse_error(&e)))?;
+    let nesting = comprehension_depth(program.expression());
+    if nesting > MAX_COMPREHENSION_DEPTH {
+        return Err(format!(
+            "too costly: map/filter/all/exists nest {nesting} deep, at most \
+             {MAX_COMPREHENSION_DEPTH}"
+        ));
+    }
+    Ok(program)
+}
+
+/// How deep comprehensions nest in `expr`.
+fn comprehension_depth(expr: &cel::IdedExpr) -> usize {
+    use cel::common::ast::{EntryExpr, Expr};
+    let deepest = |exprs: &mut dyn Iterator<Item = &cel::IdedExpr>| {
+        exprs.map(comprehension_depth).max().unwrap_or(0)
+    };
+    match &expr.expr {
+        Expr::Comprehension(c) => {
+            let body = [&c.loop_cond, &c.loop_step, &c.result, &c.accu_init];
+            comprehension_depth(&c.iter_range).max(1 + deepest(&mut body.into_iter()))
+        }
+        Expr::Call(call) => {
+            deepest(&mut call.target.as_deref().into_iter().chain(call.args.iter()))
+        }
+        Expr::List(list) => deepest(&mut list.elements.iter()),
+        Expr::Map(map) => deepest(&mut map.entries.iter().flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+            EntryExpr::StructField(field) => vec![&field.value],
+        })),
+        Expr::Struct(st) => deepest(&mut st.entries.iter().flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+            EntryExpr::StructField(field) => vec![&field.value],
+        })),
+        Expr::Select(select) => comprehension_depth(&select.operand),
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => 0,
+    }
 }
 
 /// Evaluates `expr` to JSON.
 pub fn eval(expr: &str, scope: &Scope) -> Result<Json, String> {
+    let program = compile(expr)?;
     guarded(|| {
-        let program = cel::Program::compile(expr).map_err(|e| parse_error(&e))?;
         let mut ctx = cel::Context::default();
         for (name, value) in [
             ("params", cel::to_value(&scope.params)),
@@ -175,6 +242,35 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn costly_expressions_are_refused_with_the_limit_named() {
+        let two = "[1, 2].map(x, [3, 4].map(y, x * y))";
+        assert_eq!(eval(two, &Scope::default()), Ok(json!([[3, 4], [6, 8]])));
+        let three = "[1, 2].map(x, [3, 4].map(y, [5, 6].map(z, x * y * z)))";
+        let error = check(three).err().unwrap_or_default();
+        assert_eq!(
+            error,
+            "too costly: map/filter/all/exists nest 3 deep, at most 2"
+        );
+        assert_eq!(eval(three, &Scope::default()).err(), Some(error));
+        // A comprehension over another's result is not nested.
+        assert!(check("[1, 2].map(x, x).filter(y, y > 1).exists(z, z == 2)").is_ok());
+        let long = format!("'{}'", "a".repeat(MAX_EXPRESSION_BYTES));
+        assert!(
+            check(&long)
+                .err()
+                .unwrap_or_default()
+                .contains("at most 4096")
+        );
+        let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+        assert!(
+            check(&deep)
+                .err()
+                .unwrap_or_default()
+                .contains("brackets nest more than 32 deep")
+        );
+    }
 
     fn scope() -> Scope {
         let mut s = Scope::default();
