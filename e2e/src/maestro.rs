@@ -157,6 +157,13 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
                 false,
             )
         }
+        "Role" | "RoleBinding" => (
+            ApiResource::from_gvk_with_plural(
+                &gvk("rbac.authorization.k8s.io", "v1"),
+                &format!("{}s", kind.to_lowercase()),
+            ),
+            true,
+        ),
         other => bail!("the e2e harness does not apply kind {other}"),
     })
 }

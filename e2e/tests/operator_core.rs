@@ -688,9 +688,37 @@ async fn approval_gates_record_the_real_approver_and_time_out() -> anyhow::Resul
         Some(RunPhase::WaitingApproval)
     );
 
-    // Approved through the CLI: the approver is whoever the API server authenticated.
-    let user = authenticated_user(&env.client).await?;
-    let said = env.cli(&["approve", &name, "sign-off"]).await?;
+    // Approved through the CLI with kubectl's `--as`: the approver is whoever the API
+    // server authenticated, here the impersonated alice, who may read runs and create
+    // Approvals in this namespace and nothing more.
+    let admin = authenticated_user(&env.client).await?;
+    env.apply_yaml(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: release-approver}
+rules:
+- apiGroups: [maestro.dev]
+  resources: [compositionruns]
+  verbs: [get, list, watch]
+- apiGroups: [maestro.dev]
+  resources: [approvals]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-approves}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: release-approver}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+"#,
+    )
+    .await?;
+    let user = "alice".to_string();
+    assert_ne!(admin, user);
+    let said = env
+        .cli(&["approve", &name, "sign-off", "--as", "alice"])
+        .await?;
     assert!(
         said.contains(&format!("{name}/sign-off approved by {user}")),
         "approve said: {said}"
