@@ -291,7 +291,12 @@ pub fn step_pod(
             ..Volume::default()
         },
         (Some(SlotCache::HostPath(path)), _) => {
-            init_containers.push(host_cache_owner(&agent_image, &settings.agent_pull_policy));
+            // The one container that runs as root gets the operator's own agent image,
+            // never the image an Agent's author chose.
+            init_containers.push(host_cache_owner(
+                &settings.agent_image,
+                &settings.agent_pull_policy,
+            ));
             Volume {
                 name: "workspace".into(),
                 host_path: Some(HostPathVolumeSource {
@@ -730,10 +735,12 @@ mod tests {
 
     #[test]
     fn host_path_cache_is_handed_to_the_step_user() {
-        let placement = placement(SlotCache::HostPath(slot_host_path(
+        let mut placement = placement(SlotCache::HostPath(slot_host_path(
             "/var/cache/maestro/",
             1,
         )));
+        // An Agent's own image runs the steps, never the root chown.
+        placement.template.image = Some("registry.example/authors-agent:1".into());
         let pod = step_pod(
             &step(TaskRuns::Builtin(BuiltinTask::Shell)),
             "r",
@@ -754,6 +761,10 @@ mod tests {
         assert_eq!(host.path, "/var/cache/maestro/1");
         assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
         let owner_fix = &spec.init_containers.unwrap()[1];
+        assert_eq!(
+            owner_fix.image.as_deref(),
+            Some("localhost/maestro/agent:dev")
+        );
         assert_eq!(
             owner_fix.command.as_ref().unwrap(),
             &vec!["chown", "65532:65532", "/workspace"]
