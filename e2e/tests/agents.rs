@@ -139,7 +139,7 @@ spec:
       with: {repo: "{{ params.repo }}", path: src}
     - name: count
       task: shell
-      with: {script: "git -C src rev-list --count HEAD > $MAESTRO_OUTPUTS/commits; sleep {{ params.hold }}"}
+      with: {script: "git -C src rev-list --count HEAD > $MAESTRO_OUTPUTS/commits; sleep \"$HOLD\"", env: {HOLD: "{{ params.hold }}"}}
 "#;
 
 /// The issue's warm-cache scenario: the second run of a composition lands on the first

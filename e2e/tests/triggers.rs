@@ -367,7 +367,7 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
                 "params": {"who": "cron"}
             }},
             "steps": [{"name": "hello", "task": "shell",
-                       "with": {"script": "echo \"hello {{ params.who }}\""}}]
+                       "with": {"script": "echo \"hello $WHO\"", "env": {"WHO": "{{ params.who }}"}}}]
         }
     }))?;
     compositions

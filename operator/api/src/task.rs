@@ -80,6 +80,12 @@ pub struct TaskInput {
     /// What the input means, shown to users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The input is code the task runs (a script, a shell command line). A step may not
+    /// put a `{{ }}` template in it: a param or an output is data, never code, and spliced
+    /// into a script it would run as code. Pass such values through environment variables
+    /// instead (the shell task's `env`) and read them as `$NAME`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code: bool,
 }
 
 /// One output of a task.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use maestro_api::{CompositionSpec, Step, TaskSpec, parse_duration};
+use maestro_api::{BuiltinTask, CompositionSpec, Step, TaskInput, TaskSpec, parse_duration};
 
 use super::expr;
 
@@ -161,13 +161,60 @@ fn check_step(
             ));
         }
     }
-    for key in step.with.keys() {
-        if !task.inputs.iter().any(|input| &input.name == key) {
-            problems.push(format!(
+    for (key, value) in &step.with {
+        match task.inputs.iter().find(|input| &input.name == key) {
+            None => problems.push(format!(
                 "{at}.with.{key}: task {task_name:?} has no input {key:?}"
+            )),
+            Some(input) if is_code(task, input, value) && holds_template(value) => {
+                problems.push(format!(
+                    "{at}.with.{key}: input {key:?} of task {task_name:?} is code and may not \
+                 hold a {{{{ }}}} template (a param or an output is data, never code): pass \
+                 the value through env, e.g. env: {{VALUE: \"{{{{ params.x }}}}\"}}, and \
+                 read it as $VALUE"
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(position) = shell_command_template(value) {
+            problems.push(format!(
+                "{at}.with.{key}[{position}]: a {{{{ }}}} template in the command line of a \
+                 shell's -c would run a param or an output as code: pass the value through \
+                 env and read it as $VALUE"
             ));
         }
     }
+}
+
+/// Whether `value`, given to `input` of `task`, is code: an input the Task marks as code,
+/// or the container task's command written as one shell command line (it runs as
+/// `sh -c`).
+fn is_code(task: &TaskSpec, input: &TaskInput, value: &serde_json::Value) -> bool {
+    input.code
+        || (task.builtin == Some(BuiltinTask::Container)
+            && input.name == "command"
+            && value.is_string())
+}
+
+/// Whether a string in `value` holds a `{{ }}` template.
+fn holds_template(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains("{{"),
+        serde_json::Value::Array(items) => items.iter().any(holds_template),
+        serde_json::Value::Object(map) => map.values().any(holds_template),
+        _ => false,
+    }
+}
+
+/// In a command given as a list (`[sh, -c, "..."]`), the position of a script after `-c`
+/// that holds a template. Other list elements reach the program as arguments, never
+/// through a shell, so a template there stays data.
+fn shell_command_template(value: &serde_json::Value) -> Option<usize> {
+    let items = value.as_array()?;
+    items.windows(2).enumerate().find_map(|(i, pair)| {
+        let after_dash_c = pair[0].as_str().is_some_and(|flag| flag == "-c");
+        (after_dash_c && holds_template(&pair[1])).then_some(i + 1)
+    })
 }
 
 /// Every `{{ }}` expression in the strings of a JSON value.
@@ -243,4 +290,110 @@ fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> CompositionSpec {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn library() -> BTreeMap<String, TaskSpec> {
+        serde_yaml::from_str(
+            r#"
+shell:
+  builtin: shell
+  inputs:
+    - {name: script, required: true, code: true}
+    - {name: env, type: object}
+container:
+  builtin: container
+  inputs:
+    - {name: image, required: true}
+    - {name: command, type: array, required: true}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        validate(&spec(yaml), Some(&library()), None)
+            .err()
+            .unwrap_or_default()
+    }
+
+    /// A param or an output is data: a template in code is refused, the same value
+    /// through env is fine.
+    #[test]
+    fn templates_in_code_are_refused_and_env_is_the_way() {
+        let refused = problems(
+            r#"
+params: [{name: who}]
+steps:
+  - {name: greet, task: shell, with: {script: 'echo "hello {{ params.who }}"'}}
+"#,
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with(
+                "spec.steps[0].with.script: input \"script\" of task \"shell\" is code and may \
+                 not hold a {{ }} template"
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused[0].contains("pass the value through env"),
+            "{refused:?}"
+        );
+        assert!(
+            problems(
+                r#"
+params: [{name: who}]
+steps:
+  - {name: greet, task: shell, with: {script: 'echo "hello $WHO"', env: {WHO: "{{ params.who }}"}}}
+"#
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_shell_command_line_of_the_container_task_is_code_but_arguments_are_data() {
+        let sh_c = problems(
+            r#"
+params: [{name: v}]
+steps:
+  - {name: d, task: container, with: {image: i, command: [sh, -c, "deploy {{ params.v }}"]}}
+"#,
+        );
+        assert!(
+            sh_c.iter()
+                .any(|p| p.starts_with("spec.steps[0].with.command[2]: a {{ }} template")),
+            "{sh_c:?}"
+        );
+        let line = problems(
+            r#"
+params: [{name: v}]
+steps:
+  - {name: d, task: container, with: {image: i, command: "deploy {{ params.v }}"}}
+"#,
+        );
+        assert!(
+            line.iter()
+                .any(|p| p.starts_with("spec.steps[0].with.command: input \"command\"")),
+            "{line:?}"
+        );
+        assert!(
+            problems(
+                r#"
+params: [{name: v}]
+steps:
+  - {name: d, task: container, with: {image: i, command: [deploy, "{{ params.v }}"]}}
+"#
+            )
+            .is_empty()
+        );
+    }
 }
