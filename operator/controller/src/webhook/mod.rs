@@ -261,10 +261,19 @@ impl Webhook {
             .as_ref()
             .and_then(|d| d.get(&reference.key))
             .map(|v| v.0.clone());
-        if value.is_none() {
-            tracing::warn!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, "the webhook secret has no such key");
+        match value {
+            None => {
+                tracing::warn!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, "the webhook secret has no such key");
+                None
+            }
+            // A short (or empty) secret can be guessed, and an empty one would verify any
+            // body signed with an empty key: such a trigger verifies nothing.
+            Some(short) if short.len() < signature::MIN_SECRET_BYTES => {
+                tracing::warn!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, bytes = short.len(), "the webhook secret is shorter than {} bytes; deliveries for this trigger are refused", signature::MIN_SECRET_BYTES);
+                None
+            }
+            Some(secret) => Some(secret),
         }
-        value
     }
 
     /// Creates the delivery's run of `composition`; returns its name and whether it is

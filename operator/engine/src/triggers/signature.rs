@@ -8,12 +8,20 @@ use subtle::ConstantTimeEq;
 
 use super::push::Provider;
 
+/// A webhook secret shorter than this verifies nothing: it could be guessed, and an empty
+/// one would accept a body signed with an empty key.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// Whether `credential` (the provider's signature or token header, as sent) proves that
-/// the sender knows `secret` for this `body`.
+/// the sender knows `secret` for this `body`. Always false for a secret under
+/// [`MIN_SECRET_BYTES`].
 pub fn verify(provider: Provider, secret: &[u8], body: &[u8], credential: Option<&str>) -> bool {
     let Some(credential) = credential.map(str::trim) else {
         return false;
     };
+    if secret.len() < MIN_SECRET_BYTES {
+        return false;
+    }
     match provider {
         Provider::GitHub => credential
             .strip_prefix("sha256=")
@@ -80,7 +88,7 @@ mod tests {
 
     #[test]
     fn forged_missing_or_malformed_signatures_fail() {
-        let secret = b"s3cret";
+        let secret = b"s3cret-of-16-bytes";
         let body = br#"{"ref":"refs/heads/main"}"#;
         let good = github_signature(secret, body);
         assert!(verify(Provider::GitHub, secret, body, Some(&good)));
@@ -98,9 +106,52 @@ mod tests {
 
     #[test]
     fn gitlab_token_is_the_secret_itself() {
-        assert!(verify(Provider::GitLab, b"tok", b"any body", Some("tok")));
-        assert!(!verify(Provider::GitLab, b"tok", b"any body", Some("tok2")));
-        assert!(!verify(Provider::GitLab, b"tok", b"any body", Some("")));
-        assert!(!verify(Provider::GitLab, b"tok", b"any body", None));
+        let token = "a-gitlab-token-of-32-characters!";
+        assert!(verify(
+            Provider::GitLab,
+            token.as_bytes(),
+            b"any body",
+            Some(token)
+        ));
+        let other = format!("{token}2");
+        assert!(!verify(
+            Provider::GitLab,
+            token.as_bytes(),
+            b"any body",
+            Some(&other)
+        ));
+        assert!(!verify(
+            Provider::GitLab,
+            token.as_bytes(),
+            b"any body",
+            Some("")
+        ));
+        assert!(!verify(
+            Provider::GitLab,
+            token.as_bytes(),
+            b"any body",
+            None
+        ));
+    }
+
+    /// A secret under 16 bytes verifies nothing, even a correct signature: an empty
+    /// secret would otherwise accept a body anyone can sign.
+    #[test]
+    fn short_and_empty_secrets_verify_nothing() {
+        let body = b"{}";
+        for secret in [&b""[..], b"tok", b"fifteen-bytes!!"] {
+            let sig = github_signature(secret, body);
+            assert!(!verify(Provider::GitHub, secret, body, Some(&sig)));
+            assert!(!verify(Provider::Gitea, secret, body, Some(&sig)));
+            let token = String::from_utf8_lossy(secret).into_owned();
+            assert!(!verify(Provider::GitLab, secret, body, Some(&token)));
+        }
+        let secret = b"sixteen-bytes!!!";
+        assert!(verify(
+            Provider::GitHub,
+            secret,
+            body,
+            Some(&github_signature(secret, body))
+        ));
     }
 }
