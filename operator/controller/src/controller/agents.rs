@@ -22,7 +22,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER, pods};
+use super::{Context, Error, FIELD_MANAGER, pods, world};
 use maestro_api::labels;
 use maestro_api::{
     Agent, AgentStatus, CompositionRun, CompositionSpec, RunAgent, SlotStatus, TaskSpec,
@@ -64,19 +64,6 @@ impl Admissions {
             .or_default()
             .push((pod.to_string(), Instant::now()));
     }
-}
-
-/// The Agents of a namespace.
-pub fn in_namespace(ctx: &Context, ns: &str) -> Vec<Agent> {
-    let mut agents: Vec<Agent> = ctx
-        .agents
-        .state()
-        .iter()
-        .filter(|a| a.namespace().as_deref() == Some(ns) && a.meta().deletion_timestamp.is_none())
-        .map(|a| (**a).clone())
-        .collect();
-    agents.sort_by_key(|a| a.name_any());
-    agents
 }
 
 /// The capabilities a composition's steps require, each with the task and step needing it.
@@ -124,17 +111,6 @@ fn slot_of(agent: &RunAgent) -> SlotRef {
     }
 }
 
-/// The runs of a namespace, from the cache.
-fn runs_in(ctx: &Context, ns: &str) -> Vec<CompositionRun> {
-    ctx.runs
-        .state()
-        .iter()
-        .filter_map(|r| r.0.as_ref().ok())
-        .filter(|r| r.namespace().as_deref() == Some(ns))
-        .cloned()
-        .collect()
-}
-
 /// The run's assignment as the cache shows it, or as this process just made it.
 fn assignment(run: &CompositionRun, ns: &str, admissions: &Admissions) -> Option<RunAgent> {
     run.status
@@ -161,25 +137,11 @@ fn waiting(run: &CompositionRun, ns: &str, admissions: &Admissions) -> bool {
 
 /// The composition a not-yet-started run would follow, and its requirements.
 fn run_requirements(run: &CompositionRun, ns: &str, ctx: &Context) -> Vec<Requirement> {
-    let spec = run
-        .status
-        .as_ref()
-        .and_then(|s| s.composition_spec.clone())
-        .and_then(|v| serde_json::from_value::<CompositionSpec>(v).ok())
-        .or_else(|| {
-            ctx.compositions
-                .state()
-                .iter()
-                .filter_map(|c| c.0.as_ref().ok())
-                .find(|c| {
-                    c.name_any() == run.spec.composition && c.namespace().as_deref() == Some(ns)
-                })
-                .map(|c| c.spec.clone())
-        });
+    let spec = world::composition_of_run(ctx, run, ns);
     let Some(spec) = spec else {
         return Vec::new();
     };
-    let tasks = super::run::find_tasks(Some(&spec), ns, ctx);
+    let tasks = world::tasks_of_run(ctx, ns, Some(&spec));
     requirements(&spec, &tasks)
 }
 
@@ -192,7 +154,7 @@ pub fn routing_input(
     admissions: &Admissions,
     now: Timestamp,
 ) -> Routing {
-    let runs = runs_in(ctx, ns);
+    let runs = world::runs_in(ctx, ns);
     let mut busy = BTreeMap::new();
     let mut history: BTreeMap<SlotRef, SlotHistory> = BTreeMap::new();
     let mut remember = |slot: SlotRef, composition: &str, used: Option<Timestamp>| {
@@ -446,7 +408,7 @@ fn agent_status(
                 })
         })
         .collect();
-    let runs = runs_in(ctx, &ns);
+    let runs = world::runs_in(ctx, &ns);
     let pool = pool(agent);
     let mut queued = 0;
     for run in runs.iter().filter(|r| top_level(r)) {

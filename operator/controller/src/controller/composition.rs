@@ -17,7 +17,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER, backoff_action, cron, key};
+use super::{Context, Error, FIELD_MANAGER, backoff_action, cron, key, world};
 use maestro_api::{Composition, CompositionStatus};
 use maestro_engine::graph;
 use maestro_engine::triggers;
@@ -43,22 +43,7 @@ pub async fn reconcile(
         }
     };
     let ns = composition.namespace().ok_or(Error::NoNamespace)?;
-    let tasks = composition
-        .spec
-        .steps
-        .iter()
-        .filter_map(|s| s.task.as_deref())
-        .filter_map(|name| {
-            let state = ctx.tasks.state();
-            let find = |namespace: &str| {
-                state
-                    .iter()
-                    .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))
-                    .map(|t| (name.to_string(), t.spec.clone()))
-            };
-            find(&ns).or_else(|| find(&ctx.settings.library_namespace))
-        })
-        .collect();
+    let tasks = world::tasks_of(&ctx, &ns, &composition.spec);
     let mut problems = graph::validate(&composition.spec, Some(&tasks), None)
         .err()
         .unwrap_or_default();

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod observe;
 pub mod pods;
 mod run;
+mod world;
 
 use std::{
     collections::HashMap,

@@ -21,13 +21,12 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, Error, FIELD_MANAGER, RUN_FINALIZER, agents, backoff_action, key, observe, pods,
+    Context, Error, FIELD_MANAGER, RUN_FINALIZER, agents, backoff_action, key, observe, pods, world,
 };
 use crate::metrics::Metrics;
 use maestro_api::labels;
 use maestro_api::{
     Agent, CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, RunAgent,
-    TaskSpec,
 };
 use maestro_engine::routing::Decision;
 use maestro_engine::{self as engine, Action, Admission, NewRun, Observed, PlanInput};
@@ -103,27 +102,15 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     }
 
     // Fetch.
-    let composition = ctx
-        .compositions
-        .state()
-        .into_iter()
-        .filter_map(|c| c.0.as_ref().ok().cloned())
-        .find(|c| {
-            c.name_any() == run.spec.composition && c.namespace().as_deref() == Some(ns.as_str())
-        })
-        .map(|c| c.spec);
-    let spec_for_tasks = status
-        .composition_spec
-        .clone()
-        .and_then(|v| serde_json::from_value::<CompositionSpec>(v).ok())
-        .or_else(|| composition.clone());
-    let tasks = find_tasks(spec_for_tasks.as_ref(), &ns, ctx);
+    let composition = world::composition(ctx, &ns, &run.spec.composition);
+    let spec_for_tasks = world::composition_of_run(ctx, run, &ns);
+    let tasks = world::tasks_of_run(ctx, &ns, spec_for_tasks.as_ref());
     let observed = observe_world(run, &ns, spec_for_tasks.as_ref(), ctx);
 
     // Route: in a namespace with Agents, the run needs a slot before any step starts,
     // and its new pods fit in its Agent's capacity. The lock is held until the pods are
     // created, so no other reconcile counts the same free slot or capacity.
-    let pool = agents::in_namespace(ctx, &ns);
+    let pool = world::agents_in(ctx, &ns);
     let mut admissions = if pool.is_empty() {
         None
     } else {
@@ -244,13 +231,8 @@ async fn admit(
     {
         // A child run works in its parent's slot; it never holds one of its own (and
         // runs like before Agents existed when its parent holds none).
-        assigned = ctx
-            .runs
-            .state()
-            .iter()
-            .filter_map(|r| r.0.as_ref().ok())
-            .find(|r| r.name_any() == *parent && r.namespace().as_deref() == Some(ns))
-            .and_then(|r| r.status.as_ref()?.agent.clone())
+        assigned = world::run(ctx, ns, parent)
+            .and_then(|r| r.status?.agent)
             .map(|a| RunAgent {
                 cache_hit: false,
                 assigned_time: Some(Time(now)),
@@ -346,37 +328,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-/// The Tasks the composition's steps name: the run's namespace first, then the library.
-pub(super) fn find_tasks(
-    spec: Option<&CompositionSpec>,
-    ns: &str,
-    ctx: &Context,
-) -> BTreeMap<String, TaskSpec> {
-    let Some(spec) = spec else {
-        return BTreeMap::new();
-    };
-    let all = ctx.tasks.state();
-    let mut found = BTreeMap::new();
-    // The deprovision task is always looked up: the cleanup of leftovers runs it.
-    let cleanup = std::iter::once(maestro_api::BuiltinTask::Ec2Deprovision.as_str());
-    for name in spec
-        .steps
-        .iter()
-        .filter_map(|s| s.task.as_deref())
-        .chain(cleanup)
-    {
-        let lookup = |namespace: &str| {
-            all.iter()
-                .find(|t| t.name_any() == name && t.namespace().as_deref() == Some(namespace))
-                .map(|t| t.spec.clone())
-        };
-        if let Some(task) = lookup(ns).or_else(|| lookup(&ctx.settings.library_namespace)) {
-            found.insert(name.to_string(), task);
-        }
-    }
-    found
 }
 
 fn observe_world(

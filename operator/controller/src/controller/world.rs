@@ -1,0 +1,104 @@
+//! The World: typed lookups over the reflector stores, the one place the controllers read
+//! the caches. `run` and `agents` both read through it, so neither imports the other for
+//! a lookup. A lookup by name uses `Store::get`; only "every X in a namespace" scans.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
+
+use super::Context;
+use maestro_api::{Agent, CompositionRun, CompositionSpec, Task, TaskSpec};
+
+/// A run from the cache, if it is there and well-formed.
+pub fn run(ctx: &Context, ns: &str, name: &str) -> Option<CompositionRun> {
+    let guard = ctx.runs.get(&ObjectRef::new(name).within(ns))?;
+    guard.0.as_ref().ok().cloned()
+}
+
+/// The well-formed runs of a namespace.
+pub fn runs_in(ctx: &Context, ns: &str) -> Vec<CompositionRun> {
+    ctx.runs
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .cloned()
+        .collect()
+}
+
+/// The live spec of a composition, if it is cached and well-formed.
+pub fn composition(ctx: &Context, ns: &str, name: &str) -> Option<CompositionSpec> {
+    let guard = ctx.compositions.get(&ObjectRef::new(name).within(ns))?;
+    guard.0.as_ref().ok().map(|c| c.spec.clone())
+}
+
+/// The composition a run follows: the snapshot its status took at start, or (before it
+/// started) the live composition it names.
+pub fn composition_of_run(
+    ctx: &Context,
+    run: &CompositionRun,
+    ns: &str,
+) -> Option<CompositionSpec> {
+    run.status
+        .as_ref()
+        .and_then(|s| s.composition_spec.clone())
+        .and_then(|v| serde_json::from_value::<CompositionSpec>(v).ok())
+        .or_else(|| composition(ctx, ns, &run.spec.composition))
+}
+
+/// A Task by name: the namespace's own first, then the library's.
+pub fn task(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Task>> {
+    ctx.tasks.get(&ObjectRef::new(name).within(ns)).or_else(|| {
+        ctx.tasks
+            .get(&ObjectRef::new(name).within(&ctx.settings.library_namespace))
+    })
+}
+
+/// The Tasks a composition's steps name, by name (a missing one is left out).
+pub fn tasks_of(ctx: &Context, ns: &str, spec: &CompositionSpec) -> BTreeMap<String, TaskSpec> {
+    tasks_named(ctx, ns, spec.steps.iter().filter_map(|s| s.task.as_deref()))
+}
+
+/// The Tasks a run needs: its composition's, plus the deprovision task, which the cleanup
+/// of leftovers runs.
+pub fn tasks_of_run(
+    ctx: &Context,
+    ns: &str,
+    spec: Option<&CompositionSpec>,
+) -> BTreeMap<String, TaskSpec> {
+    let Some(spec) = spec else {
+        return BTreeMap::new();
+    };
+    let cleanup = std::iter::once(maestro_api::BuiltinTask::Ec2Deprovision.as_str());
+    tasks_named(
+        ctx,
+        ns,
+        spec.steps
+            .iter()
+            .filter_map(|s| s.task.as_deref())
+            .chain(cleanup),
+    )
+}
+
+fn tasks_named<'a>(
+    ctx: &Context,
+    ns: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> BTreeMap<String, TaskSpec> {
+    names
+        .filter_map(|name| Some((name.to_string(), task(ctx, ns, name)?.spec.clone())))
+        .collect()
+}
+
+/// The Agents of a namespace that are not being deleted, by name.
+pub fn agents_in(ctx: &Context, ns: &str) -> Vec<Agent> {
+    let mut agents: Vec<Agent> = ctx
+        .agents
+        .state()
+        .iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns) && a.meta().deletion_timestamp.is_none())
+        .map(|a| (**a).clone())
+        .collect();
+    agents.sort_by_key(|a| a.name_any());
+    agents
+}
