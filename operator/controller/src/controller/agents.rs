@@ -3,11 +3,14 @@
 //! each Agent's status and makes its slots' cache claims.
 //!
 //! Every decision that takes a slot or starts a step pod of an Agent is made while holding
-//! [`Context::admissions`]: kube-runtime reconciles runs concurrently, and two reconciles
-//! must never both see the same slot free, or both see room for the last pod.
+//! the namespace's lock in [`Context::admissions`]: kube-runtime reconciles runs
+//! concurrently, and two reconciles must never both see the same slot free, or both see
+//! room for the last pod. Agents, slots and capacity never span namespaces, so one lock
+//! per namespace keeps that guarantee without making other namespaces wait.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -44,6 +47,27 @@ pub struct Admissions {
     assigned: HashMap<String, RunAgent>,
     /// Step pods created, by `namespace/agent`, until the pod cache has them.
     created: HashMap<String, Vec<(String, Instant)>>,
+}
+
+/// One [`Admissions`] per namespace, each behind its own async lock, so reconciles in
+/// different namespaces never wait on each other.
+#[derive(Debug, Default)]
+pub struct AdmissionLocks {
+    by_namespace: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Admissions>>>>,
+}
+
+impl AdmissionLocks {
+    /// The lock of a namespace's admissions (made on first use). The map's own lock is
+    /// held only to find the entry, never across an await.
+    pub fn of(&self, ns: &str) -> Arc<tokio::sync::Mutex<Admissions>> {
+        // A panic while the map was held cannot leave it half-updated: an entry is
+        // either inserted whole or not at all.
+        let mut map = self
+            .by_namespace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry(ns.to_string()).or_default().clone()
+    }
 }
 
 impl Admissions {

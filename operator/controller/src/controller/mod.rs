@@ -111,9 +111,10 @@ pub struct Context {
     pub approvals: Store<Approval>,
     pub agents: Store<Agent>,
     pub metrics: Metrics,
-    /// Held while a run takes an Agent slot or starts step pods on an Agent, so that
-    /// concurrent reconciles never share a slot or exceed a capacity.
-    pub admissions: tokio::sync::Mutex<agents::Admissions>,
+    /// A namespace's lock is held while a run there takes an Agent slot or starts step
+    /// pods on an Agent, so that concurrent reconciles never share a slot or exceed a
+    /// capacity.
+    pub admissions: agents::AdmissionLocks,
     /// Consecutive failures per object, for exponential backoff in the error policy.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -219,7 +220,7 @@ pub async fn run(
         approvals,
         agents,
         metrics,
-        admissions: tokio::sync::Mutex::new(agents::Admissions::default()),
+        admissions: agents::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
     });
 

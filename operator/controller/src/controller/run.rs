@@ -108,8 +108,8 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let observed = observe_world(run, &ns, spec_for_tasks.as_ref(), ctx);
 
     // Route: in a namespace with Agents, the run needs a slot before any step starts,
-    // and its new pods fit in its Agent's capacity. The lock is held until the pods are
-    // created, so no other reconcile counts the same free slot or capacity.
+    // and its new pods fit in its Agent's capacity. The namespace's lock is held until the
+    // pods are created, so no other reconcile counts the same free slot or capacity.
     let pool = world::agents_in(ctx, &ns);
     let mut admissions = if pool.is_empty() {
         None
@@ -118,7 +118,7 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         if let Err(e) = ctx.runs.wait_until_ready().await {
             tracing::warn!(error = %e, "run cache not ready");
         }
-        Some(ctx.admissions.lock().await)
+        Some(ctx.admissions.of(&ns).lock_owned().await)
     };
     let mut status = status;
     let mut route = Route::default();
