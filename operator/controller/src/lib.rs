@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod http;
+pub mod k8s;
 pub mod library;
 pub mod metrics;
 pub mod telemetry;

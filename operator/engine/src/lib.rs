@@ -4,6 +4,7 @@
 //! the actions out (creating a pod twice fails with AlreadyExists, so every action is
 //! safe to repeat) and then writes the status.
 
+pub mod conditions;
 pub mod expr;
 pub mod graph;
 mod plan;

@@ -19,18 +19,16 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-};
-use serde_json::json;
+use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER, pods, world};
+use super::{Context, Error, pods, world};
+use crate::k8s::{self, Created};
 use maestro_api::labels;
 use maestro_api::{
     Agent, AgentStatus, CompositionRun, CompositionSpec, RunAgent, SlotStatus, TaskSpec,
     parse_duration,
 };
+use maestro_engine::conditions;
 use maestro_engine::routing::{Pool, QueuedRun, Requirement, Routing, SlotHistory, SlotRef};
 
 /// Default of an Agent's `affinityWait`.
@@ -305,18 +303,17 @@ pub async fn ensure_slot_claim(ctx: &Context, agent: &Agent, slot: u32) -> Resul
     };
     let pvc = pods::slot_claim(&agent.name_any(), slot, &ns, owner, &claim);
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &pvc).await {
-        Ok(_) => {
-            tracing::info!(claim = %pods::slot_claim_name(&agent.name_any(), slot), "created slot cache claim");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+    let name = pvc.name_any();
+    let created = k8s::create_or_existing(&api, &pvc)
+        .await
+        .map_err(|source| Error::CreateClaim {
+            name: name.clone(),
+            source,
+        })?;
+    if created == Created::Created {
+        tracing::info!(claim = %name, "created slot cache claim");
     }
+    Ok(())
 }
 
 /// Keeps every Agent's status (slots, busy and idle, queue, cache hits and misses) and the
@@ -477,9 +474,15 @@ fn agent_status(
         ),
         Err(e) => ("False", "CacheClaimFailed", e.clone()),
     };
-    let condition = match old.conditions.iter().find(|c| c.type_ == "Ready") {
-        Some(c) if c.status == status && c.message == message => c.clone(),
-        _ => Condition {
+    let mut conditions: Vec<Condition> = old
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == "Ready")
+        .cloned()
+        .collect();
+    conditions::set(
+        &mut conditions,
+        Condition {
             type_: "Ready".into(),
             status: status.into(),
             reason: reason.into(),
@@ -487,7 +490,7 @@ fn agent_status(
             last_transition_time: Time(Timestamp::now()),
             observed_generation: agent.metadata.generation,
         },
-    };
+    );
     AgentStatus {
         busy_slots: busy,
         idle_slots: agent.spec.slots.saturating_sub(busy),
@@ -495,24 +498,21 @@ fn agent_status(
         cache_hits: old.cache_hits + added.0,
         cache_misses: old.cache_misses + added.1,
         slots,
-        conditions: vec![condition],
+        conditions,
     }
 }
 
 async fn write_status(ctx: &Context, agent: &Agent, status: &AgentStatus) -> Result<(), Error> {
     let ns = agent.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": "maestro.dev/v1alpha1",
-        "kind": "Agent",
-        "status": status,
-    });
-    api.patch_status(
-        &agent.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let name = agent.name_any();
+    k8s::apply_status(&api, &name, status)
+        .await
+        .map_err(|source| Error::PatchStatus {
+            kind: "Agent",
+            name,
+            source,
+        })?;
     Ok(())
 }
 

@@ -9,16 +9,12 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    core::DeserializeGuard,
-    runtime::controller::Action as Requeue,
-};
-use serde_json::json;
+use kube::{Api, ResourceExt, core::DeserializeGuard, runtime::controller::Action as Requeue};
 
-use super::{Context, Error, FIELD_MANAGER, backoff_action, cron, key, world};
+use super::{Context, Error, backoff_action, cron, key, world};
+use crate::k8s;
 use maestro_api::{Composition, CompositionStatus};
+use maestro_engine::conditions;
 use maestro_engine::graph;
 use maestro_engine::triggers;
 
@@ -75,36 +71,40 @@ pub async fn reconcile(
             requeue_after: None,
         },
     };
-    let transition = old
+    let mut conditions: Vec<Condition> = old
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(Timestamp::now()));
-    let new = CompositionStatus {
-        observed_generation: composition.metadata.generation,
-        step_count: i64::try_from(composition.spec.steps.len()).ok(),
-        conditions: vec![Condition {
+        .filter(|c| c.type_ == "Ready")
+        .cloned()
+        .collect();
+    conditions::set(
+        &mut conditions,
+        Condition {
             type_: "Ready".into(),
             status: status.into(),
             reason: reason.into(),
             message,
-            last_transition_time: transition,
+            last_transition_time: Time(Timestamp::now()),
             observed_generation: composition.metadata.generation,
-        }],
+        },
+    );
+    let new = CompositionStatus {
+        observed_generation: composition.metadata.generation,
+        step_count: i64::try_from(composition.spec.steps.len()).ok(),
+        conditions,
         last_schedule_time: tick.last_schedule_time,
         last_skipped_time: tick.last_skipped_time,
     };
     if new != old {
         let api: Api<Composition> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch =
-            json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "Composition", "status": new});
-        api.patch_status(
-            &composition.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let name = composition.name_any();
+        k8s::apply_status(&api, &name, &new)
+            .await
+            .map_err(|source| Error::PatchStatus {
+                kind: "Composition",
+                name,
+                source,
+            })?;
     }
     ctx.succeeded(&key(guard.as_ref()));
     Ok(match tick.requeue_after {
@@ -119,4 +119,38 @@ pub fn error_policy(
     ctx: Arc<Context>,
 ) -> Requeue {
     backoff_action(guard.as_ref(), error, &ctx, "composition")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(status: &str, message: &str, at: i64) -> Condition {
+        Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: "Valid".into(),
+            message: message.into(),
+            last_transition_time: Time(Timestamp::from_second(at).unwrap_or(Timestamp::UNIX_EPOCH)),
+            observed_generation: Some(1),
+        }
+    }
+
+    #[test]
+    fn the_transition_time_moves_only_when_the_status_does() {
+        let mut conditions = vec![ready("True", "old", 100)];
+        conditions::set(&mut conditions, ready("True", "new message", 200));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].message, "new message");
+        assert_eq!(
+            conditions[0].last_transition_time,
+            ready("True", "", 100).last_transition_time
+        );
+        conditions::set(&mut conditions, ready("False", "broken", 300));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(
+            conditions[0].last_transition_time,
+            ready("False", "", 300).last_transition_time
+        );
+    }
 }

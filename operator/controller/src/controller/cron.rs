@@ -2,22 +2,21 @@
 //! the pure decision of `triggers::cron` — creates the due run, cancels runs it replaces —
 //! and says what the status should remember and when to look again.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::PatchParams,
     runtime::events::{Event, EventType},
 };
 use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
+use crate::k8s::{self, Created, Found, RunBuilder};
 use maestro_api::labels;
-use maestro_api::{
-    Composition, CompositionRun, CompositionRunSpec, CompositionStatus, CronTrigger,
-};
+use maestro_api::{Composition, CompositionRun, CompositionStatus, CronTrigger};
 use maestro_engine::triggers::cron::{self, CronState, Decision, Schedule};
 
 /// The cron fields of the status after a tick, and when to tick again.
@@ -108,23 +107,20 @@ pub async fn tick(
             cancel,
         } => {
             for old_run in &cancel {
-                let cancelled = runs
-                    .patch(
-                        old_run,
-                        &PatchParams {
-                            field_manager: Some(FIELD_MANAGER.into()),
-                            ..PatchParams::default()
-                        },
-                        &Patch::Merge(json!({"spec": {"cancel": true}})),
-                    )
-                    .await;
-                match cancelled {
-                    Ok(_) => {
-                        tracing::info!(composition = %name, run = %old_run, "cancelled: replaced by the next scheduled run")
-                    }
-                    // Deleted meanwhile: nothing left to replace.
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                let patch = json!({"spec": {"cancel": true}});
+                let found = k8s::merge_or_gone(&runs, old_run, &params, &patch)
+                    .await
+                    .map_err(|source| Error::CancelRun {
+                        name: old_run.clone(),
+                        source,
+                    })?;
+                // Gone: deleted meanwhile, nothing left to replace.
+                if found == Found::Found {
+                    tracing::info!(composition = %name, run = %old_run, "cancelled: replaced by the next scheduled run")
                 }
             }
             let created = create_run(&runs, composition, cron_trigger, &run, &ns).await?;
@@ -167,39 +163,23 @@ async fn create_run(
     ns: &str,
 ) -> Result<bool, Error> {
     let composition_name = composition.name_any();
-    let new = CompositionRun {
-        metadata: ObjectMeta {
-            name: Some(run.to_string()),
-            namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([
-                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
-                (labels::COMPOSITION.to_string(), composition_name.clone()),
-                (labels::TRIGGER.to_string(), CRON.to_string()),
-            ])),
-            ..ObjectMeta::default()
-        },
-        spec: CompositionRunSpec {
-            composition: composition_name.clone(),
-            params: cron_trigger.params.clone(),
-            cancel: false,
-            // A scheduled run queues like a manual one.
-            priority: 0,
-        },
-        status: None,
-    };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match runs.create(&params, &new).await {
-        Ok(_) => {
-            tracing::info!(composition = %composition_name, %run, "schedule started a run");
-            Ok(true)
-        }
-        // Created before a restart, or by the previous leader: the same time, once.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
+    let new = RunBuilder::new(run, ns, &composition_name)
+        .label(labels::COMPOSITION, &composition_name)
+        .label(labels::TRIGGER, CRON)
+        // A scheduled run queues like a manual one.
+        .params(cron_trigger.params.clone())
+        .build();
+    let created = k8s::create_or_existing(runs, &new)
+        .await
+        .map_err(|source| Error::CreateRun {
+            name: run.to_string(),
+            source,
+        })?;
+    // Existed: created before a restart, or by the previous leader: the same time, once.
+    if created == Created::Created {
+        tracing::info!(composition = %composition_name, %run, "schedule started a run");
     }
+    Ok(created == Created::Created)
 }
 
 /// An Event on the composition, so `kubectl describe comp` tells what the schedule did.

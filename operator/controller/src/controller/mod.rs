@@ -40,8 +40,7 @@ use maestro_api::{Agent, Approval, Composition, CompositionRun, RunPhase, Task};
 
 pub use pods::PodSettings;
 
-/// The field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "maestro-operator";
+pub use crate::k8s::FIELD_MANAGER;
 /// The finalizer that makes cleanup run before a run goes away.
 pub const RUN_FINALIZER: &str = "maestro.dev/cleanup";
 
@@ -72,11 +71,28 @@ where
     }
 }
 
-/// Errors of a reconcile; `metric_label` names each kind in logs and metrics.
+/// Errors of a reconcile, one variant per operation, each naming the object it was
+/// about; `metric_label` names each variant in logs and metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("creating pod {name}: {source}")]
+    CreatePod { name: String, source: kube::Error },
+    #[error("creating claim {name}: {source}")]
+    CreateClaim { name: String, source: kube::Error },
+    #[error("creating run {name}: {source}")]
+    CreateRun { name: String, source: kube::Error },
+    #[error("deleting pod {name}: {source}")]
+    DeletePod { name: String, source: kube::Error },
+    #[error("deleting run {name}: {source}")]
+    DeleteRun { name: String, source: kube::Error },
+    #[error("cancelling run {name}: {source}")]
+    CancelRun { name: String, source: kube::Error },
+    #[error("writing the status of {kind} {name}: {source}")]
+    PatchStatus {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("serialization: {0}")]
@@ -90,7 +106,13 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
+            Error::CreatePod { .. } => "create_pod",
+            Error::CreateClaim { .. } => "create_claim",
+            Error::CreateRun { .. } => "create_run",
+            Error::DeletePod { .. } => "delete_pod",
+            Error::DeleteRun { .. } => "delete_run",
+            Error::CancelRun { .. } => "cancel_run",
+            Error::PatchStatus { .. } => "patch_status",
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::NoNamespace => "no_namespace",

@@ -1,7 +1,7 @@
 //! The CompositionRun controller: fetch what the engine needs from the caches, plan,
 //! carry out the actions, then write the status by server-side apply.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{PersistentVolumeClaim, Pod},
@@ -10,7 +10,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PatchParams},
     core::DeserializeGuard,
     runtime::{
         controller::Action as Requeue,
@@ -20,14 +20,11 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{
-    Context, Error, FIELD_MANAGER, RUN_FINALIZER, agents, backoff_action, key, observe, pods, world,
-};
+use super::{Context, Error, RUN_FINALIZER, agents, backoff_action, key, observe, pods, world};
+use crate::k8s::{self, Created, Found, RunBuilder};
 use crate::metrics::Metrics;
 use maestro_api::labels;
-use maestro_api::{
-    Agent, CompositionRun, CompositionRunSpec, CompositionRunStatus, CompositionSpec, RunAgent,
-};
+use maestro_api::{Agent, CompositionRun, CompositionRunStatus, CompositionSpec, RunAgent};
 use maestro_engine::routing::Decision;
 use maestro_engine::{self as engine, Action, Admission, NewRun, Observed, PlanInput};
 
@@ -307,8 +304,7 @@ async fn admit(
     })
 }
 
-/// Writes the run's whole status by server-side apply (a partial status would drop the
-/// fields it leaves out).
+/// Writes the run's whole status by server-side apply.
 async fn write_status(
     run: &CompositionRun,
     ns: &str,
@@ -316,17 +312,14 @@ async fn write_status(
     ctx: &Context,
 ) -> Result<(), Error> {
     let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": "maestro.dev/v1alpha1",
-        "kind": "CompositionRun",
-        "status": status,
-    });
-    api.patch_status(
-        &run.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let name = run.name_any();
+    k8s::apply_status(&api, &name, status)
+        .await
+        .map_err(|source| Error::PatchStatus {
+            kind: "CompositionRun",
+            name,
+            source,
+        })?;
     Ok(())
 }
 
@@ -398,15 +391,12 @@ async fn act(
             if let (Some(claim), None) = (&ctx.settings.pods.workspace, placement) {
                 let pvc = pods::workspace_claim(&run_name, ns, owner.clone(), claim);
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-                let params = PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
-                };
-                match api.create(&params, &pvc).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                k8s::create_or_existing(&api, &pvc)
+                    .await
+                    .map_err(|source| Error::CreateClaim {
+                        name: pvc.name_any(),
+                        source,
+                    })?;
             }
             let pod = pods::step_pod(
                 step,
@@ -418,43 +408,41 @@ async fn act(
                 placement,
             );
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            match api
-                .create(
-                    &PostParams {
-                        field_manager: Some(FIELD_MANAGER.into()),
-                        ..PostParams::default()
-                    },
-                    &pod,
-                )
+            let created = k8s::create_or_existing(&api, &pod)
                 .await
-            {
-                Ok(_) => {
-                    tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
-                }
-                // The deterministic name means the attempt is already under way.
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e.into()),
+                .map_err(|source| Error::CreatePod {
+                    name: step.name.clone(),
+                    source,
+                })?;
+            // Existed: the deterministic name means the attempt is already under way.
+            if created == Created::Created {
+                tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
             }
         }
         Action::DeletePod { name } => {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => tracing::info!(pod = %name, "deleted step pod"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+            let found = k8s::delete_or_gone(&api, name, &DeleteParams::default())
+                .await
+                .map_err(|source| Error::DeletePod {
+                    name: name.clone(),
+                    source,
+                })?;
+            if found == Found::Found {
+                tracing::info!(pod = %name, "deleted step pod");
             }
         }
         Action::CreateRun(new) => create_run(run, ns, new, ctx).await?,
         Action::CancelRun { name } => {
             let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
             let patch = json!({"spec": {"cancel": true}});
-            match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            let found = k8s::merge_or_gone(&api, name, &PatchParams::default(), &patch)
                 .await
-            {
-                Ok(_) => tracing::info!(run = %name, "cancelled child run"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+                .map_err(|source| Error::CancelRun {
+                    name: name.clone(),
+                    source,
+                })?;
+            if found == Found::Found {
+                tracing::info!(run = %name, "cancelled child run");
             }
         }
     }
@@ -468,49 +456,30 @@ async fn create_run(
     ctx: &Context,
 ) -> Result<(), Error> {
     let parent_name = parent.name_any();
-    let mut run_labels =
-        BTreeMap::from([(labels::MANAGED_BY.to_string(), labels::MANAGER.to_string())]);
-    let mut owners = None;
-    if let Some(step) = &new.step {
-        run_labels.insert(labels::PARENT_RUN.into(), parent_name.clone());
-        run_labels.insert(labels::STEP.into(), step.clone());
-    } else {
-        run_labels.insert(labels::FAILED_RUN.into(), parent_name.clone());
-    }
-    if new.owned {
-        owners = owner_of(parent).map(|o| vec![o]);
-    }
-    let child = CompositionRun {
-        metadata: ObjectMeta {
-            name: Some(new.name.clone()),
-            namespace: Some(ns.into()),
-            labels: Some(run_labels),
-            owner_references: owners,
-            ..ObjectMeta::default()
-        },
-        spec: CompositionRunSpec {
-            composition: new.composition.clone(),
-            params: new.params.clone(),
-            cancel: false,
-            // A child (or the onFailure run) keeps its parent's place in the queue.
-            priority: parent.spec.priority,
-        },
-        status: None,
+    let mut child = RunBuilder::new(&new.name, ns, &new.composition)
+        .params(new.params.clone())
+        // A child (or the onFailure run) keeps its parent's place in the queue.
+        .priority(parent.spec.priority);
+    child = match &new.step {
+        Some(step) => child
+            .label(labels::PARENT_RUN, &parent_name)
+            .label(labels::STEP, step),
+        None => child.label(labels::FAILED_RUN, &parent_name),
     };
-    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
-    match api
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &child,
-        )
-        .await
+    if new.owned
+        && let Some(owner) = owner_of(parent)
     {
-        Ok(_) => tracing::info!(run = %new.name, composition = %new.composition, "created run"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
+        child = child.owner(owner);
+    }
+    let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
+    let created = k8s::create_or_existing(&api, &child.build())
+        .await
+        .map_err(|source| Error::CreateRun {
+            name: new.name.clone(),
+            source,
+        })?;
+    if created == Created::Created {
+        tracing::info!(run = %new.name, composition = %new.composition, "created run");
     }
     Ok(())
 }
@@ -548,13 +517,15 @@ async fn expire_if_old(run: &CompositionRun, ctx: &Context) -> Result<Requeue, E
             ctx.client.clone(),
             &run.namespace().ok_or(Error::NoNamespace)?,
         );
-        match api
-            .delete(&run.name_any(), &DeleteParams::background())
+        let name = run.name_any();
+        let found = k8s::delete_or_gone(&api, &name, &DeleteParams::background())
             .await
-        {
-            Ok(_) => tracing::info!(run = %run.name_any(), "deleted finished run after its TTL"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            .map_err(|source| Error::DeleteRun {
+                name: name.clone(),
+                source,
+            })?;
+        if found == Found::Found {
+            tracing::info!(run = %name, "deleted finished run after its TTL");
         }
         return Ok(Requeue::await_change());
     }

@@ -14,11 +14,7 @@ use hyper::{
     header::{CONTENT_LENGTH, HeaderMap},
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{ObjectMeta, PostParams},
-    core::DeserializeGuard,
-};
+use kube::{Api, Client, ResourceExt, core::DeserializeGuard};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -27,12 +23,12 @@ mod outcome;
 pub use outcome::{Outcome, label_value};
 
 use crate::{
-    controller::FIELD_MANAGER,
     http::{self, HttpResponse, respond},
+    k8s::{self, Created, RunBuilder},
     metrics::Metrics,
 };
 use maestro_api::labels;
-use maestro_api::{Composition, CompositionRun, CompositionRunSpec, GitTrigger};
+use maestro_api::{Composition, CompositionRun, GitTrigger};
 use maestro_engine::triggers::{
     push::{self, EventKind, MAX_BODY_BYTES, Mismatch, Provider, Push},
     signature,
@@ -289,46 +285,24 @@ impl Webhook {
         let composition_name = composition.name_any();
         let name = labels::webhook_run_name(&composition_name, delivery);
         let declared = |p: &str| composition.spec.params.iter().any(|d| d.name == p);
-        let run = CompositionRun {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(BTreeMap::from([
-                    (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
-                    (labels::COMPOSITION.to_string(), composition_name.clone()),
-                    (labels::TRIGGER.to_string(), "git".to_string()),
-                    (labels::DELIVERY.to_string(), label_value(delivery)),
-                ])),
-                annotations: Some(BTreeMap::from([(
-                    labels::DELIVERY.to_string(),
-                    delivery.to_string(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            spec: CompositionRunSpec {
-                composition: composition_name.clone(),
-                params: push::run_params(trigger, push, declared),
-                cancel: false,
-                // A pushed commit queues like a manual run.
-                priority: 0,
-            },
-            status: None,
-        };
+        let run = RunBuilder::new(&name, &ns, &composition_name)
+            .label(labels::COMPOSITION, &composition_name)
+            .label(labels::TRIGGER, "git")
+            .label(labels::DELIVERY, &label_value(delivery))
+            .annotation(labels::DELIVERY, delivery)
+            // A pushed commit queues like a manual run.
+            .params(push::run_params(trigger, push, declared))
+            .build();
         let api: Api<CompositionRun> = Api::namespaced(self.client.clone(), &ns);
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match api.create(&params, &run).await {
-            Ok(_) => {
+        match k8s::create_or_existing(&api, &run).await? {
+            Created::Created => {
                 tracing::info!(run = %name, composition = %composition_name, git_ref = %push.git_ref, commit = %push.commit_sha, %delivery, "push started a run");
                 Ok((name, true))
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
+            Created::Existed => {
                 tracing::info!(run = %name, %delivery, "redelivered push: the run exists already");
                 Ok((name, false))
             }
-            Err(e) => Err(e),
         }
     }
 }
