@@ -18,6 +18,11 @@ use maestro_engine::conditions;
 use maestro_engine::graph;
 use maestro_engine::triggers;
 
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(composition = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default())
+)]
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<Composition>>,
     ctx: Arc<Context>,

@@ -34,6 +34,13 @@ const ACTIVE_RESYNC: Duration = Duration::from_secs(5);
 /// How often a run queued for an Agent slot looks again (slots free when runs end).
 const QUEUED_RESYNC: Duration = Duration::from_secs(2);
 
+// The span is entered on every poll of the future (unlike a guard held across `.await`,
+// which would leak it onto whatever else the worker thread polls).
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(run = %guard.name_any(), namespace = %guard.namespace().unwrap_or_default())
+)]
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<CompositionRun>>,
     ctx: Arc<Context>,
@@ -57,8 +64,6 @@ pub async fn reconcile(
     };
     let ns = run.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), &ns);
-    let span = tracing::info_span!("reconcile", run = %run.name_any(), namespace = %ns);
-    let _entered = span.enter();
     let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(&run, &ctx, false).await,
