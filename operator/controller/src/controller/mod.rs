@@ -9,6 +9,8 @@ pub mod leader;
 pub mod observe;
 pub mod pods;
 mod run;
+#[cfg(test)]
+mod tests;
 mod world;
 
 use std::{

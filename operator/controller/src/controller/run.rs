@@ -202,15 +202,15 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
 
 /// What routing decided for one planning pass.
 #[derive(Default)]
-struct Route {
-    admission: Admission,
-    pod_budget: Option<u32>,
-    placement: Option<pods::Placement>,
+pub(super) struct Route {
+    pub(super) admission: Admission,
+    pub(super) pod_budget: Option<u32>,
+    pub(super) placement: Option<pods::Placement>,
 }
 
 /// Finds or takes the run's Agent slot. A new assignment is written to the run's status
 /// before any pod exists, so a restarted operator sees which slots are held.
-async fn admit(
+pub(super) async fn admit(
     run: &CompositionRun,
     ns: &str,
     pool: &[Agent],
@@ -379,7 +379,7 @@ fn owner_of(run: &CompositionRun) -> Option<OwnerReference> {
     run.controller_owner_ref(&())
 }
 
-async fn act(
+pub(super) async fn act(
     run: &CompositionRun,
     ns: &str,
     action: &Action,

@@ -1,0 +1,364 @@
+//! Admission and act against in-memory caches (reflector `Writer`s) and a mocked API
+//! server (`tower_test::mock`), as kube-rs' controller-rs tests its reconciler: what
+//! only the e2e tests covered before.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hyper::{Request, Response};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    client::Body,
+    core::DeserializeGuard,
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::store::Writer,
+        watcher,
+    },
+};
+use maestro_api::{Agent, CompositionRun, CompositionRunStatus};
+use maestro_engine::{Action, Admission, StepPod, TaskRuns};
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER, Settings, agents, pods, run};
+use crate::k8s::{self, Created};
+use crate::metrics::Metrics;
+
+const NS: &str = "team";
+
+/// Requests the mocked API server saw, as "METHOD path".
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A client whose API server answers every request with `answer(method, path, body)`
+/// (status code and body), recording what it was asked.
+fn mocked_client(
+    answer: impl Fn(&str, &str, &serde_json::Value) -> (u16, serde_json::Value) + Send + 'static,
+) -> (Client, Seen) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some((request, respond)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_string();
+            let bytes = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            log.lock().expect("seen").push(format!("{method} {path}"));
+            let (code, reply) = answer(&method, &path, &body);
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                .expect("response");
+            respond.send_response(response);
+        }
+    });
+    (Client::new(service, "default"), seen)
+}
+
+fn already_exists() -> (u16, serde_json::Value) {
+    (
+        409,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": "AlreadyExists", "message": "already exists", "code": 409}),
+    )
+}
+
+/// The in-memory caches the test fills, and the Context reading them.
+struct World {
+    ctx: Context,
+    runs: Writer<DeserializeGuard<CompositionRun>>,
+    pods: Writer<Pod>,
+    agents: Writer<Agent>,
+}
+
+fn world(client: Client) -> World {
+    let runs = Writer::default();
+    let pods = Writer::default();
+    let agents = Writer::default();
+    let compositions = Writer::default();
+    let tasks = Writer::default();
+    let approvals = Writer::default();
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: None,
+    };
+    let ctx = Context {
+        client: client.clone(),
+        settings: Settings {
+            pods: pods::PodSettings {
+                agent_image: "localhost/maestro/agent:dev".into(),
+                agent_pull_policy: "IfNotPresent".into(),
+                workspace: None,
+            },
+            library_namespace: "maestro-system".into(),
+            finished_run_ttl: Duration::from_secs(3600),
+            watch_namespace: None,
+            library: None,
+        },
+        recorder: Recorder::new(client, reporter),
+        runs: runs.as_reader(),
+        compositions: compositions.as_reader(),
+        tasks: tasks.as_reader(),
+        pods: pods.as_reader(),
+        approvals: approvals.as_reader(),
+        agents: agents.as_reader(),
+        metrics: Metrics::new().expect("metrics"),
+        admissions: agents::AdmissionLocks::default(),
+        failures: Mutex::new(HashMap::new()),
+    };
+    World {
+        ctx,
+        runs,
+        pods,
+        agents,
+    }
+}
+
+fn agent(name: &str, capacity: u32, slots: u32) -> Agent {
+    let mut agent: Agent = serde_json::from_value(json!({
+        "apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
+        "spec": {"capacity": capacity, "slots": slots,
+                 "cache": {"hostPath": {"path": "/var/cache/maestro"}}},
+    }))
+    .expect("agent");
+    agent.metadata.generation = Some(1);
+    agent
+}
+
+fn queued_run(name: &str, created: &str) -> CompositionRun {
+    serde_json::from_value(json!({
+        "apiVersion": "maestro.dev/v1alpha1", "kind": "CompositionRun",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                     "creationTimestamp": created},
+        "spec": {"composition": "build"},
+    }))
+    .expect("run")
+}
+
+fn agent_pod(name: &str, agent: &str, phase: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS,
+                     "labels": {maestro_api::labels::AGENT: agent}},
+        "status": {"phase": phase},
+    }))
+    .expect("pod")
+}
+
+fn apply<K>(writer: &mut Writer<K>, object: K)
+where
+    K: kube::runtime::reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer.apply_watcher_event(&watcher::Event::Apply(object));
+}
+
+#[tokio::test]
+async fn capacity_counts_live_pods_and_pods_in_flight() {
+    let (client, seen) = mocked_client(|_, _, _| (500, json!({})));
+    let mut w = world(client);
+    let pool = agent("pool", 3, 1);
+    apply(&mut w.agents, pool.clone());
+    apply(&mut w.pods, agent_pod("a-1", "pool", "Running"));
+    apply(&mut w.pods, agent_pod("a-0", "pool", "Succeeded"));
+    apply(&mut w.pods, agent_pod("other-1", "other", "Running"));
+    let mut admissions = agents::Admissions::default();
+    assert_eq!(
+        agents::free_capacity(&w.ctx, NS, &pool, &mut admissions),
+        2,
+        "one live pod of three; ended pods and other Agents' pods do not count"
+    );
+    admissions.created(NS, "pool", "a-2");
+    assert_eq!(
+        agents::free_capacity(&w.ctx, NS, &pool, &mut admissions),
+        1,
+        "a pod just created counts before the cache shows it"
+    );
+    apply(&mut w.pods, agent_pod("a-2", "pool", "Pending"));
+    assert_eq!(
+        agents::free_capacity(&w.ctx, NS, &pool, &mut admissions),
+        1,
+        "once the cache shows it, it is counted once"
+    );
+    assert!(
+        seen.lock().expect("seen").is_empty(),
+        "capacity is read from the caches only"
+    );
+}
+
+#[tokio::test]
+async fn one_free_slot_goes_to_the_oldest_run_and_the_next_waits() {
+    let (client, seen) = mocked_client(|method, path, body| match (method, path) {
+        // The assignment is written to the run's status: answer with the run, as applied.
+        ("PATCH", p) if p.ends_with("/status") => {
+            let name = p.rsplit('/').nth(1).unwrap_or_default();
+            let mut run =
+                serde_json::to_value(queued_run(name, "2026-01-01T00:00:00Z")).expect("run json");
+            run["status"] = body["status"].clone();
+            (200, run)
+        }
+        _ => (500, json!({})),
+    });
+    let mut w = world(client);
+    let pool = agent("pool", 2, 1);
+    apply(&mut w.agents, pool.clone());
+    let first = queued_run("first", "2026-01-01T00:00:00Z");
+    let second = queued_run("second", "2026-01-01T00:01:00Z");
+    apply(&mut w.runs, DeserializeGuard(Ok(first.clone())));
+    apply(&mut w.runs, DeserializeGuard(Ok(second.clone())));
+
+    let lock = w.ctx.admissions.of(NS);
+    let mut admissions = lock.lock().await;
+    let mut status = CompositionRunStatus::default();
+    let route = run::admit(
+        &first,
+        NS,
+        std::slice::from_ref(&pool),
+        &mut status,
+        false,
+        &mut admissions,
+        &w.ctx,
+    )
+    .await
+    .expect("admitted");
+    assert_eq!(route.admission, Admission::Admitted);
+    assert_eq!(route.pod_budget, Some(2));
+    let assigned = status.agent.clone().expect("an assignment");
+    assert_eq!((assigned.name.as_str(), assigned.slot), ("pool", 0));
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        vec![format!(
+            "PATCH /apis/maestro.dev/v1alpha1/namespaces/{NS}/compositionruns/first/status"
+        )],
+        "the assignment is written before any pod exists"
+    );
+
+    // The run cache does not show the assignment yet: the lock's memory of it keeps the
+    // second run from taking the same slot.
+    let mut status = CompositionRunStatus::default();
+    let route = run::admit(
+        &second,
+        NS,
+        &[pool],
+        &mut status,
+        false,
+        &mut admissions,
+        &w.ctx,
+    )
+    .await
+    .expect("routed");
+    assert!(
+        matches!(route.admission, Admission::Queued(_)),
+        "{:?}",
+        route.admission
+    );
+    assert_eq!(status.agent, None);
+    assert_eq!(
+        seen.lock().expect("seen").len(),
+        1,
+        "a queued run writes nothing here"
+    );
+}
+
+#[tokio::test]
+async fn namespaces_have_their_own_admission_lock() {
+    let (client, _) = mocked_client(|_, _, _| (500, json!({})));
+    let w = world(client);
+    let held = w.ctx.admissions.of("a").lock_owned().await;
+    assert!(
+        w.ctx.admissions.of("b").try_lock().is_ok(),
+        "another namespace does not wait"
+    );
+    assert!(
+        w.ctx.admissions.of("a").try_lock().is_err(),
+        "the same namespace does"
+    );
+    drop(held);
+}
+
+fn step_pod(name: &str) -> StepPod {
+    StepPod {
+        name: name.into(),
+        step: "greet".into(),
+        attempt: 1,
+        task: "shell".into(),
+        runs: TaskRuns::Builtin(maestro_api::BuiltinTask::Shell),
+        inputs: serde_json::Map::new(),
+        context: Default::default(),
+        service_account: None,
+        secret_env: Vec::new(),
+        timeout: None,
+    }
+}
+
+#[tokio::test]
+async fn act_creates_the_step_pod_and_counts_a_409_as_existed() {
+    let (client, seen) = mocked_client(|method, _, body| match method {
+        "POST" if body["metadata"]["name"] == "r-greet-1" => (201, body.clone()),
+        "POST" => already_exists(),
+        _ => (500, json!({})),
+    });
+    let w = world(client);
+    let parent = queued_run("r", "2026-01-01T00:00:00Z");
+    for pod in ["r-greet-1", "r-greet-2"] {
+        run::act(&parent, NS, &Action::CreatePod(step_pod(pod)), None, &w.ctx)
+            .await
+            .expect("created, or there already");
+    }
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        vec![format!("POST /api/v1/namespaces/{NS}/pods"); 2]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pod_create_names_the_pod() {
+    let (client, _) = mocked_client(|_, _, _| {
+        (
+            500,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "InternalError", "message": "etcd is down", "code": 500}),
+        )
+    });
+    let w = world(client);
+    let parent = queued_run("r", "2026-01-01T00:00:00Z");
+    let error = run::act(
+        &parent,
+        NS,
+        &Action::CreatePod(step_pod("r-greet-1")),
+        None,
+        &w.ctx,
+    )
+    .await
+    .expect_err("the API failed");
+    assert!(
+        matches!(&error, Error::CreatePod { name, .. } if name == "r-greet-1"),
+        "{error}"
+    );
+    assert_eq!(error.metric_label(), "create_pod");
+}
+
+#[tokio::test]
+async fn create_or_existing_tells_a_new_object_from_one_there_already() {
+    let (client, _) = mocked_client(|_, _, body| {
+        if body["metadata"]["name"] == "new" {
+            (201, body.clone())
+        } else {
+            already_exists()
+        }
+    });
+    let api: Api<Pod> = Api::namespaced(client, NS);
+    let new = agent_pod("new", "pool", "Pending");
+    let created = k8s::create_or_existing(&api, &new).await;
+    assert_eq!(created.expect("created"), Created::Created);
+    let old = agent_pod("old", "pool", "Pending");
+    let created = k8s::create_or_existing(&api, &old).await;
+    assert_eq!(created.expect("there already"), Created::Existed);
+}
