@@ -3,15 +3,14 @@
 //! each Agent's status and makes its slots' cache claims.
 //!
 //! Every decision that takes a slot or starts a step pod of an Agent is made while holding
-//! the namespace's lock in [`Context::admissions`]: kube-runtime reconciles runs
+//! the namespace's lock in `Context::admissions`: kube-runtime reconciles runs
 //! concurrently, and two reconciles must never both see the same slot free, or both see
 //! room for the last pod. Agents, slots and capacity never span namespaces, so one lock
 //! per namespace keeps that guarantee without making other namespaces wait.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -21,7 +20,9 @@ use k8s_openapi::{
 };
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, pods, world};
+use super::admission::Admissions;
+use super::context::{Context, Error, key};
+use super::{pods, world};
 use crate::k8s::{self, Created};
 use maestro_api::labels;
 use maestro_api::{
@@ -37,56 +38,6 @@ const DEFAULT_AFFINITY_WAIT: Duration = Duration::from_secs(30);
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(60);
 /// How often Agent status is brought up to date.
 const STATUS_PERIOD: Duration = Duration::from_secs(2);
-
-/// What this process decided that the caches may not show yet.
-#[derive(Debug, Default)]
-pub struct Admissions {
-    /// Assignments written to runs' status, by `namespace/run`, until the run cache has them.
-    assigned: HashMap<String, RunAgent>,
-    /// Step pods created, by `namespace/agent`, until the pod cache has them.
-    created: HashMap<String, Vec<(String, Instant)>>,
-}
-
-/// One [`Admissions`] per namespace, each behind its own async lock, so reconciles in
-/// different namespaces never wait on each other.
-#[derive(Debug, Default)]
-pub struct AdmissionLocks {
-    by_namespace: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Admissions>>>>,
-}
-
-impl AdmissionLocks {
-    /// The lock of a namespace's admissions (made on first use). The map's own lock is
-    /// held only to find the entry, never across an await.
-    pub fn of(&self, ns: &str) -> Arc<tokio::sync::Mutex<Admissions>> {
-        // A panic while the map was held cannot leave it half-updated: an entry is
-        // either inserted whole or not at all.
-        let mut map = self
-            .by_namespace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.entry(ns.to_string()).or_default().clone()
-    }
-}
-
-impl Admissions {
-    /// Remembers an assignment until the run cache shows it.
-    pub fn assigned(&mut self, ns: &str, run: &str, agent: RunAgent) {
-        self.assigned.insert(format!("{ns}/{run}"), agent);
-    }
-
-    /// The assignment this process wrote for a run, while the run cache may not show it.
-    pub fn assignment_of(&self, ns: &str, run: &str) -> Option<RunAgent> {
-        self.assigned.get(&format!("{ns}/{run}")).cloned()
-    }
-
-    /// Remembers a step pod created for `agent` until the pod cache shows it.
-    pub fn created(&mut self, ns: &str, agent: &str, pod: &str) {
-        self.created
-            .entry(format!("{ns}/{agent}"))
-            .or_default()
-            .push((pod.to_string(), Instant::now()));
-    }
-}
 
 /// The capabilities a composition's steps require, each with the task and step needing it.
 pub fn requirements(
@@ -353,7 +304,7 @@ pub async fn status_loop(ctx: std::sync::Arc<Context>) {
             }
         }
         for agent in &agents {
-            let key = super::key(agent);
+            let key = key(agent);
             let ready = ensure_claims(&ctx, agent, &mut claims_made).await;
             let added = new_counts.get(&key).copied().unwrap_or_default();
             let status = agent_status(&ctx, agent, added, ready);
@@ -391,7 +342,7 @@ async fn ensure_claims(
     for slot in 0..agent.spec.slots {
         let key = format!(
             "{}/{}/{}",
-            super::key(agent),
+            key(agent),
             agent.uid().unwrap_or_default(),
             slot
         );

@@ -11,7 +11,8 @@ use k8s_openapi::{
 };
 use kube::{Api, ResourceExt, core::DeserializeGuard, runtime::controller::Action as Requeue};
 
-use super::{Context, Error, backoff_action, cron, key, world};
+use super::context::{Context, Error, backoff_action, key};
+use super::{cron, world};
 use crate::k8s;
 use maestro_api::{Composition, CompositionStatus};
 use maestro_engine::conditions;

@@ -13,7 +13,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER};
 use crate::k8s::{self, Created, Found, RunBuilder};
 use maestro_api::labels;
 use maestro_api::{Composition, CompositionRun, CompositionStatus, CronTrigger};

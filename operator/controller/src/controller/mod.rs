@@ -2,8 +2,10 @@
 //! watch (reflector stores) -> plan (engine) -> act (pods, runs) -> status (server-side
 //! apply with one field manager) -> events.
 
+mod admission;
 mod agents;
 mod composition;
+mod context;
 mod cron;
 pub mod leader;
 pub mod observe;
@@ -26,9 +28,8 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
-        controller::Action,
         events::{Recorder, Reporter},
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -40,26 +41,8 @@ use crate::metrics::Metrics;
 use maestro_api::labels;
 use maestro_api::{Agent, Approval, Composition, CompositionRun, RunPhase, Task};
 
+pub use context::{Context, Error, FIELD_MANAGER, RUN_FINALIZER, Settings};
 pub use pods::PodSettings;
-
-pub use crate::k8s::FIELD_MANAGER;
-/// The finalizer that makes cleanup run before a run goes away.
-pub const RUN_FINALIZER: &str = "maestro.dev/cleanup";
-
-/// Operator settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub pods: PodSettings,
-    /// The namespace of the standard Task library, searched after the run's namespace.
-    pub library_namespace: String,
-    /// Finished top-level runs older than this are deleted (their pods go with them).
-    pub finished_run_ttl: Duration,
-    /// Watch only this namespace (Tasks are still read from every namespace, for the
-    /// library); `None` watches the whole cluster.
-    pub watch_namespace: Option<String>,
-    /// Install the standard Task library (done by the leader, once it leads).
-    pub library: Option<crate::library::LibraryInstall>,
-}
 
 /// An Api over the watched namespace, or over all namespaces.
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -70,95 +53,6 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    }
-}
-
-/// Errors of a reconcile, one variant per operation, each naming the object it was
-/// about; `metric_label` names each variant in logs and metrics.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("creating pod {name}: {source}")]
-    CreatePod { name: String, source: kube::Error },
-    #[error("creating claim {name}: {source}")]
-    CreateClaim { name: String, source: kube::Error },
-    #[error("creating run {name}: {source}")]
-    CreateRun { name: String, source: kube::Error },
-    #[error("deleting pod {name}: {source}")]
-    DeletePod { name: String, source: kube::Error },
-    #[error("deleting run {name}: {source}")]
-    DeleteRun { name: String, source: kube::Error },
-    #[error("cancelling run {name}: {source}")]
-    CancelRun { name: String, source: kube::Error },
-    #[error("writing the status of {kind} {name}: {source}")]
-    PatchStatus {
-        kind: &'static str,
-        name: String,
-        source: kube::Error,
-    },
-    #[error("finalizer: {0}")]
-    Finalizer(String),
-    #[error("serialization: {0}")]
-    Serialize(#[from] serde_json::Error),
-    #[error("object has no namespace")]
-    NoNamespace,
-    #[error("the run is being deleted; its cleanup is still in progress")]
-    CleanupInProgress,
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::CreatePod { .. } => "create_pod",
-            Error::CreateClaim { .. } => "create_claim",
-            Error::CreateRun { .. } => "create_run",
-            Error::DeletePod { .. } => "delete_pod",
-            Error::DeleteRun { .. } => "delete_run",
-            Error::CancelRun { .. } => "cancel_run",
-            Error::PatchStatus { .. } => "patch_status",
-            Error::Finalizer(_) => "finalizer",
-            Error::Serialize(_) => "serialize",
-            Error::NoNamespace => "no_namespace",
-            Error::CleanupInProgress => "cleanup_in_progress",
-        }
-    }
-}
-
-/// What every reconcile shares: the client, the caches, the event recorder.
-pub struct Context {
-    pub client: Client,
-    pub settings: Settings,
-    pub recorder: Recorder,
-    pub runs: Store<DeserializeGuard<CompositionRun>>,
-    pub compositions: Store<DeserializeGuard<Composition>>,
-    pub tasks: Store<Task>,
-    pub pods: Store<Pod>,
-    pub approvals: Store<Approval>,
-    pub agents: Store<Agent>,
-    pub metrics: Metrics,
-    /// A namespace's lock is held while a run there takes an Agent slot or starts step
-    /// pods on an Agent, so that concurrent reconciles never share a slot or exceed a
-    /// capacity.
-    pub admissions: agents::AdmissionLocks,
-    /// Consecutive failures per object, for exponential backoff in the error policy.
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Context {
-    fn backoff(&self, key: String) -> Duration {
-        let Ok(mut failures) = self.failures.lock() else {
-            return Duration::from_secs(30);
-        };
-        let n = failures.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        Duration::from_millis(500)
-            .saturating_mul(2u32.saturating_pow((*n).min(10)))
-            .min(Duration::from_secs(300))
-    }
-
-    fn succeeded(&self, key: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(key);
-        }
     }
 }
 
@@ -244,7 +138,7 @@ pub async fn run(
         approvals,
         agents,
         metrics,
-        admissions: agents::AdmissionLocks::default(),
+        admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
     });
 
@@ -466,28 +360,4 @@ async fn gauges(ctx: Arc<Context>) {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-}
-
-/// A key for per-object bookkeeping.
-fn key<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
-    )
-}
-
-/// The requeue after a failed reconcile: exponential per object, capped at 5 minutes.
-fn backoff_action<K: Resource>(obj: &K, error: &Error, ctx: &Context, controller: &str) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[controller, error.metric_label()])
-        .inc();
-    if matches!(error, Error::CleanupInProgress) {
-        // Not a failure: the finalizer waits for the cleanup pod.
-        return Action::requeue(Duration::from_secs(2));
-    }
-    let wait = ctx.backoff(key(obj));
-    tracing::warn!(object = %key(obj), error = %error, kind = error.metric_label(), retry_in = ?wait, "reconcile failed");
-    Action::requeue(wait)
 }

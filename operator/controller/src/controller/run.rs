@@ -20,7 +20,9 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, RUN_FINALIZER, agents, backoff_action, key, observe, pods, world};
+use super::admission::Admissions;
+use super::context::{Context, Error, RUN_FINALIZER, backoff_action, key};
+use super::{agents, observe, pods, world};
 use crate::k8s::{self, Created, Found, RunBuilder};
 use crate::metrics::Metrics;
 use maestro_api::labels;
@@ -216,7 +218,7 @@ pub(super) async fn admit(
     pool: &[Agent],
     status: &mut CompositionRunStatus,
     deleting: bool,
-    admissions: &mut agents::Admissions,
+    admissions: &mut Admissions,
     ctx: &Context,
 ) -> Result<Route, Error> {
     agents::forget_seen(ctx, admissions);

@@ -24,7 +24,8 @@ use maestro_api::{Agent, CompositionRun, CompositionRunStatus};
 use maestro_engine::{Action, Admission, StepPod, TaskRuns};
 use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER, Settings, agents, pods, run};
+use super::context::{Context, Error, FIELD_MANAGER, Settings};
+use super::{admission, agents, pods, run};
 use crate::k8s::{self, Created};
 use crate::metrics::Metrics;
 
@@ -110,7 +111,7 @@ fn world(client: Client) -> World {
         approvals: approvals.as_reader(),
         agents: agents.as_reader(),
         metrics: Metrics::new().expect("metrics"),
-        admissions: agents::AdmissionLocks::default(),
+        admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
     };
     World {
@@ -169,7 +170,7 @@ async fn capacity_counts_live_pods_and_pods_in_flight() {
     apply(&mut w.pods, agent_pod("a-1", "pool", "Running"));
     apply(&mut w.pods, agent_pod("a-0", "pool", "Succeeded"));
     apply(&mut w.pods, agent_pod("other-1", "other", "Running"));
-    let mut admissions = agents::Admissions::default();
+    let mut admissions = admission::Admissions::default();
     assert_eq!(
         agents::free_capacity(&w.ctx, NS, &pool, &mut admissions),
         2,

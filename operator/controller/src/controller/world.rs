@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 
-use super::Context;
+use super::context::Context;
 use maestro_api::{Agent, CompositionRun, CompositionSpec, Task, TaskSpec};
 
 /// A run from the cache, if it is there and well-formed.
