@@ -209,13 +209,8 @@ pub fn placement(agent: &Agent, slot: u32) -> pods::Placement {
 /// (from the pod cache, plus those this process created that the cache does not show yet).
 pub fn free_capacity(ctx: &Context, ns: &str, agent: &Agent, admissions: &mut Admissions) -> u32 {
     let name = agent.name_any();
-    let cached: Vec<(String, bool)> = ctx
-        .pods
-        .state()
+    let cached: Vec<(String, bool)> = world::pods_labelled(ctx, ns, labels::AGENT, &name)
         .iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns) && p.labels().get(labels::AGENT) == Some(&name)
-        })
         .map(|p| {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             (

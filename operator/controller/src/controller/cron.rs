@@ -14,6 +14,7 @@ use kube::{
 use serde_json::json;
 
 use super::context::{Context, Error, FIELD_MANAGER};
+use super::world;
 use crate::k8s::{self, Created, Found, RunBuilder};
 use maestro_api::labels;
 use maestro_api::{Composition, CompositionRun, CompositionStatus, CronTrigger};
@@ -49,14 +50,10 @@ pub async fn tick(
     };
     let ns = composition.namespace().ok_or(Error::NoNamespace)?;
     let name = composition.name_any();
-    let active: Vec<String> = ctx
-        .runs
-        .state()
+    let active: Vec<String> = world::runs_in(ctx, &ns)
         .iter()
-        .filter_map(|r| r.0.as_ref().ok())
         .filter(|r| {
-            r.namespace().as_deref() == Some(ns.as_str())
-                && r.spec.composition == name
+            r.spec.composition == name
                 && r.labels().get(labels::TRIGGER).map(String::as_str) == Some(CRON)
                 && !r.status.as_ref().is_some_and(|s| s.phase.is_finished())
         })

@@ -337,13 +337,8 @@ fn observe_world(
     ctx: &Context,
 ) -> Observed {
     let name = run.name_any();
-    let pods = ctx
-        .pods
-        .state()
+    let pods = world::pods_of_run(ctx, ns, &name)
         .iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns) && p.labels().get(labels::RUN) == Some(&name)
-        })
         .filter_map(|p| observe::pod(p))
         .collect();
     let awaited: Vec<String> = spec
@@ -351,23 +346,16 @@ fn observe_world(
         .flat_map(|s| &s.steps)
         .filter_map(|s| s.wait_for.as_ref().map(|w| w.composition.clone()))
         .collect();
-    let runs = ctx
-        .runs
-        .state()
+    let runs = world::runs_in(ctx, ns)
         .iter()
-        .filter_map(|r| r.0.as_ref().ok())
-        .filter(|r| r.namespace().as_deref() == Some(ns))
         .filter(|r| {
             r.labels().get(labels::PARENT_RUN) == Some(&name)
                 || awaited.contains(&r.spec.composition)
         })
         .map(observe::run)
         .collect();
-    let approvals = ctx
-        .approvals
-        .state()
+    let approvals = world::approvals_of_run(ctx, ns, &name)
         .iter()
-        .filter(|a| a.namespace().as_deref() == Some(ns) && a.spec.run == name)
         .map(|a| observe::approval(a))
         .collect();
     Observed {

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 
 use super::context::Context;
-use maestro_api::{Agent, CompositionRun, CompositionSpec, Task, TaskSpec};
+use k8s_openapi::api::core::v1::Pod;
+
+use maestro_api::labels;
+use maestro_api::{Agent, Approval, CompositionRun, CompositionSpec, Task, TaskSpec};
 
 /// A run from the cache, if it is there and well-formed.
 pub fn run(ctx: &Context, ns: &str, name: &str) -> Option<CompositionRun> {
@@ -101,4 +104,30 @@ pub fn agents_in(ctx: &Context, ns: &str) -> Vec<Agent> {
         .collect();
     agents.sort_by_key(|a| a.name_any());
     agents
+}
+
+/// The cached pods of a namespace carrying `label=value` (a run's step pods, an Agent's).
+pub fn pods_labelled(ctx: &Context, ns: &str, label: &str, value: &str) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns)
+                && p.labels().get(label).map(String::as_str) == Some(value)
+        })
+        .collect()
+}
+
+/// The step pods of a run.
+pub fn pods_of_run(ctx: &Context, ns: &str, run: &str) -> Vec<Arc<Pod>> {
+    pods_labelled(ctx, ns, labels::RUN, run)
+}
+
+/// The Approvals given for a run.
+pub fn approvals_of_run(ctx: &Context, ns: &str, run: &str) -> Vec<Arc<Approval>> {
+    ctx.approvals
+        .state()
+        .into_iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns) && a.spec.run == run)
+        .collect()
 }
