@@ -20,12 +20,12 @@ use kube::{
         watcher,
     },
 };
-use maestro_api::{Agent, CompositionRun, CompositionRunStatus};
+use maestro_api::{Agent, CompositionRun, CompositionRunStatus, CompositionSpec, Task};
 use maestro_engine::{Action, Admission, StepPod, TaskRuns};
 use serde_json::json;
 
 use super::context::{Context, Error, FIELD_MANAGER, Settings};
-use super::{admission, agents, pods, run};
+use super::{admission, agents, pods, run, world};
 use crate::k8s::{self, Created};
 use crate::metrics::Metrics;
 
@@ -77,6 +77,7 @@ struct World {
     runs: Writer<DeserializeGuard<CompositionRun>>,
     pods: Writer<Pod>,
     agents: Writer<Agent>,
+    tasks: Writer<Task>,
 }
 
 fn world(client: Client) -> World {
@@ -119,6 +120,7 @@ fn world(client: Client) -> World {
         runs,
         pods,
         agents,
+        tasks,
     }
 }
 
@@ -362,4 +364,41 @@ async fn create_or_existing_tells_a_new_object_from_one_there_already() {
     let old = agent_pod("old", "pool", "Pending");
     let created = k8s::create_or_existing(&api, &old).await;
     assert_eq!(created.expect("there already"), Created::Existed);
+}
+
+/// A Task whose description says where it came from.
+fn task(name: &str, ns: &str, origin: &str) -> Task {
+    serde_json::from_value(json!({
+        "apiVersion": "maestro.dev/v1alpha1", "kind": "Task",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"builtin": "shell", "description": origin},
+    }))
+    .expect("task")
+}
+
+#[tokio::test]
+async fn a_runs_tasks_come_from_its_namespace_first_then_the_library() {
+    let (client, _) = mocked_client(|_, _, _| (500, json!({})));
+    let mut w = world(client);
+    apply(
+        &mut w.tasks,
+        task("build", "maestro-system", "library/build"),
+    );
+    apply(&mut w.tasks, task("build", NS, "team/build"));
+    apply(&mut w.tasks, task("lint", "maestro-system", "library/lint"));
+    apply(&mut w.tasks, task("deploy", "elsewhere", "other/deploy"));
+    let spec: CompositionSpec = serde_json::from_value(json!({"steps": [
+        {"name": "b", "task": "build"}, {"name": "l", "task": "lint"},
+        {"name": "d", "task": "deploy"},
+    ]}))
+    .expect("spec");
+    let found = world::tasks_of(&w.ctx, NS, &spec);
+    let origin = |name: &str| found.get(name).and_then(|t| t.description.as_deref());
+    assert_eq!(
+        origin("build"),
+        Some("team/build"),
+        "the namespace's own wins"
+    );
+    assert_eq!(origin("lint"), Some("library/lint"), "then the library's");
+    assert_eq!(origin("deploy"), None, "never another namespace's");
 }
