@@ -160,10 +160,10 @@ async fn create_run(
     ns: &str,
 ) -> Result<bool, Error> {
     let composition_name = composition.name_any();
+    // The builder's priority 0: a scheduled run queues like a manual one.
     let new = RunBuilder::new(run, ns, &composition_name)
         .label(labels::COMPOSITION, &composition_name)
         .label(labels::TRIGGER, CRON)
-        // A scheduled run queues like a manual one.
         .params(cron_trigger.params.clone())
         .build();
     let created = k8s::create_or_existing(runs, &new)

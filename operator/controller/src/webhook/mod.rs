@@ -285,12 +285,12 @@ impl Webhook {
         let composition_name = composition.name_any();
         let name = labels::webhook_run_name(&composition_name, delivery);
         let declared = |p: &str| composition.spec.params.iter().any(|d| d.name == p);
+        // The builder's priority 0: a pushed commit queues like a manual run.
         let run = RunBuilder::new(&name, &ns, &composition_name)
             .label(labels::COMPOSITION, &composition_name)
             .label(labels::TRIGGER, "git")
             .label(labels::DELIVERY, &label_value(delivery))
             .annotation(labels::DELIVERY, delivery)
-            // A pushed commit queues like a manual run.
             .params(push::run_params(trigger, push, declared))
             .build();
         let api: Api<CompositionRun> = Api::namespaced(self.client.clone(), &ns);
