@@ -391,7 +391,9 @@ fn observe_world(
         .state()
         .iter()
         .filter(|p| {
-            p.namespace().as_deref() == Some(ns) && p.labels().get(labels::RUN) == Some(&name)
+            p.namespace().as_deref() == Some(ns)
+                && p.labels().get(labels::RUN) == Some(&name)
+                && observe::owned_by(&***p, run)
         })
         .filter_map(|p| observe::pod(p))
         .collect();
@@ -407,7 +409,7 @@ fn observe_world(
         .filter_map(|r| r.0.as_ref().ok())
         .filter(|r| r.namespace().as_deref() == Some(ns))
         .filter(|r| {
-            r.labels().get(labels::PARENT_RUN) == Some(&name)
+            (r.labels().get(labels::PARENT_RUN) == Some(&name) && observe::owned_by(*r, run))
                 || awaited.contains(&r.spec.composition)
         })
         .map(observe::run)
@@ -416,8 +418,8 @@ fn observe_world(
         .approvals
         .state()
         .iter()
-        .filter(|a| a.namespace().as_deref() == Some(ns) && a.spec.run == name)
-        .map(|a| observe::approval(a))
+        .filter(|a| a.namespace().as_deref() == Some(ns))
+        .filter_map(|a| observe::approval(a, run))
         .collect();
     Observed {
         pods,
