@@ -11,9 +11,10 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::Inputs;
+use super::address_guard::AddressGuard;
 use super::http_client::{
-    BODY_EXCERPT_BYTES, body_excerpt, build_client, describe_error, headers_input, http_url_input,
-    human_size, read_body_prefix, shown_url,
+    BODY_EXCERPT_BYTES, body_excerpt, build_client, describe_error, guarded_url_input,
+    headers_input, human_size, read_body_prefix, shown_url,
 };
 use super::inputs::{
     optional_seconds, optional_string, optional_whole_number, path_in_workspace, whole_number,
@@ -38,6 +39,8 @@ pub struct HttpInputs {
     pub retries: u32,
     pub timeout: Duration,
     pub save_as: Option<SaveAs>,
+    /// The addresses the request and its redirects may not reach.
+    pub address_guard: AddressGuard,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +95,8 @@ pub async fn run_http(inputs: &Inputs, paths: &StepPaths) -> StepResult {
 
 /// Validates the inputs, with messages that name the input at fault.
 pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpInputs, String> {
-    let url = http_url_input(inputs, "url")?;
+    let address_guard = AddressGuard::for_step(inputs, |name| std::env::var(name).ok())?;
+    let url = guarded_url_input(inputs, "url", &address_guard)?;
     let method = match optional_string(inputs, "method")? {
         None => Method::GET,
         Some(method) => Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
@@ -149,6 +153,7 @@ pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpIn
             optional_seconds(inputs, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
         ),
         save_as,
+        address_guard,
     })
 }
 
@@ -190,7 +195,7 @@ async fn perform_with_retries(
     request: &HttpInputs,
     first_retry_delay: Duration,
 ) -> Result<BTreeMap<String, String>, String> {
-    let client = build_client(request.timeout)?;
+    let client = build_client(request.timeout, &request.address_guard)?;
     // Shown in the log and in errors; never with credentials or the query string.
     let target = format!("{} {}", request.method, shown_url(&request.url));
     let mut delay = first_retry_delay;
