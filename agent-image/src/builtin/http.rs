@@ -17,7 +17,8 @@ use super::http_client::{
     headers_input, human_size, read_body_prefix, shown_url,
 };
 use super::inputs::{
-    optional_seconds, optional_string, optional_whole_number, path_in_workspace, whole_number,
+    contained_path_in_workspace, optional_seconds, optional_string, optional_whole_number,
+    whole_number,
 };
 use crate::result::{EXIT_AGENT_FAILURE, EXIT_BAD_INPUT, StepResult};
 use crate::step_env::StepPaths;
@@ -112,7 +113,7 @@ pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpIn
         }
         (Some(text), None) => RequestBody::Text(text),
         (None, Some(file)) => {
-            let path = path_in_workspace(&file, workspace_dir);
+            let path = contained_path_in_workspace("bodyFile", &file, workspace_dir)?;
             // Checked now, so a typo fails as bad input rather than after connecting.
             if !path.is_file() {
                 return Err(format!(
@@ -130,7 +131,7 @@ pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpIn
             return Err(r#"input "saveAs" must not be empty"#.to_owned());
         }
         Some(given) => {
-            let path = path_in_workspace(&given, workspace_dir);
+            let path = contained_path_in_workspace("saveAs", &given, workspace_dir)?;
             if path.is_dir() {
                 return Err(format!(
                     r#"input "saveAs": {} is a directory; give a file path"#,
@@ -275,7 +276,19 @@ async fn save_body(mut response: reqwest::Response, path: &Path) -> Result<u64, 
     }
     let partial = partial_path(path);
     let written = async {
-        let mut file = tokio::fs::File::create(&partial)
+        // Removed, then created only if absent: a symlink left at the partial path (by an
+        // earlier step) is never followed out of the workspace. The final rename replaces a
+        // symlink at `path` itself rather than writing through it.
+        match tokio::fs::remove_file(&partial).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot remove {}: {error}", partial.display()));
+            }
+            _ => {}
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
             .await
             .map_err(|error| format!("cannot create {}: {error}", partial.display()))?;
         let mut bytes: u64 = 0;
