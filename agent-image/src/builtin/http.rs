@@ -533,6 +533,101 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metadata_addresses_are_refused_unless_allowed() -> anyhow::Result<()> {
+        let workspace = tempfile::tempdir()?;
+        for url in [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[fd00:ec2::254]/",
+            "https://kubernetes.default.svc/api/v1/secrets",
+        ] {
+            let result =
+                run_http(&inputs(json!({"url": url})), &step_paths(workspace.path())).await;
+            assert_eq!(result.exit_code, 2, "{url}");
+            let error = result.error.unwrap_or_default();
+            assert!(
+                error.starts_with(r#"input "url": "#)
+                    && error.ends_with(
+                        r#"set input "allowRestrictedAddresses" to true if the step must reach it"#
+                    ),
+                "{url}: {error}"
+            );
+        }
+        // Allowed, the request is made (and here fails to connect, quickly: 1s timeout).
+        let allowed = run_http(
+            &inputs(json!({
+                "url": "http://169.254.169.254/",
+                "allowRestrictedAddresses": true,
+                "timeout": 1,
+            })),
+            &step_paths(workspace.path()),
+        )
+        .await;
+        assert_eq!(allowed.exit_code, 1, "{:?}", allowed.error);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn redirects_to_metadata_addresses_are_refused() -> anyhow::Result<()> {
+        let workspace = tempfile::tempdir()?;
+        let server = TestHttpServer::start(|_| {
+            CannedResponse::new(302, "").with_header(
+                "Location",
+                "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            )
+        })?;
+        let result = run_http(
+            &inputs(json!({"url": server.url("/innocent")})),
+            &step_paths(workspace.path()),
+        )
+        .await;
+        assert_eq!(result.exit_code, 1);
+        let error = result.error.unwrap_or_default();
+        assert!(
+            error.contains(
+                "redirect refused: 169.254.169.254 is a link-local or cloud metadata address"
+            ),
+            "{error}"
+        );
+        assert_eq!(server.requests().len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn file_inputs_outside_the_workspace_are_refused() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let workspace = root.path().join("workspace");
+        std::fs::create_dir_all(&workspace)?;
+        std::fs::write(root.path().join("token"), "secret")?;
+        std::os::unix::fs::symlink(root.path().join("token"), workspace.join("token-link"))?;
+        let server = TestHttpServer::start(|_| CannedResponse::new(200, "ok"))?;
+        for (input, given) in [
+            ("bodyFile", "../token"),
+            ("bodyFile", "token-link"),
+            ("bodyFile", "/etc/hostname"),
+            ("saveAs", "../written"),
+            ("saveAs", "/tmp/maestro-agent-written"),
+        ] {
+            let result = run_http(
+                &inputs(json!({"url": server.url("/"), "method": "PUT", input: given})),
+                &step_paths(&workspace),
+            )
+            .await;
+            assert_eq!(result.exit_code, 2, "{input} {given}");
+            assert_eq!(
+                result.error.unwrap_or_default(),
+                format!(
+                    "input {input:?}: {given:?} is outside the workspace {}; give a path inside it",
+                    workspace.display()
+                )
+            );
+        }
+        assert!(server.requests().is_empty());
+        assert!(!root.path().join("written").exists());
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn get_outputs_the_status_and_a_body_excerpt() -> anyhow::Result<()> {
         let workspace = tempfile::tempdir()?;
         let body = format!("hello {}", "x".repeat(3000));

@@ -132,6 +132,25 @@ mod tests {
     }
 
     #[test]
+    fn metadata_and_api_server_webhooks_are_refused_unless_allowed() {
+        for url in [
+            "http://169.254.169.254/latest/api/token",
+            "https://kubernetes.default.svc.cluster.local/api",
+        ] {
+            let error = error_for(json!({"url": url, "text": "hi"}));
+            assert!(
+                error.starts_with(r#"input "url": "#)
+                    && error.contains(r#"set input "allowRestrictedAddresses" to true"#),
+                "{url}: {error}"
+            );
+            let allowed = parse_notify_inputs(&inputs(
+                json!({"url": url, "text": "hi", "allowRestrictedAddresses": true}),
+            ));
+            assert!(allowed.is_ok(), "{url}");
+        }
+    }
+
+    #[test]
     fn messages_name_the_bad_input() {
         let url = "https://hooks.example.com/services/T0/B0/x";
         assert_eq!(
