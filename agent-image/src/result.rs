@@ -38,9 +38,15 @@ pub fn serialize_within_limit(result: &StepResult) -> DeliverableResult {
             error: result.error.clone(),
         };
     }
+    // An output read to its cap was longer on disk: the size is then a lower bound.
+    let capped = result
+        .outputs
+        .values()
+        .any(|value| value.len() > RESULT_SIZE_LIMIT_BYTES);
     let message = format!(
-        "outputs are {} bytes, over the {RESULT_SIZE_LIMIT_BYTES}-byte limit of a step's \
+        "outputs are {}{} bytes, over the {RESULT_SIZE_LIMIT_BYTES}-byte limit of a step's \
          result{}; write large data to the workspace and output its path",
+        if capped { "at least " } else { "" },
         full.len(),
         largest_outputs(result)
     );
@@ -194,7 +200,7 @@ mod tests {
         let delivered = serialize_within_limit(&result);
         assert_eq!(delivered.exit_code, 1);
         let expected = format!(
-            "{{\"exitCode\":1,\"error\":\"outputs are {full_len} bytes, over the 4096-byte limit \
+            "{{\"exitCode\":1,\"error\":\"outputs are at least {full_len} bytes, over the 4096-byte limit \
              of a step's result (largest: big over 4096 bytes); write large data to the \
              workspace and output its path\"}}"
         );

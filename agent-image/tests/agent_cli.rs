@@ -117,8 +117,29 @@ fn exec_with_oversized_outputs_fails_the_step() -> anyhow::Result<()> {
     let result = step.result()?;
     assert_eq!(result["exitCode"], 1);
     let error = result["error"].as_str().unwrap_or_default();
+    // The file is read only to 4097 bytes, so the size is a lower bound.
     assert!(
-        error.starts_with("outputs are 5035 bytes, over the 4096-byte limit"),
+        error.starts_with(
+            "outputs are at least 4132 bytes, over the 4096-byte limit of a step's result \
+             (largest: big over 4096 bytes)"
+        ),
+        "{error}"
+    );
+    assert!(std::fs::metadata(step.result_path())?.len() <= 4096);
+    Ok(())
+}
+
+#[test]
+fn exec_with_a_1_gib_output_file_fails_naming_it() -> anyhow::Result<()> {
+    let step = StepDirs::new()?;
+    // Sparse, so the test writes nothing; read whole, it would take 1 GiB of memory.
+    let script = r#"truncate -s 1G "$MAESTRO_OUTPUTS/huge" && echo v1 > "$MAESTRO_OUTPUTS/tag""#;
+    let output = step.agent(&["exec", "--", "sh", "-c", script]).output()?;
+    assert_eq!(output.status.code(), Some(1));
+    let result = step.result()?;
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("(largest: huge over 4096 bytes, tag 2 bytes)"),
         "{error}"
     );
     assert!(std::fs::metadata(step.result_path())?.len() <= 4096);
