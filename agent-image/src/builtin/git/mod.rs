@@ -289,10 +289,11 @@ async fn prepare_clone(git: &GitRunner, path: &Path) -> Result<bool, CheckoutErr
 
 /// The settings of a clone's own configuration that a reused clone keeps: the repository's
 /// format and how its work tree behaves. Everything else (`url.*.insteadOf`, `credential.*`,
-/// `include*`, `core.sshCommand`, filter drivers, remotes, proxies ...) may have been planted by
-/// an earlier run of lower trust in the same agent slot, to redirect the fetch, catch the
-/// credentials or run a command.
-const KEPT_CLONE_SETTINGS: [&str; 8] = [
+/// `include*`, `core.sshCommand`, `core.worktree`, filter drivers, remotes, proxies, and
+/// `extensions.worktreeConfig`, which would read a second file this scrub does not see) may
+/// have been planted by an earlier run of lower trust in the same agent slot, to redirect the
+/// fetch, catch the credentials or run a command. Keys as git lists them: lower case.
+const KEPT_CLONE_SETTINGS: [&str; 9] = [
     "core.repositoryformatversion",
     "core.bare",
     "core.filemode",
@@ -300,18 +301,13 @@ const KEPT_CLONE_SETTINGS: [&str; 8] = [
     "core.ignorecase",
     "core.precomposeunicode",
     "core.symlinks",
-    "extensions.",
+    "extensions.objectformat",
+    "extensions.refstorage",
 ];
 
-/// Whether the clone's own setting `key` (lower case, as git lists it) is one a reused clone
-/// keeps.
+/// Whether the clone's own setting `key` is one a reused clone keeps.
 fn is_kept_clone_setting(key: &str) -> bool {
-    KEPT_CLONE_SETTINGS.iter().any(|kept| {
-        kept.strip_suffix('.').map_or(key == *kept, |section| {
-            key.strip_prefix(section)
-                .is_some_and(|rest| rest.starts_with('.'))
-        })
-    })
+    KEPT_CLONE_SETTINGS.contains(&key.to_ascii_lowercase().as_str())
 }
 
 /// Removes every setting but [`KEPT_CLONE_SETTINGS`] from a reused clone's own configuration,

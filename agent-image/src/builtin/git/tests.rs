@@ -580,7 +580,9 @@ fn reused_clones_keep_only_format_and_work_tree_settings() {
         "include.path",
         "remote.origin.url",
         "filter.lfs.smudge",
-        "extensionsx.y",
+        "core.worktree",
+        "extensions.worktreeconfig",
+        "extensions.partialclone",
     ] {
         assert!(!is_kept_clone_setting(removed), "{removed}");
     }
