@@ -431,3 +431,39 @@ fn install_copies_a_runnable_agent() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn builtin_http_refuses_a_name_that_resolves_to_the_api_server() -> anyhow::Result<()> {
+    let server = TestHttpServer::start(|_| CannedResponse::new(200, "token"))?;
+    let step = StepDirs::new()?;
+    // `localhost` stands for a DNS name an attacker points at a refused address: here the
+    // pod is told the API server is on loopback.
+    let url = server.url("/api").replacen("127.0.0.1", "localhost", 1);
+    let run = |allow: bool| {
+        step.agent(&["builtin", "http"])
+            .env(
+                "MAESTRO_INPUTS",
+                json!({"url": url, "allowRestrictedAddresses": allow}).to_string(),
+            )
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .output()
+    };
+    let refused = run(false)?;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    let error = step.result()?["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains(
+            "localhost resolves to a refused address: 127.0.0.1 is the cluster's API server"
+        ),
+        "{error}"
+    );
+    assert!(server.requests().is_empty());
+
+    let allowed = run(true)?;
+    assert_eq!(allowed.status.code(), Some(0), "{}", stderr_of(&allowed));
+    assert_eq!(server.requests().len(), 1);
+    Ok(())
+}

@@ -170,7 +170,7 @@ impl Resolve for GuardedResolver {
                 .iter()
                 .find_map(|address| guard.refusal_for_address(address.ip()))
             {
-                return Err(format!("{host} resolves to {refusal}").into());
+                return Err(format!("{host} resolves to a refused address: {refusal}").into());
             }
             let addrs: Addrs = Box::new(addresses.into_iter());
             Ok(addrs)
@@ -286,8 +286,9 @@ mod tests {
             .err()
             .map(|error| error.to_string());
         assert!(
-            error.as_deref().is_some_and(|text| text
-                .starts_with("localhost resolves to 127.0.0.1 is the cluster's API server")),
+            error.as_deref().is_some_and(|text| text.starts_with(
+                "localhost resolves to a refused address: 127.0.0.1 is the cluster's API server"
+            )),
             "{error:?}"
         );
     }
