@@ -849,6 +849,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn download_never_writes_through_planted_symlinks() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let workspace = root.path().join("workspace");
+        std::fs::create_dir_all(&workspace)?;
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, "original")?;
+        // An earlier step leaves symlinks where the download is written and where it lands.
+        std::os::unix::fs::symlink(&victim, workspace.join(".app.war.part"))?;
+        std::os::unix::fs::symlink(root.path().join("missing"), workspace.join("app.war"))?;
+        let server = TestHttpServer::start(|_| CannedResponse::new(200, "downloaded"))?;
+        let result = run_http(
+            &inputs(json!({"url": server.url("/app.war"), "saveAs": "app.war"})),
+            &step_paths(&workspace),
+        )
+        .await;
+        assert_eq!(result.exit_code, 0, "{:?}", result.error);
+        assert_eq!(std::fs::read_to_string(&victim)?, "original");
+        assert!(!root.path().join("missing").exists());
+        let saved = workspace.join("app.war");
+        assert!(!saved.symlink_metadata()?.file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(saved)?, "downloaded");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn failed_download_leaves_no_file() -> anyhow::Result<()> {
         let workspace = tempfile::tempdir()?;
         let server = TestHttpServer::start(|_| CannedResponse::new(500, "boom"))?;
