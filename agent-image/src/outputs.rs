@@ -1,8 +1,15 @@
 //! Collecting a step's outputs: one file per output in the outputs directory.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
+
+use crate::result::RESULT_SIZE_LIMIT_BYTES;
+
+/// The most read of one output file: one byte over the result limit is enough to know the
+/// result cannot be delivered, and a command that wrote 1 GiB to an output must not make the
+/// agent hold 1 GiB.
+pub const OUTPUT_READ_LIMIT_BYTES: u64 = RESULT_SIZE_LIMIT_BYTES as u64 + 1;
 
 /// Reads every output file in `dir`: the file name is the output's name, its content the value
 /// with a single trailing newline trimmed (so `echo value > $MAESTRO_OUTPUTS/name` works).
@@ -36,7 +43,10 @@ pub fn collect_outputs(dir: &Path) -> io::Result<BTreeMap<String, String>> {
             tracing::warn!("ignoring output {name:?}: not a regular file");
             continue;
         }
-        let bytes = std::fs::read(&path)?;
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)?
+            .take(OUTPUT_READ_LIMIT_BYTES)
+            .read_to_end(&mut bytes)?;
         let value = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(error) => {
@@ -123,6 +133,20 @@ mod tests {
         assert_eq!(
             outputs.get("binary").map(String::as_str),
             Some("a\u{fffd}b")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn huge_output_files_are_read_only_past_the_result_limit() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let huge = std::fs::File::create(dir.path().join("huge"))?;
+        // Sparse: 1 GiB on paper, nothing on disk.
+        huge.set_len(1 << 30)?;
+        let outputs = collect_outputs(dir.path())?;
+        assert_eq!(
+            outputs.get("huge").map(String::len),
+            Some(RESULT_SIZE_LIMIT_BYTES + 1)
         );
         Ok(())
     }

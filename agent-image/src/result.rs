@@ -38,12 +38,50 @@ pub fn serialize_within_limit(result: &StepResult) -> DeliverableResult {
             error: result.error.clone(),
         };
     }
+    // An output read to its cap was longer on disk: the size is then a lower bound.
+    let capped = result
+        .outputs
+        .values()
+        .any(|value| value.len() > RESULT_SIZE_LIMIT_BYTES);
     let message = format!(
-        "outputs are {} bytes, over the {RESULT_SIZE_LIMIT_BYTES}-byte limit of a step's \
-         result; write large data to the workspace and output its path",
-        full.len()
+        "outputs are {}{} bytes, over the {RESULT_SIZE_LIMIT_BYTES}-byte limit of a step's \
+         result{}; write large data to the workspace and output its path",
+        if capped { "at least " } else { "" },
+        full.len(),
+        largest_outputs(result)
     );
     replacement(result, message)
+}
+
+/// How many outputs an oversized result's error names.
+const NAMED_LARGEST_OUTPUTS: usize = 3;
+
+/// `" (largest: a 5000 bytes, b 30 bytes)"`: the outputs to look at first, or nothing when
+/// the result has none. An output read to its cap is "over" the limit: the agent reads no
+/// further (see `outputs::OUTPUT_READ_LIMIT_BYTES`).
+fn largest_outputs(result: &StepResult) -> String {
+    let mut sizes: Vec<(&str, usize)> = result
+        .outputs
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.len()))
+        .collect();
+    if sizes.is_empty() {
+        return String::new();
+    }
+    // Largest first; equal sizes by name, so the message is stable.
+    sizes.sort_by(|left, right| right.1.cmp(&left.1).then(left.0.cmp(right.0)));
+    let named: Vec<String> = sizes
+        .iter()
+        .take(NAMED_LARGEST_OUTPUTS)
+        .map(|(name, size)| {
+            if *size > RESULT_SIZE_LIMIT_BYTES {
+                format!("{name} over {RESULT_SIZE_LIMIT_BYTES} bytes")
+            } else {
+                format!("{name} {size} bytes")
+            }
+        })
+        .collect();
+    format!(" (largest: {})", named.join(", "))
 }
 
 /// The small result that replaces one that cannot be delivered: it keeps the command's exit
@@ -162,10 +200,31 @@ mod tests {
         let delivered = serialize_within_limit(&result);
         assert_eq!(delivered.exit_code, 1);
         let expected = format!(
-            "{{\"exitCode\":1,\"error\":\"outputs are {full_len} bytes, over the 4096-byte limit \
-             of a step's result; write large data to the workspace and output its path\"}}"
+            "{{\"exitCode\":1,\"error\":\"outputs are at least {full_len} bytes, over the 4096-byte limit \
+             of a step's result (largest: big over 4096 bytes); write large data to the \
+             workspace and output its path\"}}"
         );
         assert_eq!(delivered.json, expected);
+    }
+
+    #[test]
+    fn oversized_result_names_its_largest_outputs_first() {
+        let result = StepResult {
+            outputs: BTreeMap::from([
+                ("small".to_owned(), "x".repeat(10)),
+                ("medium".to_owned(), "x".repeat(1500)),
+                ("large".to_owned(), "x".repeat(2000)),
+                ("alsoLarge".to_owned(), "x".repeat(2000)),
+            ]),
+            ..StepResult::default()
+        };
+        let delivered = serialize_within_limit(&result);
+        let error = delivered.error.unwrap_or_default();
+        assert!(
+            error.contains("(largest: alsoLarge 2000 bytes, large 2000 bytes, medium 1500 bytes)"),
+            "{error}"
+        );
+        assert!(!error.contains("small"), "{error}");
     }
 
     #[test]

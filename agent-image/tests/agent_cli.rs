@@ -117,8 +117,29 @@ fn exec_with_oversized_outputs_fails_the_step() -> anyhow::Result<()> {
     let result = step.result()?;
     assert_eq!(result["exitCode"], 1);
     let error = result["error"].as_str().unwrap_or_default();
+    // The file is read only to 4097 bytes, so the size is a lower bound.
     assert!(
-        error.starts_with("outputs are 5035 bytes, over the 4096-byte limit"),
+        error.starts_with(
+            "outputs are at least 4132 bytes, over the 4096-byte limit of a step's result \
+             (largest: big over 4096 bytes)"
+        ),
+        "{error}"
+    );
+    assert!(std::fs::metadata(step.result_path())?.len() <= 4096);
+    Ok(())
+}
+
+#[test]
+fn exec_with_a_1_gib_output_file_fails_naming_it() -> anyhow::Result<()> {
+    let step = StepDirs::new()?;
+    // Sparse, so the test writes nothing; read whole, it would take 1 GiB of memory.
+    let script = r#"truncate -s 1G "$MAESTRO_OUTPUTS/huge" && echo v1 > "$MAESTRO_OUTPUTS/tag""#;
+    let output = step.agent(&["exec", "--", "sh", "-c", script]).output()?;
+    assert_eq!(output.status.code(), Some(1));
+    let result = step.result()?;
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("(largest: huge over 4096 bytes, tag 2 bytes)"),
         "{error}"
     );
     assert!(std::fs::metadata(step.result_path())?.len() <= 4096);
@@ -408,5 +429,41 @@ fn install_copies_a_runnable_agent() -> anyhow::Result<()> {
         String::from_utf8_lossy(&installed.stdout),
         format!("maestro-agent {}\n", env!("CARGO_PKG_VERSION"))
     );
+    Ok(())
+}
+
+#[test]
+fn builtin_http_refuses_a_name_that_resolves_to_the_api_server() -> anyhow::Result<()> {
+    let server = TestHttpServer::start(|_| CannedResponse::new(200, "token"))?;
+    let step = StepDirs::new()?;
+    // `localhost` stands for a DNS name an attacker points at a refused address: here the
+    // pod is told the API server is on loopback.
+    let url = server.url("/api").replacen("127.0.0.1", "localhost", 1);
+    let run = |allow: bool| {
+        step.agent(&["builtin", "http"])
+            .env(
+                "MAESTRO_INPUTS",
+                json!({"url": url, "allowRestrictedAddresses": allow}).to_string(),
+            )
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .output()
+    };
+    let refused = run(false)?;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr_of(&refused));
+    let error = step.result()?["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains(
+            "localhost resolves to a refused address: 127.0.0.1 is the cluster's API server"
+        ),
+        "{error}"
+    );
+    assert!(server.requests().is_empty());
+
+    let allowed = run(true)?;
+    assert_eq!(allowed.status.code(), Some(0), "{}", stderr_of(&allowed));
+    assert_eq!(server.requests().len(), 1);
     Ok(())
 }

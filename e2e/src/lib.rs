@@ -27,6 +27,17 @@ pub async fn client() -> Result<Client> {
         .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")
 }
 
+/// A client for the same cluster that acts as `user` (impersonation, like `kubectl
+/// --as`), for tests of what a user with only some rights may do.
+pub async fn client_as(user: &str) -> Result<Client> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut config = kube::Config::infer()
+        .await
+        .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")?;
+    config.auth_info.impersonate = Some(user.to_string());
+    Ok(Client::try_from(config)?)
+}
+
 /// A namespace for one test, enforcing the restricted Pod Security Standard; deleted when
 /// dropped so a failing test leaves nothing behind on a shared cluster.
 pub struct TestNamespace {

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use maestro_api::{Composition, CompositionRun, RunPhase};
 use maestro_e2e::{
@@ -661,5 +661,86 @@ async fn kubectl_explain_prints_the_doc_comments() -> Result<()> {
         )
         .await?;
     }
+    Ok(())
+}
+
+/// The author-rights policies: writing a Composition needs the right to create pods in its
+/// namespace, and every Secret it hands its steps must be one the author may get. Each
+/// refusal names what is missing; with the rights, the same composition is admitted.
+#[tokio::test]
+async fn an_author_may_not_ask_for_more_than_they_may_have() -> Result<()> {
+    let env = Env::new("authors").await?;
+    let grant = |name: &str, rule: &str| {
+        format!(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {name}}}
+rules: [{rule}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: bob-{name}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
+"#
+        )
+    };
+    env.apply_yaml(&grant(
+        "writer",
+        "{apiGroups: [maestro.dev], resources: [compositions], verbs: [get, create]}",
+    ))
+    .await?;
+    let composition: Composition = serde_yaml::from_str(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: deploy}
+spec:
+  secretEnv: [aws-creds]
+  steps:
+    - {name: deploy, task: shell, with: {script: "true"}, secretEnv: [db-password]}
+"#,
+    )?;
+    let bob: Api<Composition> = Api::namespaced(maestro_e2e::client_as("bob").await?, &env.ns.name);
+    let refusal = |outcome: kube::Result<Composition>| match outcome {
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(status.message),
+        Err(other) => Err(anyhow::anyhow!("unexpected error: {other}")),
+        Ok(_) => Err(anyhow::anyhow!("the composition was admitted")),
+    };
+    let post = PostParams::default();
+
+    let said = refusal(bob.create(&post, &composition).await)?;
+    assert!(
+        said.contains("needs the right to create pods there") && said.contains("bob lacks"),
+        "{said}"
+    );
+    env.apply_yaml(&grant(
+        "pods",
+        "{apiGroups: [''], resources: [pods], verbs: [create]}",
+    ))
+    .await?;
+    let said = refusal(bob.create(&post, &composition).await)?;
+    assert!(
+        said.contains("spec.secretEnv names a Secret that bob may not get"),
+        "{said}"
+    );
+    env.apply_yaml(&grant(
+        "aws",
+        "{apiGroups: [''], resources: [secrets], resourceNames: [aws-creds], verbs: [get]}",
+    ))
+    .await?;
+    let said = refusal(bob.create(&post, &composition).await)?;
+    assert!(
+        said.contains("spec.steps[].secretEnv names a Secret that bob may not get"),
+        "{said}"
+    );
+    env.apply_yaml(&grant(
+        "db",
+        "{apiGroups: [''], resources: [secrets], resourceNames: [db-password], verbs: [get]}",
+    ))
+    .await?;
+    // RBAC changes reach the authorizer at once; the create now passes.
+    bob.create(&post, &composition).await?;
     Ok(())
 }

@@ -243,7 +243,11 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
     assert_eq!(names("Service"), ["maestro-metrics", "maestro-webhook"]);
     assert_eq!(
         names("ValidatingAdmissionPolicy"),
-        ["maestro-approval-identity"]
+        [
+            "maestro-approval-identity",
+            "maestro-author-rights",
+            "maestro-author-secrets"
+        ]
     );
     assert!(names("ServiceMonitor").is_empty());
     // The chart renders no Task: Helm cannot create Tasks in the install that creates

@@ -11,12 +11,14 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::Inputs;
+use super::address_guard::AddressGuard;
 use super::http_client::{
-    BODY_EXCERPT_BYTES, body_excerpt, build_client, describe_error, headers_input, http_url_input,
-    human_size, read_body_prefix, shown_url,
+    BODY_EXCERPT_BYTES, body_excerpt, build_client, describe_error, guarded_url_input,
+    headers_input, human_size, read_body_prefix, shown_url,
 };
 use super::inputs::{
-    optional_seconds, optional_string, optional_whole_number, path_in_workspace, whole_number,
+    contained_path_in_workspace, optional_seconds, optional_string, optional_whole_number,
+    whole_number,
 };
 use crate::result::{EXIT_AGENT_FAILURE, EXIT_BAD_INPUT, StepResult};
 use crate::step_env::StepPaths;
@@ -38,6 +40,8 @@ pub struct HttpInputs {
     pub retries: u32,
     pub timeout: Duration,
     pub save_as: Option<SaveAs>,
+    /// The addresses the request and its redirects may not reach.
+    pub address_guard: AddressGuard,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +96,8 @@ pub async fn run_http(inputs: &Inputs, paths: &StepPaths) -> StepResult {
 
 /// Validates the inputs, with messages that name the input at fault.
 pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpInputs, String> {
-    let url = http_url_input(inputs, "url")?;
+    let address_guard = AddressGuard::for_step(inputs, |name| std::env::var(name).ok())?;
+    let url = guarded_url_input(inputs, "url", &address_guard)?;
     let method = match optional_string(inputs, "method")? {
         None => Method::GET,
         Some(method) => Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
@@ -108,7 +113,7 @@ pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpIn
         }
         (Some(text), None) => RequestBody::Text(text),
         (None, Some(file)) => {
-            let path = path_in_workspace(&file, workspace_dir);
+            let path = contained_path_in_workspace("bodyFile", &file, workspace_dir)?;
             // Checked now, so a typo fails as bad input rather than after connecting.
             if !path.is_file() {
                 return Err(format!(
@@ -126,7 +131,7 @@ pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpIn
             return Err(r#"input "saveAs" must not be empty"#.to_owned());
         }
         Some(given) => {
-            let path = path_in_workspace(&given, workspace_dir);
+            let path = contained_path_in_workspace("saveAs", &given, workspace_dir)?;
             if path.is_dir() {
                 return Err(format!(
                     r#"input "saveAs": {} is a directory; give a file path"#,
@@ -149,6 +154,7 @@ pub fn parse_http_inputs(inputs: &Inputs, workspace_dir: &Path) -> Result<HttpIn
             optional_seconds(inputs, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
         ),
         save_as,
+        address_guard,
     })
 }
 
@@ -190,7 +196,7 @@ async fn perform_with_retries(
     request: &HttpInputs,
     first_retry_delay: Duration,
 ) -> Result<BTreeMap<String, String>, String> {
-    let client = build_client(request.timeout)?;
+    let client = build_client(request.timeout, &request.address_guard)?;
     // Shown in the log and in errors; never with credentials or the query string.
     let target = format!("{} {}", request.method, shown_url(&request.url));
     let mut delay = first_retry_delay;
@@ -270,7 +276,19 @@ async fn save_body(mut response: reqwest::Response, path: &Path) -> Result<u64, 
     }
     let partial = partial_path(path);
     let written = async {
-        let mut file = tokio::fs::File::create(&partial)
+        // Removed, then created only if absent: a symlink left at the partial path (by an
+        // earlier step) is never followed out of the workspace. The final rename replaces a
+        // symlink at `path` itself rather than writing through it.
+        match tokio::fs::remove_file(&partial).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot remove {}: {error}", partial.display()));
+            }
+            _ => {}
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
             .await
             .map_err(|error| format!("cannot create {}: {error}", partial.display()))?;
         let mut bytes: u64 = 0;
@@ -515,6 +533,101 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metadata_addresses_are_refused_unless_allowed() -> anyhow::Result<()> {
+        let workspace = tempfile::tempdir()?;
+        for url in [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[fd00:ec2::254]/",
+            "https://kubernetes.default.svc/api/v1/secrets",
+        ] {
+            let result =
+                run_http(&inputs(json!({"url": url})), &step_paths(workspace.path())).await;
+            assert_eq!(result.exit_code, 2, "{url}");
+            let error = result.error.unwrap_or_default();
+            assert!(
+                error.starts_with(r#"input "url": "#)
+                    && error.ends_with(
+                        r#"set input "allowRestrictedAddresses" to true if the step must reach it"#
+                    ),
+                "{url}: {error}"
+            );
+        }
+        // Allowed, the request is made (and here fails to connect, quickly: 1s timeout).
+        let allowed = run_http(
+            &inputs(json!({
+                "url": "http://169.254.169.254/",
+                "allowRestrictedAddresses": true,
+                "timeout": 1,
+            })),
+            &step_paths(workspace.path()),
+        )
+        .await;
+        assert_eq!(allowed.exit_code, 1, "{:?}", allowed.error);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn redirects_to_metadata_addresses_are_refused() -> anyhow::Result<()> {
+        let workspace = tempfile::tempdir()?;
+        let server = TestHttpServer::start(|_| {
+            CannedResponse::new(302, "").with_header(
+                "Location",
+                "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            )
+        })?;
+        let result = run_http(
+            &inputs(json!({"url": server.url("/innocent")})),
+            &step_paths(workspace.path()),
+        )
+        .await;
+        assert_eq!(result.exit_code, 1);
+        let error = result.error.unwrap_or_default();
+        assert!(
+            error.contains(
+                "redirect refused: 169.254.169.254 is a link-local or cloud metadata address"
+            ),
+            "{error}"
+        );
+        assert_eq!(server.requests().len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn file_inputs_outside_the_workspace_are_refused() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let workspace = root.path().join("workspace");
+        std::fs::create_dir_all(&workspace)?;
+        std::fs::write(root.path().join("token"), "secret")?;
+        std::os::unix::fs::symlink(root.path().join("token"), workspace.join("token-link"))?;
+        let server = TestHttpServer::start(|_| CannedResponse::new(200, "ok"))?;
+        for (input, given) in [
+            ("bodyFile", "../token"),
+            ("bodyFile", "token-link"),
+            ("bodyFile", "/etc/hostname"),
+            ("saveAs", "../written"),
+            ("saveAs", "/tmp/maestro-agent-written"),
+        ] {
+            let result = run_http(
+                &inputs(json!({"url": server.url("/"), "method": "PUT", input: given})),
+                &step_paths(&workspace),
+            )
+            .await;
+            assert_eq!(result.exit_code, 2, "{input} {given}");
+            assert_eq!(
+                result.error.unwrap_or_default(),
+                format!(
+                    "input {input:?}: {given:?} is outside the workspace {}; give a path inside it",
+                    workspace.display()
+                )
+            );
+        }
+        assert!(server.requests().is_empty());
+        assert!(!root.path().join("written").exists());
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn get_outputs_the_status_and_a_body_excerpt() -> anyhow::Result<()> {
         let workspace = tempfile::tempdir()?;
         let body = format!("hello {}", "x".repeat(3000));
@@ -732,6 +845,31 @@ mod tests {
             .map(|entry| entry.map(|entry| entry.file_name()))
             .collect::<Result<_, _>>()?;
         assert_eq!(names, vec![std::ffi::OsString::from("app.war")]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn download_never_writes_through_planted_symlinks() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let workspace = root.path().join("workspace");
+        std::fs::create_dir_all(&workspace)?;
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, "original")?;
+        // An earlier step leaves symlinks where the download is written and where it lands.
+        std::os::unix::fs::symlink(&victim, workspace.join(".app.war.part"))?;
+        std::os::unix::fs::symlink(root.path().join("missing"), workspace.join("app.war"))?;
+        let server = TestHttpServer::start(|_| CannedResponse::new(200, "downloaded"))?;
+        let result = run_http(
+            &inputs(json!({"url": server.url("/app.war"), "saveAs": "app.war"})),
+            &step_paths(&workspace),
+        )
+        .await;
+        assert_eq!(result.exit_code, 0, "{:?}", result.error);
+        assert_eq!(std::fs::read_to_string(&victim)?, "original");
+        assert!(!root.path().join("missing").exists());
+        let saved = workspace.join("app.war");
+        assert!(!saved.symlink_metadata()?.file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(saved)?, "downloaded");
         Ok(())
     }
 

@@ -3,25 +3,42 @@
 //! or the step's result.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::Inputs;
+use super::address_guard::{AddressGuard, GuardedResolver};
 use super::inputs::{optional_string_map, required_string};
 
 /// How much of a response body goes into an output or an error message.
 pub const BODY_EXCERPT_BYTES: usize = 1024;
 
 /// The client for one task. `timeout` covers each attempt, from connecting to the end of the
-/// response body. Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as usual.
-pub fn build_client(timeout: Duration) -> Result<reqwest::Client, String> {
+/// response body. Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as usual (through a
+/// proxy, the guard sees the proxy's address: the proxy is the pod's configuration, not the
+/// step's). Every name it connects to, and every redirect, passes `guard`.
+pub fn build_client(timeout: Duration, guard: &AddressGuard) -> Result<reqwest::Client, String> {
+    let guard = Arc::new(guard.clone());
     reqwest::Client::builder()
         .user_agent(concat!("maestro-agent/", env!("CARGO_PKG_VERSION")))
         .timeout(timeout)
+        .redirect(guard.redirect_policy())
+        .dns_resolver(GuardedResolver { guard })
         .build()
         .map_err(|error| format!("cannot set up the HTTP client: {}", describe_error(error)))
+}
+
+/// The URL input `name`, which must be an http or https URL whose host `guard` does not refuse
+/// by its spelling (names are checked again, resolved, when the request connects).
+pub fn guarded_url_input(inputs: &Inputs, name: &str, guard: &AddressGuard) -> Result<Url, String> {
+    let url = http_url_input(inputs, name)?;
+    match guard.refusal_for_url(&url) {
+        Some(refusal) => Err(format!("input {name:?}: {refusal}")),
+        None => Ok(url),
+    }
 }
 
 /// The URL input `name`, which must be an absolute http or https URL.
@@ -143,6 +160,14 @@ mod tests {
     use crate::builtin::test_support::inputs;
     use serde_json::json;
 
+    /// The test server listens on loopback, which the guard allows anyway.
+    fn unguarded() -> AddressGuard {
+        AddressGuard {
+            enforced: false,
+            api_service: None,
+        }
+    }
+
     #[test]
     fn url_inputs_must_be_http_urls() {
         for bad in [
@@ -224,7 +249,8 @@ mod tests {
 
     #[tokio::test]
     async fn tls_client_constructs_and_attempts_a_handshake() -> anyhow::Result<()> {
-        let client = build_client(Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+        let client =
+            build_client(Duration::from_secs(5), &unguarded()).map_err(anyhow::Error::msg)?;
         // A plain-HTTP server answers the ClientHello with garbage: the handshake is tried and
         // fails cleanly, which shows the TLS stack (provider, roots) is wired up.
         let server = TestHttpServer::start(|_| CannedResponse::new(200, "plain"))?;
@@ -242,7 +268,8 @@ mod tests {
 
     #[tokio::test]
     async fn connect_errors_describe_their_cause_without_the_url() -> anyhow::Result<()> {
-        let client = build_client(Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+        let client =
+            build_client(Duration::from_secs(5), &unguarded()).map_err(anyhow::Error::msg)?;
         // Binding then dropping a listener leaves a port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?

@@ -94,6 +94,81 @@ pub fn path_in_workspace(given: &str, workspace_dir: &Path) -> PathBuf {
     workspace_dir.join(given)
 }
 
+/// The path input `name` (`given`), which must stay inside the workspace: relative or
+/// absolute, once `..` is applied and symlinks are followed, it must name the workspace or
+/// something in it. A step must not read or write the pod's other files (its service account
+/// token, the agent itself) through a file input. Returns the path as joined, unresolved.
+pub fn contained_path_in_workspace(
+    name: &str,
+    given: &str,
+    workspace_dir: &Path,
+) -> Result<PathBuf, String> {
+    let path = path_in_workspace(given, workspace_dir);
+    let outside = || {
+        format!(
+            "input {name:?}: {given:?} is outside the workspace {}; give a path inside it",
+            workspace_dir.display()
+        )
+    };
+    let workspace = resolve_existing_prefix(&lexically_normal(workspace_dir)).map_err(|error| {
+        format!(
+            "cannot resolve the workspace {}: {error}",
+            workspace_dir.display()
+        )
+    })?;
+    let resolved = resolve_existing_prefix(&lexically_normal(&path)).map_err(|_| outside())?;
+    if resolved.starts_with(&workspace) {
+        Ok(path)
+    } else {
+        Err(outside())
+    }
+}
+
+/// `path` with `.` dropped and each `..` applied to what comes before it, without looking at
+/// the file system (`..` above the root stays at the root, as the kernel does).
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// `path` with its longest existing prefix resolved (symlinks followed, as the kernel will
+/// when the path is opened or created) and the rest appended as it is.
+fn resolve_existing_prefix(path: &Path) -> std::io::Result<PathBuf> {
+    let mut existing = path.to_path_buf();
+    let mut missing = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(mut resolved) => {
+                resolved.extend(missing.iter().rev());
+                return Ok(resolved);
+            }
+            Err(error) => {
+                // A dangling symlink is left out of the resolution: it is resolved as if it
+                // were missing, and refused below unless its parent is inside. Writing
+                // through it is prevented where files are created.
+                let Some(file_name) = existing.file_name().map(std::ffi::OsStr::to_os_string)
+                else {
+                    return Err(error);
+                };
+                missing.push(file_name);
+                if !existing.pop() {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +243,56 @@ mod tests {
             optional_string_map(&given, "list"),
             Err(r#"input "list" must be an object of strings"#.to_owned())
         );
+    }
+
+    #[test]
+    fn contained_paths_stay_inside_the_workspace_after_dots_and_symlinks() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let workspace = root.path().join("workspace");
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir_all(workspace.join("dist"))?;
+        std::fs::create_dir_all(&elsewhere)?;
+        std::fs::write(elsewhere.join("secret"), "token")?;
+        std::os::unix::fs::symlink(&elsewhere, workspace.join("escape"))?;
+        std::os::unix::fs::symlink(elsewhere.join("secret"), workspace.join("secret-link"))?;
+        std::os::unix::fs::symlink("dist", workspace.join("dist-link"))?;
+
+        let inside_absolute = workspace.join("dist/app.war").display().to_string();
+        for inside in [
+            "app.war",
+            "dist/app.war",
+            "dist/../app.war",
+            "./new/dir/app.war",
+            "dist-link/app.war",
+            inside_absolute.as_str(),
+        ] {
+            assert_eq!(
+                contained_path_in_workspace("saveAs", inside, &workspace),
+                Ok(workspace.join(inside)),
+                "{inside}"
+            );
+        }
+        let outside_absolute = elsewhere.join("secret").display().to_string();
+        for outside in [
+            "../elsewhere/secret",
+            "dist/../../elsewhere/secret",
+            "/etc/passwd",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            outside_absolute.as_str(),
+            "escape/secret",
+            "escape/new-file",
+            "secret-link",
+        ] {
+            assert_eq!(
+                contained_path_in_workspace("bodyFile", outside, &workspace),
+                Err(format!(
+                    r#"input "bodyFile": {outside:?} is outside the workspace {}; give a path inside it"#,
+                    workspace.display()
+                )),
+                "{outside}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

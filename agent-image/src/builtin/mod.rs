@@ -1,6 +1,7 @@
 //! The built-in tasks: steps that run `maestro-agent builtin <name>` instead of a command of
 //! their own image.
 
+mod address_guard;
 mod ec2;
 mod git;
 mod http;

@@ -10,9 +10,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use super::Inputs;
+use super::address_guard::AddressGuard;
 use super::http_client::{
-    BODY_EXCERPT_BYTES, body_excerpt, build_client, describe_error, headers_input, http_url_input,
-    read_body_prefix,
+    BODY_EXCERPT_BYTES, body_excerpt, build_client, describe_error, guarded_url_input,
+    headers_input, read_body_prefix,
 };
 use super::inputs::optional_string;
 use crate::result::{EXIT_AGENT_FAILURE, EXIT_BAD_INPUT, StepResult};
@@ -28,6 +29,8 @@ pub struct NotifyInputs {
     /// The JSON document to post.
     pub payload: Value,
     pub headers: HeaderMap,
+    /// The addresses the webhook and its redirects may not reach.
+    pub address_guard: AddressGuard,
 }
 
 /// Runs the notify task: validates its inputs, then posts the message.
@@ -47,7 +50,8 @@ pub async fn run_notify(inputs: &Inputs, _paths: &StepPaths) -> StepResult {
 
 /// Validates the inputs, with messages that name the input at fault.
 pub fn parse_notify_inputs(inputs: &Inputs) -> Result<NotifyInputs, String> {
-    let url = http_url_input(inputs, "url")?;
+    let address_guard = AddressGuard::for_step(inputs, |name| std::env::var(name).ok())?;
+    let url = guarded_url_input(inputs, "url", &address_guard)?;
     let text = optional_string(inputs, "text")?;
     let payload = inputs.get("payload").filter(|value| !value.is_null());
     let payload = match (text, payload) {
@@ -65,11 +69,12 @@ pub fn parse_notify_inputs(inputs: &Inputs) -> Result<NotifyInputs, String> {
         url,
         payload,
         headers: headers_input(inputs, "headers")?,
+        address_guard,
     })
 }
 
 async fn post(notification: &NotifyInputs) -> Result<BTreeMap<String, String>, String> {
-    let client = build_client(NOTIFY_TIMEOUT)?;
+    let client = build_client(NOTIFY_TIMEOUT, &notification.address_guard)?;
     // Only the origin is shown: a webhook's path is its secret (Slack's is).
     let destination = notification.url.origin().ascii_serialization();
     let body = serde_json::to_vec(&notification.payload)
@@ -124,6 +129,25 @@ mod tests {
         parse_notify_inputs(&inputs(value))
             .err()
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn metadata_and_api_server_webhooks_are_refused_unless_allowed() {
+        for url in [
+            "http://169.254.169.254/latest/api/token",
+            "https://kubernetes.default.svc.cluster.local/api",
+        ] {
+            let error = error_for(json!({"url": url, "text": "hi"}));
+            assert!(
+                error.starts_with(r#"input "url": "#)
+                    && error.contains(r#"set input "allowRestrictedAddresses" to true"#),
+                "{url}: {error}"
+            );
+            let allowed = parse_notify_inputs(&inputs(
+                json!({"url": url, "text": "hi", "allowRestrictedAddresses": true}),
+            ));
+            assert!(allowed.is_ok(), "{url}");
+        }
     }
 
     #[test]

@@ -247,6 +247,9 @@ async fn prepare_clone(git: &GitRunner, path: &Path) -> Result<bool, CheckoutErr
             .unwrap_or_default();
         let origin = origin.trim();
         if same_repository(origin, &git.repo) {
+            scrub_reused_clone_config(git, path)
+                .await
+                .map_err(CheckoutError::Failed)?;
             return Ok(true);
         }
         let holds = if origin.is_empty() {
@@ -282,6 +285,86 @@ async fn prepare_clone(git: &GitRunner, path: &Path) -> Result<bool, CheckoutErr
     .await
     .map_err(CheckoutError::Failed)?;
     Ok(false)
+}
+
+/// The settings of a clone's own configuration that a reused clone keeps: the repository's
+/// format and how its work tree behaves. Everything else (`url.*.insteadOf`, `credential.*`,
+/// `include*`, `core.sshCommand`, `core.worktree`, filter drivers, remotes, proxies, and
+/// `extensions.worktreeConfig`, which would read a second file this scrub does not see) may
+/// have been planted by an earlier run of lower trust in the same agent slot, to redirect the
+/// fetch, catch the credentials or run a command. Keys as git lists them: lower case.
+const KEPT_CLONE_SETTINGS: [&str; 9] = [
+    "core.repositoryformatversion",
+    "core.bare",
+    "core.filemode",
+    "core.logallrefupdates",
+    "core.ignorecase",
+    "core.precomposeunicode",
+    "core.symlinks",
+    "extensions.objectformat",
+    "extensions.refstorage",
+];
+
+/// Whether the clone's own setting `key` is one a reused clone keeps.
+fn is_kept_clone_setting(key: &str) -> bool {
+    KEPT_CLONE_SETTINGS.contains(&key.to_ascii_lowercase().as_str())
+}
+
+/// Removes every setting but [`KEPT_CLONE_SETTINGS`] from a reused clone's own configuration,
+/// and points `origin` at exactly the repository the step asked for.
+async fn scrub_reused_clone_config(git: &GitRunner, path: &Path) -> Result<(), String> {
+    let dir = Some(path);
+    // `--local` reads the file itself, without following its includes.
+    let listed = git
+        .run(
+            dir,
+            &[
+                OsStr::new("config"),
+                OsStr::new("--local"),
+                OsStr::new("--null"),
+                OsStr::new("--name-only"),
+                OsStr::new("--list"),
+            ],
+        )
+        .await?;
+    let mut removed = std::collections::BTreeSet::new();
+    for key in listed
+        .split('\0')
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+    {
+        if is_kept_clone_setting(key) || !removed.insert(key.to_owned()) {
+            continue;
+        }
+        git.run(
+            dir,
+            &[
+                OsStr::new("config"),
+                OsStr::new("--local"),
+                OsStr::new("--unset-all"),
+                OsStr::new(key),
+            ],
+        )
+        .await?;
+    }
+    if !removed.is_empty() {
+        // Only the count: a planted `url.<address>.insteadOf` key may hold a token.
+        eprintln!(
+            "removed {} setting(s) from the existing clone's .git/config",
+            removed.len()
+        );
+    }
+    git.run(
+        dir,
+        &[
+            OsStr::new("remote"),
+            OsStr::new("add"),
+            OsStr::new("origin"),
+            OsStr::new(&git.repo),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Whether two repository addresses name the same repository, ignoring a trailing slash and

@@ -15,11 +15,34 @@ pub const PASSWORD_VAR: &str = "GIT_PASSWORD";
 /// The user name sent with a token when none is given; GitHub, GitLab and Gitea accept any.
 const DEFAULT_USERNAME: &str = "git";
 
-/// A credential helper that answers git's `get` request from the two variables. It runs in
-/// git's child shell, so the values travel only through the environment. `printf` rather than
-/// `echo`, because dash's `echo` would interpret backslashes in a password.
+/// The host (with its port, as git sends it) the credentials are for: the helper answers no
+/// other, so a submodule, a redirect or an `insteadOf` pointing elsewhere never gets them.
+pub const CREDENTIAL_HOST_VAR: &str = "MAESTRO_GIT_CREDENTIAL_HOST";
+
+/// A credential helper that answers git's `get` request from the two variables, and only for
+/// the https host in [`CREDENTIAL_HOST_VAR`]. It runs in git's child shell, so the values
+/// travel only through the environment. It reads git's whole request (git writes it before
+/// reading the answer). `printf` rather than `echo`, because dash's `echo` would interpret
+/// backslashes in a password.
 const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || return 0; \
+     asked_protocol=; asked_host=; \
+     while IFS= read -r line; do case \"$line\" in \
+     protocol=*) asked_protocol=\"${line#protocol=}\";; host=*) asked_host=\"${line#host=}\";; \
+     '') break;; esac; done; \
+     test \"$asked_protocol\" = https -o \"$asked_protocol\" = http || return 0; \
+     test -n \"$MAESTRO_GIT_CREDENTIAL_HOST\" && \
+     test \"$asked_host\" = \"$MAESTRO_GIT_CREDENTIAL_HOST\" || return 0; \
      printf 'username=%s\\npassword=%s\\n' \"$GIT_USERNAME\" \"$GIT_PASSWORD\"; }; f";
+
+/// Settings on every git command line. Command-line settings win over the repository's own
+/// configuration, which a reused clone (an agent slot an earlier, maybe less trusted, run
+/// used) may have planted: no hooks and no fsmonitor command run, and the empty helper
+/// clears every credential helper configured before, ours (if any) comes after it.
+const HARDENING_SETTINGS: [&str; 3] = [
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "credential.helper=",
+];
 
 /// Most git errors say what went wrong in their last lines; this keeps the result small.
 const MAX_ERROR_CHARS: usize = 1000;
@@ -67,12 +90,14 @@ impl GitRunner {
     /// `git <subcommand> failed: <git's last lines>`. Git's warnings go to the pod log.
     pub async fn run(&self, dir: Option<&Path>, args: &[&OsStr]) -> Result<String, String> {
         let mut command = Command::new("git");
-        if self.credentials.is_some() {
-            // The empty value first clears helpers from the system or user configuration, so
-            // they neither answer instead of ours nor store the password.
+        for setting in HARDENING_SETTINGS {
+            command.arg("-c").arg(setting);
+        }
+        let credential_host = credential_host(&self.repo);
+        if self.credentials.is_some() && credential_host.is_some() {
+            // After the empty helper above, so the system's, the user's or the clone's
+            // helpers neither answer instead of ours nor store the password.
             command
-                .arg("-c")
-                .arg("credential.helper=")
                 .arg("-c")
                 .arg(format!("credential.helper={CREDENTIAL_HELPER}"));
         }
@@ -91,14 +116,18 @@ impl GitRunner {
             .env("GIT_TERMINAL_PROMPT", "0")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        match &self.credentials {
-            Some(credentials) => {
+        match (&self.credentials, credential_host) {
+            (Some(credentials), Some(host)) => {
                 command
                     .env(USERNAME_VAR, &credentials.username)
-                    .env(PASSWORD_VAR, &credentials.password);
+                    .env(PASSWORD_VAR, &credentials.password)
+                    .env(CREDENTIAL_HOST_VAR, host);
             }
-            None => {
-                command.env_remove(USERNAME_VAR).env_remove(PASSWORD_VAR);
+            _ => {
+                command
+                    .env_remove(USERNAME_VAR)
+                    .env_remove(PASSWORD_VAR)
+                    .env_remove(CREDENTIAL_HOST_VAR);
             }
         }
         let subcommand = args
@@ -127,6 +156,21 @@ impl GitRunner {
             text.replace(&self.repo, &self.shown_repo)
         }
     }
+}
+
+/// The host git names in its credential requests for `repo` (`host` or `host:port`, as
+/// written in the URL, without any user name), for http and https URLs only: other transports
+/// do not ask credential helpers.
+pub fn credential_host(repo: &str) -> Option<String> {
+    let (scheme, rest) = repo.split_once("://")?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "https" | "http") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 /// The end of git's error output, within [`MAX_ERROR_CHARS`].
@@ -168,6 +212,72 @@ mod tests {
             password: "hunter2".to_owned(),
         };
         assert!(!format!("{credentials:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credential_host_is_the_authority_of_http_urls_only() {
+        assert_eq!(
+            credential_host("https://user:pw@git.example.com:8443/team/app.git").as_deref(),
+            Some("git.example.com:8443")
+        );
+        assert_eq!(
+            credential_host("HTTP://git.example.com").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(credential_host("ssh://git@git.example.com/app.git"), None);
+        assert_eq!(credential_host("git@git.example.com:team/app.git"), None);
+        assert_eq!(credential_host("/srv/repo"), None);
+        assert_eq!(credential_host("https:///path"), None);
+    }
+
+    /// Asks the credential helper, as `git credential fill` does, for `protocol`/`host`.
+    fn ask_helper(protocol: &str, host: &str) -> std::process::Output {
+        let request = format!("protocol={protocol}\nhost={host}\npath=app.git\n\n");
+        let mut child = std::process::Command::new("git")
+            .args(["-c", "credential.helper="])
+            .arg("-c")
+            .arg(format!("credential.helper={CREDENTIAL_HELPER}"))
+            .args(["credential", "fill"])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env(USERNAME_VAR, "me")
+            .env(PASSWORD_VAR, "hunter2")
+            .env(CREDENTIAL_HOST_VAR, "git.example.com")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("git runs");
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(request.as_bytes())
+                .expect("request written");
+        }
+        child.wait_with_output().expect("git credential finishes")
+    }
+
+    #[test]
+    fn credential_helper_answers_only_for_the_repositorys_host() {
+        let answer = ask_helper("https", "git.example.com");
+        let stdout = String::from_utf8_lossy(&answer.stdout);
+        assert!(answer.status.success(), "{answer:?}");
+        assert!(stdout.contains("password=hunter2"), "{stdout}");
+
+        for (protocol, host) in [
+            ("https", "evil.example.com"),
+            ("https", "git.example.com.evil.example.com"),
+            ("https", "git.example.com:8443"),
+            ("ftp", "git.example.com"),
+        ] {
+            let refused = ask_helper(protocol, host);
+            let stdout = String::from_utf8_lossy(&refused.stdout);
+            assert!(
+                !stdout.contains("hunter2"),
+                "{protocol}://{host} got the password: {stdout}"
+            );
+            // With no answer and no terminal, git gives up.
+            assert!(!refused.status.success(), "{protocol}://{host}");
+        }
     }
 
     #[test]

@@ -458,3 +458,132 @@ async fn credentials_reach_git_through_the_helper_only() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Makes an executable hook script at `hook` that creates `marker` when it runs.
+fn plant_hook(hook: &Path, marker: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = hook.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(hook, format!("#!/bin/sh\ntouch '{}'\n", marker.display()))?;
+    std::fs::set_permissions(hook, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hooks_planted_in_a_reused_clone_do_not_run() -> anyhow::Result<()> {
+    let upstream = Upstream::new()?;
+    let workspace = tempfile::tempdir()?;
+    let elsewhere = tempfile::tempdir()?;
+    let step = inputs(json!({"repo": upstream.repo()}));
+    let first = run_git(&step, &step_paths(workspace.path())).await;
+    assert_eq!(first.exit_code, 0, "{:?}", first.error);
+
+    // An earlier run in the same slot plants hooks in .git/hooks and in a hooks directory
+    // of its own that the clone's config names, and an fsmonitor command.
+    let marker = elsewhere.path().join("hook-ran");
+    for hook in ["post-checkout", "reference-transaction", "pre-auto-gc"] {
+        plant_hook(&workspace.path().join(".git/hooks").join(hook), &marker)?;
+        plant_hook(&elsewhere.path().join("hooks").join(hook), &marker)?;
+    }
+    let hooks_dir = elsewhere.path().join("hooks").display().to_string();
+    git_in(workspace.path(), &["config", "core.hooksPath", &hooks_dir])?;
+    let monitor = elsewhere.path().join("fsmonitor");
+    plant_hook(&monitor, &marker)?;
+    git_in(
+        workspace.path(),
+        &["config", "core.fsmonitor", &monitor.display().to_string()],
+    )?;
+    // Without the agent's settings, git would run them.
+    git_in(
+        workspace.path(),
+        &["checkout", "-q", "-f", "--detach", &upstream.first],
+    )?;
+    assert!(
+        marker.exists(),
+        "the planted hook should work for plain git"
+    );
+    std::fs::remove_file(&marker)?;
+
+    let third = commit(upstream.dir.path(), "README", "three\n")?;
+    let second = run_git(&step, &step_paths(workspace.path())).await;
+    assert_eq!(second.exit_code, 0, "{:?}", second.error);
+    assert_eq!(output(&second, "fetched"), "true");
+    assert_eq!(output(&second, "commit"), third);
+    assert!(!marker.exists(), "a planted hook ran");
+    // And the clone's config no longer names them for later plain git commands.
+    let left = git_in(workspace.path(), &["config", "--local", "--list"])?;
+    assert!(
+        !left.contains("hookspath") && !left.contains("fsmonitor"),
+        "{left}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn insteadof_planted_in_a_reused_clone_does_not_redirect_the_fetch() -> anyhow::Result<()> {
+    let upstream = Upstream::new()?;
+    let impostor = Upstream::new()?;
+    let impostor_commit = commit(impostor.dir.path(), "README", "impostor\n")?;
+    let workspace = tempfile::tempdir()?;
+    let step = inputs(json!({"repo": upstream.repo()}));
+    let first = run_git(&step, &step_paths(workspace.path())).await;
+    assert_eq!(first.exit_code, 0, "{:?}", first.error);
+
+    // An earlier run in the same slot points the repository at its own copy, and names a
+    // credential helper of its own.
+    let redirect = format!("url.{}.insteadOf", impostor.repo());
+    git_in(workspace.path(), &["config", &redirect, &upstream.repo()])?;
+    git_in(
+        workspace.path(),
+        &["config", "credential.helper", "!echo password=stolen"],
+    )?;
+
+    let third = commit(upstream.dir.path(), "README", "three\n")?;
+    let second = run_git(&step, &step_paths(workspace.path())).await;
+    assert_eq!(second.exit_code, 0, "{:?}", second.error);
+    assert_eq!(output(&second, "fetched"), "true");
+    assert_eq!(output(&second, "commit"), third);
+    assert_ne!(output(&second, "commit"), impostor_commit);
+    assert_eq!(
+        std::fs::read_to_string(workspace.path().join("README"))?,
+        "three\n"
+    );
+    let left = git_in(workspace.path(), &["config", "--local", "--list"])?;
+    assert!(
+        !left.contains("insteadof") && !left.contains("credential."),
+        "{left}"
+    );
+    assert_eq!(
+        git_in(workspace.path(), &["config", "--get", "remote.origin.url"])?,
+        upstream.repo()
+    );
+    Ok(())
+}
+
+#[test]
+fn reused_clones_keep_only_format_and_work_tree_settings() {
+    for kept in [
+        "core.repositoryformatversion",
+        "core.bare",
+        "extensions.objectformat",
+    ] {
+        assert!(is_kept_clone_setting(kept), "{kept}");
+    }
+    for removed in [
+        "core.hookspath",
+        "core.fsmonitor",
+        "core.sshcommand",
+        "url.https://evil.example/.insteadof",
+        "credential.helper",
+        "credential.https://git.example.com.helper",
+        "include.path",
+        "remote.origin.url",
+        "filter.lfs.smudge",
+        "core.worktree",
+        "extensions.worktreeconfig",
+        "extensions.partialclone",
+    ] {
+        assert!(!is_kept_clone_setting(removed), "{removed}");
+    }
+}

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource, ResourceExt};
 use maestro_api::{Approval, ApprovalSpec, CompositionRun, Decision, StepPhase};
 
 use crate::Target;
@@ -45,6 +46,17 @@ pub async fn run(
     );
     approval.metadata.name = None;
     approval.metadata.generate_name = Some(format!("{}-{}-", args.run, args.step));
+    // Owned by this very run (its UID): the operator counts no approval owned by another
+    // run of the same name, and the approval goes when its run goes.
+    approval.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: CompositionRun::api_version(&()).into_owned(),
+        kind: CompositionRun::kind(&()).into_owned(),
+        name: run.name_any(),
+        uid: run
+            .uid()
+            .ok_or_else(|| anyhow::anyhow!("run {} has no uid", args.run))?,
+        ..OwnerReference::default()
+    }]);
     let approvals: Api<Approval> = Api::namespaced(target.client.clone(), &target.namespace);
     let created = approvals
         .create(&PostParams::default(), &approval)

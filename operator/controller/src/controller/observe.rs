@@ -123,15 +123,43 @@ pub fn run(run: &CompositionRun) -> ObservedRun {
     }
 }
 
-/// An approval as the engine sees it.
-pub fn approval(a: &Approval) -> ObservedApproval {
-    ObservedApproval {
+/// An approval of `run` as the engine sees it, or None when it does not count for this
+/// run: it must be owned by this very run (its UID, not only its name, so an approval of
+/// an earlier run of the same name never passes a gate) and created once the gate was
+/// waiting (a decision made before the question was asked answers nothing).
+pub fn approval(a: &Approval, run: &CompositionRun) -> Option<ObservedApproval> {
+    if a.spec.run != run.name_any() || !owned_by(a, run) {
+        return None;
+    }
+    let created = a.creation_timestamp().map(|t| t.0);
+    let gate_started = run
+        .status
+        .as_ref()
+        .and_then(|s| s.steps.iter().find(|step| step.name == a.spec.step))
+        .and_then(|step| step.start_time.as_ref())
+        .map(|t| t.0);
+    if let (Some(created), Some(started)) = (created, gate_started)
+        && created < started
+    {
+        return None;
+    }
+    Some(ObservedApproval {
         name: a.name_any(),
         step: a.spec.step.clone(),
         decision: a.spec.decision,
         by: a.spec.approved_by.clone(),
-        created: a.creation_timestamp().map(|t| t.0),
-    }
+        created,
+    })
+}
+
+/// Whether `object` names `run` as an owner by UID. Names and labels can be set by anyone
+/// who may create the object; the UID is the run's own.
+pub fn owned_by(object: &impl ResourceExt, run: &CompositionRun) -> bool {
+    let Some(uid) = run.uid() else { return false };
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.kind == "CompositionRun" && o.name == run.name_any())
 }
 
 fn excerpt(text: &str) -> String {
@@ -148,6 +176,57 @@ mod tests {
 
     fn pod_from(yaml: &str) -> Pod {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    /// A run `r` (uid u-1) whose gate `sign-off` started waiting at 10:00:00.
+    fn waiting_run() -> CompositionRun {
+        serde_yaml::from_str(
+            r#"
+apiVersion: maestro.dev/v1alpha1
+kind: CompositionRun
+metadata: {name: r, namespace: ns, uid: u-1}
+spec: {composition: c}
+status:
+  phase: WaitingApproval
+  steps:
+    - {name: sign-off, phase: WaitingApproval, startTime: "2026-12-01T10:00:00Z"}
+"#,
+        )
+        .unwrap()
+    }
+
+    fn approval_of(owner_uid: Option<&str>, created: &str) -> Approval {
+        let owner = owner_uid.map_or(String::new(), |uid| {
+            format!(
+                "ownerReferences: [{{apiVersion: maestro.dev/v1alpha1, kind: CompositionRun, \
+                 name: r, uid: {uid}}}]"
+            )
+        });
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Approval
+metadata: {{name: a, namespace: ns, creationTimestamp: "{created}", {owner}}}
+spec: {{run: r, step: sign-off, decision: Approve, approvedBy: alice}}
+"#
+        ))
+        .unwrap()
+    }
+
+    /// Approvals are bound to the run's UID and to the time its gate started waiting:
+    /// one left from an earlier run of the same name, one naming the run without owning
+    /// it, and one made before the gate asked all count for nothing.
+    #[test]
+    fn an_approval_counts_only_for_its_own_run_and_after_the_gate_asked() {
+        let run = waiting_run();
+        let own = approval(&approval_of(Some("u-1"), "2026-12-01T10:00:05Z"), &run);
+        assert_eq!(own.map(|a| a.by), Some("alice".to_string()));
+        let earlier_run = approval(&approval_of(Some("u-0"), "2026-12-01T10:00:05Z"), &run);
+        assert_eq!(earlier_run, None);
+        let unowned = approval(&approval_of(None, "2026-12-01T10:00:05Z"), &run);
+        assert_eq!(unowned, None);
+        let too_early = approval(&approval_of(Some("u-1"), "2026-12-01T09:59:59Z"), &run);
+        assert_eq!(too_early, None);
     }
 
     #[test]

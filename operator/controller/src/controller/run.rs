@@ -339,6 +339,8 @@ fn observe_world(
     let name = run.name_any();
     let pods = world::pods_of_run(ctx, ns, &name)
         .iter()
+        // Only pods this run owns: a pod left by an earlier run of the same name is not its.
+        .filter(|p| observe::owned_by(&***p, run))
         .filter_map(|p| observe::pod(p))
         .collect();
     let awaited: Vec<String> = spec
@@ -349,14 +351,14 @@ fn observe_world(
     let runs = world::runs_in(ctx, ns)
         .iter()
         .filter(|r| {
-            r.labels().get(labels::PARENT_RUN) == Some(&name)
+            (r.labels().get(labels::PARENT_RUN) == Some(&name) && observe::owned_by(*r, run))
                 || awaited.contains(&r.spec.composition)
         })
         .map(observe::run)
         .collect();
     let approvals = world::approvals_of_run(ctx, ns, &name)
         .iter()
-        .map(|a| observe::approval(a))
+        .filter_map(|a| observe::approval(a, run))
         .collect();
     Observed {
         pods,
