@@ -15,7 +15,7 @@ use super::{
 };
 use maestro_api::{
     BuiltinTask, CleanupPolicy, CleanupStatus, CompositionSpec, Decision, LedgerEntry, RunPhase,
-    Step, StepPhase, StepStatus, TaskSpec, WaitMode, labels, parse_duration,
+    Step, StepKind, StepPhase, StepStatus, TaskSpec, WaitMode, labels, parse_duration,
 };
 
 use super::Plan;
@@ -334,59 +334,62 @@ impl Planner<'_> {
                 Err(e) => return self.finish_step(i, StepPhase::Failed, format!("when: {e}")),
             }
         }
-        if step.task.is_some() && !self.take_pod_budget() {
+        // Graph validation has failed the run already for a step of no or two kinds.
+        let Some(kind) = step.kind() else { return };
+        if matches!(kind, StepKind::Task(_)) && !self.take_pod_budget() {
             return self.wait_for_capacity(i);
         }
         let now = self.input.now;
         self.plan.status.steps[i].start_time = Some(Time(now));
-        if let Some(task) = &step.task {
-            self.start_attempt(composition, i, task, 1);
-        } else if let Some(gate) = &step.approval {
-            let st = &mut self.plan.status.steps[i];
-            st.phase = StepPhase::WaitingApproval;
-            st.message = Some(
-                gate.message
-                    .clone()
-                    .unwrap_or_else(|| "waiting for approval".into()),
-            );
-            self.plan.events.push(normal(
-                "StepWaitingApproval",
-                format!("step {} waits for approval", step.name),
-            ));
-            self.watch_approval(step, i);
-        } else if let Some(wait) = &step.wait_for {
-            self.plan.status.steps[i].phase = StepPhase::Running;
-            if wait.mode == WaitMode::Running {
-                let running = self
-                    .other_runs(&wait.composition)
-                    .filter(|r| !r.phase.is_finished())
-                    .min_by_key(|r| r.created)
-                    .map(|r| r.name.clone());
-                match running {
-                    Some(name) => {
-                        self.plan.status.steps[i].child_runs = vec![name.clone()];
-                        self.plan.status.steps[i].message = Some(format!("waiting for run {name}"));
-                    }
-                    None => {
-                        return self.finish_step(
-                            i,
-                            StepPhase::Succeeded,
-                            format!("no run of {} in progress", wait.composition),
-                        );
+        let targets: Vec<String> = match kind {
+            StepKind::Task(task) => return self.start_attempt(composition, i, task, 1),
+            StepKind::Approval(gate) => {
+                let st = &mut self.plan.status.steps[i];
+                st.phase = StepPhase::WaitingApproval;
+                st.message = Some(
+                    gate.message
+                        .clone()
+                        .unwrap_or_else(|| "waiting for approval".into()),
+                );
+                self.plan.events.push(normal(
+                    "StepWaitingApproval",
+                    format!("step {} waits for approval", step.name),
+                ));
+                return self.watch_approval(step, i);
+            }
+            StepKind::WaitFor(wait) => {
+                self.plan.status.steps[i].phase = StepPhase::Running;
+                if wait.mode == WaitMode::Running {
+                    let running = self
+                        .other_runs(&wait.composition)
+                        .filter(|r| !r.phase.is_finished())
+                        .min_by_key(|r| r.created)
+                        .map(|r| r.name.clone());
+                    match running {
+                        Some(name) => {
+                            self.plan.status.steps[i].child_runs = vec![name.clone()];
+                            self.plan.status.steps[i].message =
+                                Some(format!("waiting for run {name}"));
+                        }
+                        None => {
+                            return self.finish_step(
+                                i,
+                                StepPhase::Succeeded,
+                                format!("no run of {} in progress", wait.composition),
+                            );
+                        }
                     }
                 }
+                self.plan.events.push(normal(
+                    "StepStarted",
+                    format!("step {} waits for {}", step.name, wait.composition),
+                ));
+                return self.watch_running(composition, i);
             }
-            self.plan.events.push(normal(
-                "StepStarted",
-                format!("step {} waits for {}", step.name, wait.composition),
-            ));
-            self.watch_running(composition, i);
-        } else {
-            let targets: Vec<String> = match (&step.composition, &step.compositions) {
-                (Some(one), _) => vec![one.clone()],
-                (None, Some(many)) => many.clone(),
-                (None, None) => Vec::new(),
-            };
+            StepKind::Call(one) => vec![one.to_string()],
+            StepKind::Fork(many) => many.to_vec(),
+        };
+        {
             let params = match render_params(step, &scope) {
                 Ok(p) => p,
                 Err(e) => return self.finish_step(i, StepPhase::Failed, e),
@@ -486,13 +489,12 @@ impl Planner<'_> {
     }
 
     fn watch_running(&mut self, composition: &CompositionSpec, i: usize) {
-        let step = &composition.steps[i];
-        if let Some(task) = &step.task {
-            self.watch_pod(composition, i, task);
-        } else if let Some(wait) = &step.wait_for {
-            self.watch_wait(i, &wait.composition, wait.mode);
-        } else {
-            self.watch_children(composition, i);
+        match composition.steps[i].kind() {
+            Some(StepKind::Task(task)) => self.watch_pod(composition, i, task),
+            Some(StepKind::WaitFor(wait)) => self.watch_wait(i, &wait.composition, wait.mode),
+            Some(StepKind::Call(_) | StepKind::Fork(_)) => self.watch_children(composition, i),
+            // An approval is watched by watch_approval; a step of no kind never starts.
+            Some(StepKind::Approval(_)) | None => {}
         }
     }
 
@@ -659,8 +661,8 @@ impl Planner<'_> {
                 if !self.take_pod_budget() {
                     return self.wait_for_capacity(i);
                 }
-                if let Some(task) = composition.steps[i].task.clone() {
-                    self.start_attempt(composition, i, &task, next);
+                if let Some(StepKind::Task(task)) = composition.steps[i].kind() {
+                    self.start_attempt(composition, i, task, next);
                 }
             }
         }
@@ -731,16 +733,16 @@ impl Planner<'_> {
                 None => {
                     pending = true;
                     // Not seen yet: ask for it again (AlreadyExists if it is there).
-                    let target = step
-                        .compositions
-                        .as_ref()
-                        .and_then(|c| c.get(n))
-                        .or(step.composition.as_ref());
+                    let target = match step.kind() {
+                        Some(StepKind::Fork(many)) => many.get(n).map(String::as_str),
+                        Some(StepKind::Call(one)) => Some(one),
+                        _ => None,
+                    };
                     if let (Some(target), Ok(params)) = (target, render_params(step, &self.scope()))
                     {
                         self.plan.actions.push(Action::CreateRun(NewRun {
                             name: name.clone(),
-                            composition: target.clone(),
+                            composition: target.to_string(),
                             params,
                             step: Some(step.name.clone()),
                             owned: true,
@@ -866,11 +868,11 @@ impl Planner<'_> {
                 if let Some(pod) = st
                     .pod_name
                     .clone()
-                    .filter(|_| composition.steps[i].task.is_some())
+                    .filter(|_| matches!(composition.steps[i].kind(), Some(StepKind::Task(_))))
                 {
                     self.plan.actions.push(Action::DeletePod { name: pod });
                 }
-                if composition.steps[i].wait_for.is_none() {
+                if !matches!(composition.steps[i].kind(), Some(StepKind::WaitFor(_))) {
                     for child in st.child_runs.clone() {
                         self.plan.actions.push(Action::CancelRun { name: child });
                     }
@@ -897,7 +899,8 @@ impl Planner<'_> {
             match st.phase {
                 StepPhase::Running | StepPhase::Retrying | StepPhase::WaitingApproval => {
                     if let Some(pod) = st.pod_name.clone().filter(|_| {
-                        st.phase == StepPhase::Running && composition.steps[i].task.is_some()
+                        st.phase == StepPhase::Running
+                            && matches!(composition.steps[i].kind(), Some(StepKind::Task(_)))
                     }) {
                         self.plan.actions.push(Action::DeletePod { name: pod });
                     }
