@@ -440,3 +440,30 @@ pub struct CompositionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_skipped_time: Option<Time>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(json: serde_json::Value) -> Step {
+        serde_json::from_value(json).expect("a valid step")
+    }
+
+    #[test]
+    fn kind_is_the_one_field_set() {
+        let task = step(serde_json::json!({"name": "a", "task": "shell"}));
+        assert_eq!(task.kind(), Some(StepKind::Task("shell")));
+        let fork = step(serde_json::json!({"name": "b", "compositions": ["x", "y"]}));
+        let targets = ["x".to_string(), "y".to_string()];
+        assert_eq!(fork.kind(), Some(StepKind::Fork(&targets)));
+        let call = step(serde_json::json!({"name": "c", "composition": "x"}));
+        assert_eq!(call.kind(), Some(StepKind::Call("x")));
+    }
+
+    #[test]
+    fn kind_is_none_for_no_or_two_fields() {
+        assert_eq!(step(serde_json::json!({"name": "a"})).kind(), None);
+        let two = step(serde_json::json!({"name": "b", "task": "shell", "composition": "x"}));
+        assert_eq!(two.kind(), None);
+    }
+}
