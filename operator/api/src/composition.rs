@@ -316,6 +316,42 @@ pub struct Step {
     pub continue_on_failure: bool,
 }
 
+/// What a step runs: the one of `task`, `approval`, `composition`, `compositions` and
+/// `waitFor` that is set, borrowed from the step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepKind<'a> {
+    /// Run a Task, by name.
+    Task(&'a str),
+    /// Wait for a manual approval.
+    Approval(&'a ApprovalGate),
+    /// Call one composition as a child run.
+    Call(&'a str),
+    /// Fork several compositions as child runs and join them.
+    Fork(&'a [String]),
+    /// Wait for a run of another composition.
+    WaitFor(&'a WaitFor),
+}
+
+impl Step {
+    /// The kind of the step, or `None` when not exactly one of its five kind fields is
+    /// set. The CRD rejects such a step; graph validation reports it for steps that
+    /// reach the engine some other way, so callers need not repeat the message.
+    pub fn kind(&self) -> Option<StepKind<'_>> {
+        let kinds = [
+            self.task.as_deref().map(StepKind::Task),
+            self.approval.as_ref().map(StepKind::Approval),
+            self.composition.as_deref().map(StepKind::Call),
+            self.compositions.as_deref().map(StepKind::Fork),
+            self.wait_for.as_ref().map(StepKind::WaitFor),
+        ];
+        let mut set = kinds.into_iter().flatten();
+        match (set.next(), set.next()) {
+            (Some(kind), None) => Some(kind),
+            _ => None,
+        }
+    }
+}
+
 /// Retries of a failed step, with exponential backoff.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -403,4 +439,31 @@ pub struct CompositionStatus {
     /// going (concurrencyPolicy Forbid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_skipped_time: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(json: serde_json::Value) -> Step {
+        serde_json::from_value(json).expect("a valid step")
+    }
+
+    #[test]
+    fn kind_is_the_one_field_set() {
+        let task = step(serde_json::json!({"name": "a", "task": "shell"}));
+        assert_eq!(task.kind(), Some(StepKind::Task("shell")));
+        let fork = step(serde_json::json!({"name": "b", "compositions": ["x", "y"]}));
+        let targets = ["x".to_string(), "y".to_string()];
+        assert_eq!(fork.kind(), Some(StepKind::Fork(&targets)));
+        let call = step(serde_json::json!({"name": "c", "composition": "x"}));
+        assert_eq!(call.kind(), Some(StepKind::Call("x")));
+    }
+
+    #[test]
+    fn kind_is_none_for_no_or_two_fields() {
+        assert_eq!(step(serde_json::json!({"name": "a"})).kind(), None);
+        let two = step(serde_json::json!({"name": "b", "task": "shell", "composition": "x"}));
+        assert_eq!(two.kind(), None);
+    }
 }

@@ -106,14 +106,7 @@ fn check_step(
     problems: &mut Vec<String>,
 ) {
     let at = format!("spec.steps[{i}]");
-    let kinds = [
-        step.task.is_some(),
-        step.approval.is_some(),
-        step.composition.is_some(),
-        step.compositions.is_some(),
-        step.wait_for.is_some(),
-    ];
-    if kinds.iter().filter(|k| **k).count() != 1 {
+    if step.kind().is_none() {
         problems.push(format!(
             "{at}: a step runs exactly one of task, approval, composition, compositions, waitFor"
         ));

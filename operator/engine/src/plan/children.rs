@@ -1,0 +1,72 @@
+//! Call and fork steps: the child runs they start, and joining them.
+
+use crate::{Action, NewRun};
+use maestro_api::{CompositionSpec, RunPhase, StepKind, StepPhase};
+
+use super::{
+    Planner,
+    conditions::{normal, warning},
+    inputs::render_params,
+};
+
+impl Planner<'_> {
+    pub(super) fn watch_children(&mut self, composition: &CompositionSpec, i: usize) {
+        let step = &composition.steps[i];
+        let names = self.plan.status.steps[i].child_runs.clone();
+        let mut failed = Vec::new();
+        let mut pending = false;
+        for (n, name) in names.iter().enumerate() {
+            match self.input.observed.runs.iter().find(|r| &r.name == name) {
+                Some(run) if run.phase.is_finished() => {
+                    if run.phase != RunPhase::Succeeded {
+                        failed.push(format!("{name} {:?}", run.phase));
+                    }
+                }
+                Some(_) => pending = true,
+                None => {
+                    pending = true;
+                    // Not seen yet: ask for it again (AlreadyExists if it is there).
+                    let target = match step.kind() {
+                        Some(StepKind::Fork(many)) => many.get(n).map(String::as_str),
+                        Some(StepKind::Call(one)) => Some(one),
+                        _ => None,
+                    };
+                    if let (Some(target), Ok(params)) = (target, render_params(step, &self.scope()))
+                    {
+                        self.plan.actions.push(Action::CreateRun(NewRun {
+                            name: name.clone(),
+                            composition: target.to_string(),
+                            params,
+                            step: Some(step.name.clone()),
+                            owned: true,
+                        }));
+                    }
+                }
+            }
+        }
+        if pending {
+            return;
+        }
+        if failed.is_empty() {
+            self.plan.status.steps[i]
+                .outputs
+                .insert("runs".into(), names.join(","));
+            self.finish_step(
+                i,
+                StepPhase::Succeeded,
+                format!("{} succeeded", names.join(", ")),
+            );
+            self.plan.events.push(normal(
+                "StepSucceeded",
+                format!("step {} succeeded", step.name),
+            ));
+        } else {
+            let message = format!("child runs failed: {}", failed.join(", "));
+            self.finish_step(i, StepPhase::Failed, message.clone());
+            self.plan.events.push(warning(
+                "StepFailed",
+                format!("step {}: {message}", step.name),
+            ));
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Cleanup of the run's ledger of created resources, when the run ends.
+
+use std::time::Duration;
+
+use crate::{Action, PodPhase, StepPod, TaskRuns};
+use maestro_api::{
+    BuiltinTask, CleanupPolicy, CleanupStatus, CompositionSpec, RunPhase, Step, StepPhase, labels,
+};
+
+use super::{
+    Outcome, Planner,
+    conditions::{normal, set_condition, warning},
+    inputs::resolve_inputs,
+};
+
+/// How often the cleanup of leftovers is tried before it is reported failed.
+const CLEANUP_ATTEMPTS: u32 = 3;
+
+impl Planner<'_> {
+    /// Removes what the ledger still holds, per the composition's cleanup policy, through
+    /// a deprovision pod. Returns true once nothing is left to do.
+    pub(super) fn cleanup(&mut self, composition: &CompositionSpec, outcome: &Outcome) -> bool {
+        let leftovers = self.plan.status.resources.len();
+        let state = self.plan.status.cleanup.clone();
+        if leftovers == 0 {
+            if let Some(mut c) = state.filter(|c| c.phase == StepPhase::Running) {
+                c.phase = StepPhase::Succeeded;
+                c.message = Some("every resource in the ledger was removed".into());
+                self.plan.status.cleanup = Some(c);
+            }
+            return true;
+        }
+        if state.as_ref().is_some_and(|c| c.phase.is_finished()) {
+            return true;
+        }
+        let keep = match composition.cleanup {
+            CleanupPolicy::Always => false,
+            CleanupPolicy::OnSuccess => outcome.phase != RunPhase::Succeeded,
+            CleanupPolicy::Never => true,
+        };
+        if keep {
+            self.plan.status.cleanup = Some(CleanupStatus {
+                phase: StepPhase::Skipped,
+                message: Some(format!(
+                    "cleanup policy {:?} keeps {leftovers} resource(s): {}",
+                    composition.cleanup,
+                    self.ledger_ids()
+                )),
+                ..CleanupStatus::default()
+            });
+            return true;
+        }
+        if self.plan.status.phase != RunPhase::CleaningUp {
+            self.plan.status.phase = RunPhase::CleaningUp;
+            let message = format!(
+                "removing {leftovers} leftover resource(s): {}",
+                self.ledger_ids()
+            );
+            set_condition(
+                &mut self.plan.status.conditions,
+                "Succeeded",
+                "Unknown",
+                "CleaningUp",
+                &message,
+                self.input.now,
+            );
+            self.plan.events.push(normal("CleanupStarted", message));
+        }
+        let attempt = state.as_ref().map_or(1, |c| c.attempts.max(1));
+        let name = labels::cleanup_pod_name(self.input.run_name, attempt);
+        match self
+            .input
+            .observed
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+        {
+            None => self.create_cleanup_pod(composition, attempt),
+            Some(pod) if matches!(pod.phase, PodPhase::Pending | PodPhase::Running) => {}
+            Some(pod) => {
+                self.record_resources("", &pod);
+                let left = self.plan.status.resources.len();
+                if left == 0 {
+                    self.plan.status.cleanup = Some(CleanupStatus {
+                        phase: StepPhase::Succeeded,
+                        pod_name: Some(name),
+                        attempts: attempt,
+                        message: Some(format!("removed {leftovers} resource(s)")),
+                    });
+                    self.plan.events.push(normal(
+                        "CleanupSucceeded",
+                        format!("removed {leftovers} leftover resource(s)"),
+                    ));
+                    return true;
+                }
+                let why = pod
+                    .result
+                    .as_ref()
+                    .and_then(|r| r.error.clone())
+                    .or(pod.message.clone())
+                    .unwrap_or_else(|| format!("{left} resource(s) remain"));
+                if attempt < CLEANUP_ATTEMPTS {
+                    self.create_cleanup_pod(composition, attempt + 1);
+                } else {
+                    let message = format!(
+                        "cleanup failed after {attempt} attempts: {why}; left: {}",
+                        self.ledger_ids()
+                    );
+                    self.plan.status.cleanup = Some(CleanupStatus {
+                        phase: StepPhase::Failed,
+                        pod_name: Some(name),
+                        attempts: attempt,
+                        message: Some(message.clone()),
+                    });
+                    self.plan.events.push(warning("CleanupFailed", message));
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The deprovision pod: the library's ec2-deprovision Task, its defaults taken from
+    /// the ledger, with the credentials of the composition and of the steps that
+    /// provisioned.
+    pub(super) fn create_cleanup_pod(&mut self, composition: &CompositionSpec, attempt: u32) {
+        let name = labels::cleanup_pod_name(self.input.run_name, attempt);
+        let task_name = BuiltinTask::Ec2Deprovision.as_str();
+        let inputs = match self.input.tasks.get(task_name) {
+            Some(task) => {
+                let bare = Step {
+                    name: "cleanup".into(),
+                    task: Some(task_name.into()),
+                    ..Step::default()
+                };
+                resolve_inputs(&bare, task, &self.scope())
+            }
+            None => Err(format!("task {task_name:?} not found in the library")),
+        };
+        let inputs = match inputs {
+            Ok(inputs) => inputs,
+            Err(e) => {
+                // Nothing can remove the leftovers: say so and let the run end.
+                let message = format!("cleanup cannot start: {e}; left: {}", self.ledger_ids());
+                self.plan.status.cleanup = Some(CleanupStatus {
+                    phase: StepPhase::Failed,
+                    attempts: attempt,
+                    message: Some(message.clone()),
+                    ..CleanupStatus::default()
+                });
+                self.plan.events.push(warning("CleanupFailed", message));
+                return;
+            }
+        };
+        let makers: Vec<&str> = self
+            .plan
+            .status
+            .resources
+            .iter()
+            .map(|r| r.step.as_str())
+            .collect();
+        let mut secret_env = composition.secret_env.clone();
+        for step in composition
+            .steps
+            .iter()
+            .filter(|s| makers.contains(&s.name.as_str()))
+        {
+            for secret in &step.secret_env {
+                if !secret_env.contains(secret) {
+                    secret_env.push(secret.clone());
+                }
+            }
+        }
+        self.plan.actions.push(Action::CreatePod(StepPod {
+            name: name.clone(),
+            step: "cleanup".into(),
+            attempt,
+            task: task_name.into(),
+            runs: TaskRuns::Builtin(BuiltinTask::Ec2Deprovision),
+            inputs,
+            context: self.plan.status.context.clone(),
+            service_account: composition.service_account_name.clone(),
+            secret_env,
+            timeout: Some(Duration::from_secs(600)),
+        }));
+        self.plan.status.cleanup = Some(CleanupStatus {
+            phase: StepPhase::Running,
+            pod_name: Some(name),
+            attempts: attempt,
+            message: Some(format!("deprovisioning {}", self.ledger_ids())),
+        });
+    }
+
+    pub(super) fn ledger_ids(&self) -> String {
+        self.plan
+            .status
+            .resources
+            .iter()
+            .map(|r| format!("{} {}", r.kind, r.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

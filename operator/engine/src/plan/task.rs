@@ -1,0 +1,273 @@
+//! Task steps: their pods, attempts, retries and recorded results.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::{Action, ObservedPod, PodPhase, StepPod, TaskRuns};
+use maestro_api::{
+    BuiltinTask, CompositionSpec, LedgerEntry, StepKind, StepPhase, labels, parse_duration,
+};
+
+use super::{
+    Planner,
+    conditions::{normal, warning},
+    durations::{add, backoff, human},
+    inputs::{container_inputs, resolve_inputs},
+};
+
+impl Planner<'_> {
+    pub(super) fn start_attempt(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        task_name: &str,
+        attempt: u32,
+    ) {
+        let step = &composition.steps[i];
+        let Some(task) = self.input.tasks.get(task_name) else {
+            return self.finish_step(
+                i,
+                StepPhase::Failed,
+                format!("task {task_name:?} not found"),
+            );
+        };
+        let inputs = match resolve_inputs(step, task, &self.scope()) {
+            Ok(inputs) => inputs,
+            Err(e) => return self.finish_step(i, StepPhase::Failed, e),
+        };
+        let runs = match (&task.builtin, &task.container) {
+            // The container task runs the image and command its inputs name, under
+            // `maestro-agent exec` like any plugin.
+            (Some(BuiltinTask::Container), _) => match container_inputs(&inputs) {
+                Ok(runs) => runs,
+                Err(e) => return self.finish_step(i, StepPhase::Failed, e),
+            },
+            (Some(b), _) => TaskRuns::Builtin(*b),
+            (None, Some(c)) => TaskRuns::Container {
+                image: c.image.clone(),
+                command: c.command.clone(),
+                pull_policy: c.image_pull_policy.clone(),
+            },
+            (None, None) => {
+                return self.finish_step(
+                    i,
+                    StepPhase::Failed,
+                    format!("task {task_name:?} runs neither a builtin nor a container"),
+                );
+            }
+        };
+        let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
+        let pod = StepPod {
+            name: name.clone(),
+            step: step.name.clone(),
+            attempt,
+            task: task_name.to_string(),
+            runs,
+            inputs,
+            context: self.plan.status.context.clone(),
+            service_account: composition.service_account_name.clone(),
+            secret_env: composition
+                .secret_env
+                .iter()
+                .chain(&step.secret_env)
+                .cloned()
+                .collect(),
+            timeout: step.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
+        };
+        let st = &mut self.plan.status.steps[i];
+        st.phase = StepPhase::Running;
+        st.attempts = attempt;
+        st.pod_name = Some(name.clone());
+        st.next_attempt_time = None;
+        st.message = None;
+        self.plan.actions.push(Action::CreatePod(pod));
+        self.plan.events.push(normal(
+            "StepStarted",
+            format!("step {} attempt {attempt} started as pod {name}", step.name),
+        ));
+    }
+
+    pub(super) fn watch_running(&mut self, composition: &CompositionSpec, i: usize) {
+        match composition.steps[i].kind() {
+            Some(StepKind::Task(task)) => self.watch_pod(composition, i, task),
+            Some(StepKind::WaitFor(wait)) => self.watch_wait(i, &wait.composition, wait.mode),
+            Some(StepKind::Call(_) | StepKind::Fork(_)) => self.watch_children(composition, i),
+            // An approval is watched by watch_approval; a step of no kind never starts.
+            Some(StepKind::Approval(_)) | None => {}
+        }
+    }
+
+    pub(super) fn watch_pod(&mut self, composition: &CompositionSpec, i: usize, task: &str) {
+        let step = &composition.steps[i];
+        let attempt = self.plan.status.steps[i].attempts.max(1);
+        let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
+        let Some(pod) = self
+            .input
+            .observed
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+        else {
+            // Not seen yet (just created, or the cache lags): creating again is harmless.
+            return self.recreate_attempt(composition, i, task, attempt);
+        };
+        if pod.node.is_some() {
+            self.plan.status.steps[i].node_name = pod.node.clone();
+        }
+        match pod.phase {
+            PodPhase::Pending | PodPhase::Running => {
+                let limit = step.timeout.as_deref().and_then(|t| parse_duration(t).ok());
+                let began = pod
+                    .created
+                    .or(self.plan.status.steps[i].start_time.as_ref().map(|t| t.0));
+                if let (Some(limit), Some(began)) = (limit, began) {
+                    let deadline = add(began, limit);
+                    if self.input.now >= deadline {
+                        self.plan.actions.push(Action::DeletePod {
+                            name: pod.name.clone(),
+                        });
+                        let message = format!("attempt {attempt} timed out after {}", human(limit));
+                        return self.attempt_failed(composition, i, message, None);
+                    }
+                    self.requeue_at(deadline);
+                }
+            }
+            PodPhase::Succeeded => self.attempt_succeeded(composition, i, &pod),
+            PodPhase::Failed => {
+                let result = pod.result.clone().unwrap_or_default();
+                // No result at all (the pod never ran its step): no exit code to show.
+                let code = pod.result.as_ref().map(|r| r.exit_code);
+                let message = match (&result.error, code, &pod.message) {
+                    (Some(e), _, _) => e.clone(),
+                    (None, Some(c), _) => format!("exited with code {c}"),
+                    (None, None, Some(m)) => m.clone(),
+                    (None, None, None) => "the pod failed".into(),
+                };
+                let step = self.plan.status.steps[i].name.clone();
+                self.record_resources(&step, &pod);
+                self.plan.status.steps[i].outputs = result.outputs.clone();
+                self.attempt_failed(composition, i, message, code);
+            }
+        }
+    }
+
+    /// The pod of the current attempt is not observed: ask for it again.
+    pub(super) fn recreate_attempt(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        task: &str,
+        attempt: u32,
+    ) {
+        let events = self.plan.events.len();
+        self.start_attempt(composition, i, task, attempt);
+        // Not a new start: no second StepStarted event.
+        self.plan.events.truncate(events);
+    }
+
+    pub(super) fn attempt_succeeded(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        pod: &ObservedPod,
+    ) {
+        let result = pod.result.clone().unwrap_or_default();
+        let step = self.plan.status.steps[i].name.clone();
+        self.record_resources(&step, pod);
+        let st = &mut self.plan.status.steps[i];
+        st.outputs = result.outputs;
+        st.exit_code = Some(result.exit_code);
+        let name = composition.steps[i].name.clone();
+        self.finish_step(i, StepPhase::Succeeded, String::new());
+        self.plan
+            .events
+            .push(normal("StepSucceeded", format!("step {name} succeeded")));
+    }
+
+    /// Keeps the ledger in step with what a pod reports: resources it created are added
+    /// (with the step that made them), resources it released are removed.
+    pub(super) fn record_resources(&mut self, step: &str, pod: &ObservedPod) {
+        let Some(result) = &pod.result else { return };
+        for r in &result.resources {
+            let entry = LedgerEntry {
+                kind: r.kind.clone(),
+                id: r.id.clone(),
+                region: Some(r.region.clone()).filter(|region| !region.is_empty()),
+                step: step.to_string(),
+            };
+            if !self
+                .plan
+                .status
+                .resources
+                .iter()
+                .any(|e| e.kind == entry.kind && e.id == entry.id)
+            {
+                self.plan.status.resources.push(entry);
+            }
+        }
+        self.plan.status.resources.retain(|e| {
+            !result
+                .released
+                .iter()
+                .any(|r| r.kind == e.kind && r.id == e.id)
+        });
+    }
+
+    pub(super) fn attempt_failed(
+        &mut self,
+        composition: &CompositionSpec,
+        i: usize,
+        message: String,
+        code: Option<i32>,
+    ) {
+        let step = &composition.steps[i];
+        let attempts = self.plan.status.steps[i].attempts.max(1);
+        self.plan.status.steps[i].exit_code = code;
+        let limit = step.retries.as_ref().map_or(0, |r| r.limit);
+        if attempts <= limit {
+            let delay = backoff(step, attempts);
+            let at = add(self.input.now, delay);
+            let st = &mut self.plan.status.steps[i];
+            st.phase = StepPhase::Retrying;
+            st.next_attempt_time = Some(Time(at));
+            st.message = Some(format!(
+                "attempt {attempts} failed: {message}; retrying in {}",
+                human(delay)
+            ));
+            self.plan.events.push(warning(
+                "StepRetried",
+                format!(
+                    "step {} attempt {attempts} failed ({message}); attempt {} in {}",
+                    step.name,
+                    attempts + 1,
+                    human(delay)
+                ),
+            ));
+            self.requeue_at(at);
+        } else {
+            let name = step.name.clone();
+            self.finish_step(i, StepPhase::Failed, message.clone());
+            self.plan.events.push(warning(
+                "StepFailed",
+                format!("step {name} failed: {message}"),
+            ));
+        }
+    }
+
+    pub(super) fn maybe_retry(&mut self, composition: &CompositionSpec, i: usize) {
+        let st = &self.plan.status.steps[i];
+        let due = st.next_attempt_time.as_ref().map(|t| t.0);
+        match due {
+            Some(at) if self.input.now < at => self.requeue_at(at),
+            _ => {
+                let next = st.attempts + 1;
+                if !self.take_pod_budget() {
+                    return self.wait_for_capacity(i);
+                }
+                if let Some(StepKind::Task(task)) = composition.steps[i].kind() {
+                    self.start_attempt(composition, i, task, next);
+                }
+            }
+        }
+    }
+}
