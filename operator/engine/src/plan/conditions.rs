@@ -1,4 +1,4 @@
-//! Status conditions and event notes.
+//! The run's conditions (written through the crate's one condition writer) and event notes.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -7,7 +7,8 @@ use k8s_openapi::{
 
 use crate::EventNote;
 
-/// Sets a condition, keeping its lastTransitionTime when its status does not change.
+/// Sets a condition of the run through the one condition writer, [`crate::conditions::set`]
+/// (its lastTransitionTime kept while its status does not change).
 pub(super) fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -16,21 +17,17 @@ pub(super) fn set_condition(
     message: &str,
     now: Timestamp,
 ) {
-    let transition = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: transition,
-        observed_generation: None,
-    });
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    crate::conditions::set(
+        conditions,
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Time(now),
+            observed_generation: None,
+        },
+    );
 }
 
 pub(super) fn normal(reason: &'static str, message: String) -> EventNote {
