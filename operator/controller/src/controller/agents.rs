@@ -13,11 +13,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{
-    api::core::v1::PersistentVolumeClaim,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::PersistentVolumeClaim, jiff::Timestamp};
 use kube::{Api, Resource, ResourceExt};
 
 use super::admission::Admissions;
@@ -420,22 +416,13 @@ fn agent_status(
         ),
         Err(e) => ("False", "CacheClaimFailed", e.clone()),
     };
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .iter()
-        .filter(|c| c.type_ == "Ready")
-        .cloned()
-        .collect();
-    conditions::set(
-        &mut conditions,
-        Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: Time(Timestamp::now()),
-            observed_generation: agent.metadata.generation,
-        },
+    let conditions = conditions::ready_only(
+        &old.conditions,
+        status,
+        reason,
+        message,
+        agent.metadata.generation,
+        Timestamp::now(),
     );
     AgentStatus {
         busy_slots: busy,

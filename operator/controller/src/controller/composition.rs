@@ -5,10 +5,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt, core::DeserializeGuard, runtime::controller::Action as Requeue};
 
 use super::context::{Context, Error, backoff_action, key};
@@ -77,22 +74,13 @@ pub async fn reconcile(
             requeue_after: None,
         },
     };
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .iter()
-        .filter(|c| c.type_ == "Ready")
-        .cloned()
-        .collect();
-    conditions::set(
-        &mut conditions,
-        Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: Time(Timestamp::now()),
-            observed_generation: composition.metadata.generation,
-        },
+    let conditions = conditions::ready_only(
+        &old.conditions,
+        status,
+        reason,
+        message,
+        composition.metadata.generation,
+        Timestamp::now(),
     );
     let new = CompositionStatus {
         observed_generation: composition.metadata.generation,
@@ -129,6 +117,8 @@ pub fn error_policy(
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
     use super::*;
 
     fn ready(status: &str, message: &str, at: i64) -> Condition {
