@@ -273,6 +273,12 @@ async fn prepare_clone(git: &GitRunner, path: &Path) -> Result<bool, CheckoutErr
     )
     .await
     .map_err(CheckoutError::Failed)?;
+    add_origin(git, dir).await.map_err(CheckoutError::Failed)?;
+    Ok(false)
+}
+
+/// Makes `origin` exactly the repository the step asked for.
+async fn add_origin(git: &GitRunner, dir: Option<&Path>) -> Result<String, String> {
     git.run(
         dir,
         &[
@@ -283,8 +289,6 @@ async fn prepare_clone(git: &GitRunner, path: &Path) -> Result<bool, CheckoutErr
         ],
     )
     .await
-    .map_err(CheckoutError::Failed)?;
-    Ok(false)
 }
 
 /// The settings of a clone's own configuration that a reused clone keeps: the repository's
@@ -354,16 +358,7 @@ async fn scrub_reused_clone_config(git: &GitRunner, path: &Path) -> Result<(), S
             removed.len()
         );
     }
-    git.run(
-        dir,
-        &[
-            OsStr::new("remote"),
-            OsStr::new("add"),
-            OsStr::new("origin"),
-            OsStr::new(&git.repo),
-        ],
-    )
-    .await?;
+    add_origin(git, dir).await?;
     Ok(())
 }
 
