@@ -20,9 +20,14 @@ pub fn agent_image() -> String {
 
 /// A client for the cluster that KUBECONFIG names (the local one after `make cluster-up`).
 pub async fn client() -> Result<Client> {
+    Ok(Client::try_from(cluster_config().await?)?)
+}
+
+/// The cluster's config, as KUBECONFIG (or the pod's account) says.
+async fn cluster_config() -> Result<kube::Config> {
     // kube links rustls with aws-lc-rs; choose it once before the first connection.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    Client::try_default()
+    kube::Config::infer()
         .await
         .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")
 }
@@ -30,10 +35,7 @@ pub async fn client() -> Result<Client> {
 /// A client for the same cluster that acts as `user` (impersonation, like `kubectl
 /// --as`), for tests of what a user with only some rights may do.
 pub async fn client_as(user: &str) -> Result<Client> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut config = kube::Config::infer()
-        .await
-        .context("no cluster: run `make cluster-up` and source its env file, or set KUBECONFIG")?;
+    let mut config = cluster_config().await?;
     config.auth_info.impersonate = Some(user.to_string());
     Ok(Client::try_from(config)?)
 }
