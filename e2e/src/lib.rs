@@ -40,6 +40,55 @@ pub async fn client_as(user: &str) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// Waits until the API server's authorizer lets `user` `verb` the `resource` (of
+/// `group`) in `namespace`. RBAC writes reach the authorizer through its informers a
+/// moment later, so a test that grants a right and uses it at once would race.
+pub async fn wait_until_allowed(
+    client: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+) -> Result<()> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_string()),
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
+                namespace: Some(namespace.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    wait_for(
+        &format!("{user} allowed to {verb} {resource} in {namespace}"),
+        Duration::from_secs(30),
+        || {
+            let (reviews, review) = (reviews.clone(), review.clone());
+            async move {
+                let answer = reviews
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match answer.status {
+                    Some(status) if status.allowed => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
+}
+
 /// A namespace for one test, enforcing the restricted Pod Security Standard; deleted when
 /// dropped so a failing test leaves nothing behind on a shared cluster.
 pub struct TestNamespace {

@@ -703,44 +703,60 @@ spec:
 "#,
     )?;
     let bob: Api<Composition> = Api::namespaced(maestro_e2e::client_as("bob").await?, &env.ns.name);
-    let refusal = |outcome: kube::Result<Composition>| match outcome {
-        Err(kube::Error::Api(status)) if status.code == 403 => Ok(status.message),
-        Err(other) => Err(anyhow::anyhow!("unexpected error: {other}")),
-        Ok(_) => Err(anyhow::anyhow!("the composition was admitted")),
-    };
     let post = PostParams::default();
+    // RBAC changes reach the API server's authorizer through its informers, a moment after
+    // the write. So after each grant the create is retried until the refusal names the next
+    // missing right; a refusal for anything else, or an early admission, fails at once.
+    let refused_until = |expected: &'static str| {
+        let (bob, post, composition) = (bob.clone(), post.clone(), composition.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let said = match bob.create(&post, &composition).await {
+                    Err(kube::Error::Api(status)) if status.code == 403 => status.message,
+                    Err(other) => anyhow::bail!("unexpected error: {other}"),
+                    Ok(_) => anyhow::bail!("the composition was admitted before: {expected}"),
+                };
+                if said.contains(expected) {
+                    return Ok::<String, anyhow::Error>(said);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("still refused for another reason after 30s: {said}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
 
-    let said = refusal(bob.create(&post, &composition).await)?;
-    assert!(
-        said.contains("needs the right to create pods there") && said.contains("bob lacks"),
-        "{said}"
-    );
+    let said = refused_until("needs the right to create pods there").await?;
+    assert!(said.contains("bob lacks"), "{said}");
     env.apply_yaml(&grant(
         "pods",
         "{apiGroups: [''], resources: [pods], verbs: [create]}",
     ))
     .await?;
-    let said = refusal(bob.create(&post, &composition).await)?;
-    assert!(
-        said.contains("spec.secretEnv names a Secret that bob may not get"),
-        "{said}"
-    );
+    refused_until("spec.secretEnv names a Secret that bob may not get").await?;
     env.apply_yaml(&grant(
         "aws",
         "{apiGroups: [''], resources: [secrets], resourceNames: [aws-creds], verbs: [get]}",
     ))
     .await?;
-    let said = refusal(bob.create(&post, &composition).await)?;
-    assert!(
-        said.contains("spec.steps[].secretEnv names a Secret that bob may not get"),
-        "{said}"
-    );
+    refused_until("spec.steps[].secretEnv names a Secret that bob may not get").await?;
     env.apply_yaml(&grant(
         "db",
         "{apiGroups: [''], resources: [secrets], resourceNames: [db-password], verbs: [get]}",
     ))
     .await?;
-    // RBAC changes reach the authorizer at once; the create now passes.
-    bob.create(&post, &composition).await?;
+    // With every right granted the create passes, once the authorizer has seen the last grant.
+    maestro_e2e::wait_for("bob's composition admitted", Duration::from_secs(30), || {
+        let (bob, post, composition) = (bob.clone(), post.clone(), composition.clone());
+        async move {
+            bob.create(&post, &composition)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
     Ok(())
 }

@@ -716,6 +716,15 @@ subjects:
     .await?;
     let user = "alice".to_string();
     assert_ne!(admin, user);
+    maestro_e2e::wait_until_allowed(
+        &env.client,
+        &user,
+        "create",
+        "maestro.dev",
+        "approvals",
+        &env.ns.name,
+    )
+    .await?;
     let said = env
         .cli(&["approve", &name, "sign-off", "--as", "alice"])
         .await?;
