@@ -748,15 +748,19 @@ spec:
     ))
     .await?;
     // With every right granted the create passes, once the authorizer has seen the last grant.
-    maestro_e2e::wait_for("bob's composition admitted", Duration::from_secs(30), || {
-        let (bob, post, composition) = (bob.clone(), post.clone(), composition.clone());
-        async move {
-            bob.create(&post, &composition)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
+    maestro_e2e::wait_for(
+        "bob's composition admitted",
+        Duration::from_secs(30),
+        || {
+            let (bob, post, composition) = (bob.clone(), post.clone(), composition.clone());
+            async move {
+                bob.create(&post, &composition)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
     .await?;
     Ok(())
 }
