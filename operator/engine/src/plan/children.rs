@@ -1,7 +1,7 @@
 //! Call and fork steps: the child runs they start, and joining them.
 
 use crate::{Action, NewRun};
-use maestro_api::{CompositionSpec, RunPhase, StepKind, StepPhase};
+use maestro_api::{RunPhase, StepKind, StepPhase};
 
 use super::{
     Planner,
@@ -10,8 +10,8 @@ use super::{
 };
 
 impl Planner<'_> {
-    pub(super) fn watch_children(&mut self, composition: &CompositionSpec, i: usize) {
-        let step = &composition.steps[i];
+    pub(super) fn watch_children(&mut self, i: usize) {
+        let step = &self.composition.steps[i];
         let names = self.plan.status.steps[i].child_runs.clone();
         let mut failed = Vec::new();
         let mut pending = false;

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use crate::{Action, PodPhase, StepPod, TaskRuns};
-use maestro_api::{
-    BuiltinTask, CleanupPolicy, CleanupStatus, CompositionSpec, RunPhase, Step, StepPhase, labels,
-};
+use maestro_api::{BuiltinTask, CleanupPolicy, CleanupStatus, RunPhase, Step, StepPhase, labels};
 
 use super::{
     Outcome, Planner,
@@ -19,7 +17,7 @@ const CLEANUP_ATTEMPTS: u32 = 3;
 impl Planner<'_> {
     /// Removes what the ledger still holds, per the composition's cleanup policy, through
     /// a deprovision pod. Returns true once nothing is left to do.
-    pub(super) fn cleanup(&mut self, composition: &CompositionSpec, outcome: &Outcome) -> bool {
+    pub(super) fn cleanup(&mut self, outcome: &Outcome) -> bool {
         let leftovers = self.plan.status.resources.len();
         let state = self.plan.status.cleanup.clone();
         if leftovers == 0 {
@@ -33,7 +31,7 @@ impl Planner<'_> {
         if state.as_ref().is_some_and(|c| c.phase.is_finished()) {
             return true;
         }
-        let keep = match composition.cleanup {
+        let keep = match self.composition.cleanup {
             CleanupPolicy::Always => false,
             CleanupPolicy::OnSuccess => outcome.phase != RunPhase::Succeeded,
             CleanupPolicy::Never => true,
@@ -43,7 +41,7 @@ impl Planner<'_> {
                 phase: StepPhase::Skipped,
                 message: Some(format!(
                     "cleanup policy {:?} keeps {leftovers} resource(s): {}",
-                    composition.cleanup,
+                    self.composition.cleanup,
                     self.ledger_ids()
                 )),
                 ..CleanupStatus::default()
@@ -76,7 +74,7 @@ impl Planner<'_> {
             .find(|p| p.name == name)
             .cloned()
         {
-            None => self.create_cleanup_pod(composition, attempt),
+            None => self.create_cleanup_pod(attempt),
             Some(pod) if matches!(pod.phase, PodPhase::Pending | PodPhase::Running) => {}
             Some(pod) => {
                 self.record_resources("", &pod);
@@ -101,7 +99,7 @@ impl Planner<'_> {
                     .or(pod.message.clone())
                     .unwrap_or_else(|| format!("{left} resource(s) remain"));
                 if attempt < CLEANUP_ATTEMPTS {
-                    self.create_cleanup_pod(composition, attempt + 1);
+                    self.create_cleanup_pod(attempt + 1);
                 } else {
                     let message = format!(
                         "cleanup failed after {attempt} attempts: {why}; left: {}",
@@ -124,7 +122,7 @@ impl Planner<'_> {
     /// The deprovision pod: the library's ec2-deprovision Task, its defaults taken from
     /// the ledger, with the credentials of the composition and of the steps that
     /// provisioned.
-    pub(super) fn create_cleanup_pod(&mut self, composition: &CompositionSpec, attempt: u32) {
+    pub(super) fn create_cleanup_pod(&mut self, attempt: u32) {
         let name = labels::cleanup_pod_name(self.input.run_name, attempt);
         let task_name = BuiltinTask::Ec2Deprovision.as_str();
         let inputs = match self.input.tasks.get(task_name) {
@@ -160,8 +158,9 @@ impl Planner<'_> {
             .iter()
             .map(|r| r.step.as_str())
             .collect();
-        let mut secret_env = composition.secret_env.clone();
-        for step in composition
+        let mut secret_env = self.composition.secret_env.clone();
+        for step in self
+            .composition
             .steps
             .iter()
             .filter(|s| makers.contains(&s.name.as_str()))
@@ -180,7 +179,7 @@ impl Planner<'_> {
             runs: TaskRuns::Builtin(BuiltinTask::Ec2Deprovision),
             inputs,
             context: self.plan.status.context.clone(),
-            service_account: composition.service_account_name.clone(),
+            service_account: self.composition.service_account_name.clone(),
             secret_env,
             timeout: Some(Duration::from_secs(600)),
         }));

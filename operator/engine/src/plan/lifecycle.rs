@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value as Json;
 
-use crate::{Action, NewRun, expr, graph::Graph};
-use maestro_api::{
-    CompositionSpec, RunPhase, StepKind, StepPhase, StepStatus, WaitMode, labels, parse_duration,
-};
+use crate::{Action, NewRun, expr};
+use maestro_api::{RunPhase, StepKind, StepPhase, StepStatus, WaitMode, labels, parse_duration};
 
 use super::{
     Outcome, Planner,
@@ -20,20 +18,21 @@ use super::{
 
 impl Planner<'_> {
     /// First pass of a valid run: snapshot the composition, list its steps, start the clock.
-    pub(super) fn start(&mut self, composition: &CompositionSpec) -> Result<(), String> {
+    pub(super) fn start(&mut self) -> Result<(), String> {
         let now = self.input.now;
         let status = &mut self.plan.status;
         if status.composition_spec.is_none() {
-            status.composition_spec = serde_json::to_value(composition).ok();
+            status.composition_spec = serde_json::to_value(self.composition).ok();
         }
-        if status.steps.len() != composition.steps.len()
+        if status.steps.len() != self.composition.steps.len()
             || status
                 .steps
                 .iter()
-                .zip(&composition.steps)
+                .zip(&self.composition.steps)
                 .any(|(s, c)| s.name != c.name)
         {
-            status.steps = composition
+            status.steps = self
+                .composition
                 .steps
                 .iter()
                 .map(|s| StepStatus {
@@ -64,7 +63,8 @@ impl Planner<'_> {
             .entry("workspace".into())
             .or_insert_with(|| "/workspace".into());
         // The composition's context entries, rendered once, when the run starts.
-        let missing: Vec<(&String, &String)> = composition
+        let missing: Vec<(&String, &String)> = self
+            .composition
             .context
             .iter()
             .filter(|(k, _)| !self.plan.status.context.contains_key(*k))
@@ -88,12 +88,12 @@ impl Planner<'_> {
         Ok(())
     }
 
-    pub(super) fn advance_step(&mut self, composition: &CompositionSpec, graph: &Graph, i: usize) {
-        let step = &composition.steps[i];
+    pub(super) fn advance_step(&mut self, i: usize) {
+        let step = &self.composition.steps[i];
         match self.plan.status.steps[i].phase {
-            StepPhase::Pending => self.maybe_start_step(composition, graph, i),
-            StepPhase::Running => self.watch_running(composition, i),
-            StepPhase::Retrying => self.maybe_retry(composition, i),
+            StepPhase::Pending => self.maybe_start_step(i),
+            StepPhase::Running => self.watch_running(i),
+            StepPhase::Retrying => self.maybe_retry(i),
             StepPhase::WaitingApproval => self.watch_approval(step, i),
             StepPhase::Succeeded
             | StepPhase::Failed
@@ -103,36 +103,31 @@ impl Planner<'_> {
     }
 
     /// A step fails the run when it failed without `continueOnFailure`.
-    pub(super) fn halted_by(&self, composition: &CompositionSpec) -> Option<String> {
+    pub(super) fn halted_by(&self) -> Option<String> {
         self.plan
             .status
             .steps
             .iter()
-            .zip(&composition.steps)
+            .zip(&self.composition.steps)
             .find(|(s, c)| s.phase == StepPhase::Failed && !c.continue_on_failure)
             .map(|(s, _)| s.name.clone())
     }
 
-    pub(super) fn maybe_start_step(
-        &mut self,
-        composition: &CompositionSpec,
-        graph: &Graph,
-        i: usize,
-    ) {
-        if let Some(failed) = self.halted_by(composition) {
+    pub(super) fn maybe_start_step(&mut self, i: usize) {
+        if let Some(failed) = self.halted_by() {
             return self.finish_step(
                 i,
                 StepPhase::Skipped,
                 format!("not started: step {failed:?} failed"),
             );
         }
-        let ready = graph.deps[i]
+        let ready = self.graph.deps[i]
             .iter()
             .all(|&d| self.plan.status.steps[d].phase.is_finished());
         if !ready {
             return;
         }
-        let step = &composition.steps[i];
+        let step = &self.composition.steps[i];
         let scope = self.scope();
         if let Some(when) = &step.when {
             match expr::eval_condition(when, &scope) {
@@ -155,7 +150,7 @@ impl Planner<'_> {
         let now = self.input.now;
         self.plan.status.steps[i].start_time = Some(Time(now));
         let targets: Vec<String> = match kind {
-            StepKind::Task(task) => return self.start_attempt(composition, i, task, 1),
+            StepKind::Task(task) => return self.start_attempt(i, task, 1),
             StepKind::Approval(gate) => {
                 let st = &mut self.plan.status.steps[i];
                 st.phase = StepPhase::WaitingApproval;
@@ -197,7 +192,7 @@ impl Planner<'_> {
                     "StepStarted",
                     format!("step {} waits for {}", step.name, wait.composition),
                 ));
-                return self.watch_running(composition, i);
+                return self.watch_running(i);
             }
             StepKind::Call(one) => vec![one.to_string()],
             StepKind::Fork(many) => many.to_vec(),
@@ -240,8 +235,8 @@ impl Planner<'_> {
     }
 
     /// Stops every step that has not ended: its pod is deleted, its child runs cancelled.
-    pub(super) fn cancel_steps(&mut self, composition: &CompositionSpec) {
-        for i in 0..composition.steps.len() {
+    pub(super) fn cancel_steps(&mut self) {
+        for i in 0..self.composition.steps.len() {
             let st = &self.plan.status.steps[i];
             if st.phase.is_finished() {
                 continue;
@@ -250,11 +245,11 @@ impl Planner<'_> {
                 if let Some(pod) = st
                     .pod_name
                     .clone()
-                    .filter(|_| matches!(composition.steps[i].kind(), Some(StepKind::Task(_))))
+                    .filter(|_| matches!(self.composition.steps[i].kind(), Some(StepKind::Task(_))))
                 {
                     self.plan.actions.push(Action::DeletePod { name: pod });
                 }
-                if !matches!(composition.steps[i].kind(), Some(StepKind::WaitFor(_))) {
+                if !matches!(self.composition.steps[i].kind(), Some(StepKind::WaitFor(_))) {
                     for child in st.child_runs.clone() {
                         self.plan.actions.push(Action::CancelRun { name: child });
                     }
@@ -265,8 +260,9 @@ impl Planner<'_> {
     }
 
     /// The run's outcome when its deadline has passed: running steps are stopped.
-    pub(super) fn run_deadline(&mut self, composition: &CompositionSpec) -> Option<Outcome> {
-        let limit = composition
+    pub(super) fn run_deadline(&mut self) -> Option<Outcome> {
+        let limit = self
+            .composition
             .timeout
             .as_deref()
             .and_then(|t| parse_duration(t).ok())?;
@@ -276,13 +272,13 @@ impl Planner<'_> {
             return None;
         }
         let message = format!("the run timed out after {}", human(limit));
-        for i in 0..composition.steps.len() {
+        for i in 0..self.composition.steps.len() {
             let st = &self.plan.status.steps[i];
             match st.phase {
                 StepPhase::Running | StepPhase::Retrying | StepPhase::WaitingApproval => {
                     if let Some(pod) = st.pod_name.clone().filter(|_| {
                         st.phase == StepPhase::Running
-                            && matches!(composition.steps[i].kind(), Some(StepKind::Task(_)))
+                            && matches!(self.composition.steps[i].kind(), Some(StepKind::Task(_)))
                     }) {
                         self.plan.actions.push(Action::DeletePod { name: pod });
                     }
@@ -296,12 +292,12 @@ impl Planner<'_> {
     }
 
     /// The run's outcome once every step has ended.
-    pub(super) fn steps_outcome(&self, composition: &CompositionSpec) -> Option<Outcome> {
+    pub(super) fn steps_outcome(&self) -> Option<Outcome> {
         let steps = &self.plan.status.steps;
         if !steps.iter().all(|s| s.phase.is_finished()) {
             return None;
         }
-        Some(match self.halted_by(composition) {
+        Some(match self.halted_by() {
             Some(step) => {
                 let message = steps
                     .iter()
@@ -348,7 +344,7 @@ impl Planner<'_> {
         }
     }
 
-    pub(super) fn end_run(&mut self, composition: &CompositionSpec, outcome: Outcome) {
+    pub(super) fn end_run(&mut self, outcome: Outcome) {
         let Outcome {
             phase,
             reason,
@@ -377,7 +373,7 @@ impl Planner<'_> {
             _ => {}
         }
         self.plan.events.push(warning("RunFailed", message.clone()));
-        if let Some(call) = &composition.on_failure {
+        if let Some(call) = &self.composition.on_failure {
             let failed_step = self
                 .plan
                 .status

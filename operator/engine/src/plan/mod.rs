@@ -17,9 +17,9 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use crate::{
     Plan, PlanInput,
     expr::{LedgerScope, RunScope, Scope, StepScope},
-    graph,
+    graph::{self, Graph},
 };
-use maestro_api::{CompositionSpec, RunPhase};
+use maestro_api::{CompositionRunStatus, CompositionSpec, RunPhase};
 
 use conditions::{normal, set_condition, warning};
 use durations::add;
@@ -43,105 +43,147 @@ impl Outcome {
 
 /// Plans the next status and actions of a run.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let mut planner = Planner {
-        input,
-        pod_budget: input.pod_budget,
-        plan: Plan {
-            status: input.status.clone(),
-            ..Plan::default()
-        },
+    let mut plan = Plan {
+        status: input.status.clone(),
+        ..Plan::default()
     };
-    planner.run();
-    planner.plan.status.observed_generation = input.generation;
-    planner.plan
+    if !plan.status.phase.is_finished() {
+        match resolve(input, &plan.status) {
+            Ok((composition, graph)) => Planner {
+                input,
+                composition: &composition,
+                graph: &graph,
+                pod_budget: input.pod_budget,
+                plan: &mut plan,
+            }
+            .run(),
+            Err(message) => invalid(&mut plan, input.now, message),
+        }
+    }
+    plan.status.observed_generation = input.generation;
+    plan
 }
 
+/// The composition this run follows and the steps each step waits for, or why the run is
+/// Invalid.
+fn resolve(
+    input: &PlanInput<'_>,
+    status: &CompositionRunStatus,
+) -> Result<(CompositionSpec, Graph), String> {
+    let composition = composition(input, status)?;
+    // Tasks and params are checked when the run starts. A run in flight is not made
+    // Invalid later by a Task that is edited, deleted, or missing from a cache.
+    let started = status.composition_spec.is_some();
+    let (tasks, params) = if started {
+        (None, None)
+    } else {
+        (Some(input.tasks), Some(&input.spec.params))
+    };
+    let graph =
+        graph::validate(&composition, tasks, params).map_err(|problems| problems.join("; "))?;
+    Ok((composition, graph))
+}
+
+/// The composition this run follows: its snapshot once started, else the live one.
+fn composition(
+    input: &PlanInput<'_>,
+    status: &CompositionRunStatus,
+) -> Result<CompositionSpec, String> {
+    if let Some(snapshot) = &status.composition_spec {
+        return serde_json::from_value(snapshot.clone())
+            .map_err(|e| format!("status.compositionSpec: unreadable snapshot: {e}"));
+    }
+    input.composition.cloned().ok_or_else(|| {
+        format!(
+            "spec.composition: composition {:?} not found in namespace {:?}",
+            input.spec.composition, input.namespace
+        )
+    })
+}
+
+/// The run cannot go on: phase Invalid, with the message in its conditions.
+fn invalid(plan: &mut Plan, now: Timestamp, message: String) {
+    let status = &mut plan.status;
+    status.phase = RunPhase::Invalid;
+    status.completion_time.get_or_insert(Time(now));
+    set_condition(
+        &mut status.conditions,
+        "Invalid",
+        "True",
+        "Invalid",
+        &message,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        "Succeeded",
+        "False",
+        "Invalid",
+        &message,
+        now,
+    );
+    plan.events.push(warning("Invalid", message));
+}
+
+/// One planning pass of a run whose composition is known and valid.
 struct Planner<'a> {
     input: &'a PlanInput<'a>,
+    /// The composition the run follows, as [`resolve`] found it.
+    composition: &'a CompositionSpec,
+    /// The steps each step waits for.
+    graph: &'a Graph,
     /// New step pods this pass may still start (`None`: no limit).
     pod_budget: Option<u32>,
-    plan: Plan,
+    plan: &'a mut Plan,
 }
 
 /// How soon a step waiting for its Agent's capacity looks again.
 const CAPACITY_RECHECK: Duration = Duration::from_secs(2);
 impl Planner<'_> {
     fn run(&mut self) {
-        if self.plan.status.phase.is_finished() {
-            return;
-        }
-        let composition = match self.composition() {
-            Ok(c) => c,
-            Err(message) => return self.invalid(message),
-        };
-        // Tasks and params are checked when the run starts. A run in flight is not made
-        // Invalid later by a Task that is edited, deleted, or missing from a cache.
-        let started = self.plan.status.composition_spec.is_some();
-        let (tasks, params) = if started {
-            (None, None)
-        } else {
-            (Some(self.input.tasks), Some(&self.input.spec.params))
-        };
-        let graph = match graph::validate(&composition, tasks, params) {
-            Ok(g) => g,
-            Err(problems) => return self.invalid(problems.join("; ")),
-        };
         let stopping = self.input.spec.cancel || self.input.deleting;
         if let (super::Admission::Queued(reason), false) = (&self.input.admission, stopping)
             && self.plan.status.start_time.is_none()
         {
             return self.queue(reason);
         }
-        if let Err(problem) = self.start(&composition) {
-            return self.invalid(problem);
+        if let Err(problem) = self.start() {
+            return invalid(self.plan, self.input.now, problem);
         }
 
         let outcome = if self.input.spec.cancel || self.input.deleting {
-            self.cancel_steps(&composition);
+            self.cancel_steps();
             Some(Outcome::new(
                 RunPhase::Cancelled,
                 "Cancelled",
                 "the run was cancelled".into(),
             ))
         } else {
-            self.run_deadline(&composition).or_else(|| {
+            self.run_deadline().or_else(|| {
+                let steps = self.composition.steps.len();
                 // Steps ending in this pass can let later steps start in the same pass;
                 // repeat until nothing changes (at most once per step, plus one).
-                for _ in 0..=composition.steps.len() {
+                for _ in 0..=steps {
                     let before = self.plan.status.steps.clone();
-                    for i in 0..composition.steps.len() {
-                        self.advance_step(&composition, &graph, i);
+                    for i in 0..steps {
+                        self.advance_step(i);
                     }
                     if before == self.plan.status.steps {
                         break;
                     }
                 }
-                self.steps_outcome(&composition)
+                self.steps_outcome()
             })
         };
         self.update_progress();
         match outcome {
             None => self.show_progress(),
             Some(outcome) => {
-                if self.cleanup(&composition, &outcome) {
-                    self.end_run(&composition, outcome);
+                if self.cleanup(&outcome) {
+                    self.end_run(outcome);
                 }
             }
         }
-    }
-
-    /// The composition this run follows: its snapshot once started, else the live one.
-    fn composition(&self) -> Result<CompositionSpec, String> {
-        if let Some(snapshot) = &self.plan.status.composition_spec {
-            return serde_json::from_value(snapshot.clone())
-                .map_err(|e| format!("status.compositionSpec: unreadable snapshot: {e}"));
-        }
-        self.input.composition.cloned().ok_or_else(|| {
-            format!(
-                "spec.composition: composition {:?} not found in namespace {:?}",
-                self.input.spec.composition, self.input.namespace
-            )
-        })
     }
 
     /// The run waits for an Agent slot: phase Queued, and the reason in its condition.
@@ -183,30 +225,6 @@ impl Planner<'_> {
         self.requeue_at(at);
     }
 
-    fn invalid(&mut self, message: String) {
-        let now = self.input.now;
-        let status = &mut self.plan.status;
-        status.phase = RunPhase::Invalid;
-        status.completion_time.get_or_insert(Time(now));
-        set_condition(
-            &mut status.conditions,
-            "Invalid",
-            "True",
-            "Invalid",
-            &message,
-            now,
-        );
-        set_condition(
-            &mut status.conditions,
-            "Succeeded",
-            "False",
-            "Invalid",
-            &message,
-            now,
-        );
-        self.plan.events.push(warning("Invalid", message));
-    }
-
     fn update_progress(&mut self) {
         let steps = &self.plan.status.steps;
         let done = steps.iter().filter(|s| s.phase.is_finished()).count();
@@ -216,11 +234,9 @@ impl Planner<'_> {
     /// What expressions see now.
     fn scope(&self) -> Scope {
         let mut params: BTreeMap<String, String> = BTreeMap::new();
-        if let Ok(c) = self.composition() {
-            for p in c.params {
-                if let Some(d) = p.default {
-                    params.insert(p.name, d);
-                }
+        for p in &self.composition.params {
+            if let Some(d) = &p.default {
+                params.insert(p.name.clone(), d.clone());
             }
         }
         params.extend(self.input.spec.params.clone());

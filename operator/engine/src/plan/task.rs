@@ -3,9 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::{Action, ObservedPod, PodPhase, StepPod, TaskRuns};
-use maestro_api::{
-    BuiltinTask, CompositionSpec, LedgerEntry, StepKind, StepPhase, labels, parse_duration,
-};
+use maestro_api::{BuiltinTask, LedgerEntry, StepKind, StepPhase, labels, parse_duration};
 
 use super::{
     Planner,
@@ -15,14 +13,8 @@ use super::{
 };
 
 impl Planner<'_> {
-    pub(super) fn start_attempt(
-        &mut self,
-        composition: &CompositionSpec,
-        i: usize,
-        task_name: &str,
-        attempt: u32,
-    ) {
-        let step = &composition.steps[i];
+    pub(super) fn start_attempt(&mut self, i: usize, task_name: &str, attempt: u32) {
+        let step = &self.composition.steps[i];
         let Some(task) = self.input.tasks.get(task_name) else {
             return self.finish_step(
                 i,
@@ -64,8 +56,9 @@ impl Planner<'_> {
             runs,
             inputs,
             context: self.plan.status.context.clone(),
-            service_account: composition.service_account_name.clone(),
-            secret_env: composition
+            service_account: self.composition.service_account_name.clone(),
+            secret_env: self
+                .composition
                 .secret_env
                 .iter()
                 .chain(&step.secret_env)
@@ -86,18 +79,18 @@ impl Planner<'_> {
         ));
     }
 
-    pub(super) fn watch_running(&mut self, composition: &CompositionSpec, i: usize) {
-        match composition.steps[i].kind() {
-            Some(StepKind::Task(task)) => self.watch_pod(composition, i, task),
+    pub(super) fn watch_running(&mut self, i: usize) {
+        match self.composition.steps[i].kind() {
+            Some(StepKind::Task(task)) => self.watch_pod(i, task),
             Some(StepKind::WaitFor(wait)) => self.watch_wait(i, &wait.composition, wait.mode),
-            Some(StepKind::Call(_) | StepKind::Fork(_)) => self.watch_children(composition, i),
+            Some(StepKind::Call(_) | StepKind::Fork(_)) => self.watch_children(i),
             // An approval is watched by watch_approval; a step of no kind never starts.
             Some(StepKind::Approval(_)) | None => {}
         }
     }
 
-    pub(super) fn watch_pod(&mut self, composition: &CompositionSpec, i: usize, task: &str) {
-        let step = &composition.steps[i];
+    pub(super) fn watch_pod(&mut self, i: usize, task: &str) {
+        let step = &self.composition.steps[i];
         let attempt = self.plan.status.steps[i].attempts.max(1);
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
         let Some(pod) = self
@@ -109,7 +102,7 @@ impl Planner<'_> {
             .cloned()
         else {
             // Not seen yet (just created, or the cache lags): creating again is harmless.
-            return self.recreate_attempt(composition, i, task, attempt);
+            return self.recreate_attempt(i, task, attempt);
         };
         if pod.node.is_some() {
             self.plan.status.steps[i].node_name = pod.node.clone();
@@ -127,12 +120,12 @@ impl Planner<'_> {
                             name: pod.name.clone(),
                         });
                         let message = format!("attempt {attempt} timed out after {}", human(limit));
-                        return self.attempt_failed(composition, i, message, None);
+                        return self.attempt_failed(i, message, None);
                     }
                     self.requeue_at(deadline);
                 }
             }
-            PodPhase::Succeeded => self.attempt_succeeded(composition, i, &pod),
+            PodPhase::Succeeded => self.attempt_succeeded(i, &pod),
             PodPhase::Failed => {
                 let result = pod.result.clone().unwrap_or_default();
                 // No result at all (the pod never ran its step): no exit code to show.
@@ -146,38 +139,27 @@ impl Planner<'_> {
                 let step = self.plan.status.steps[i].name.clone();
                 self.record_resources(&step, &pod);
                 self.plan.status.steps[i].outputs = result.outputs.clone();
-                self.attempt_failed(composition, i, message, code);
+                self.attempt_failed(i, message, code);
             }
         }
     }
 
     /// The pod of the current attempt is not observed: ask for it again.
-    pub(super) fn recreate_attempt(
-        &mut self,
-        composition: &CompositionSpec,
-        i: usize,
-        task: &str,
-        attempt: u32,
-    ) {
+    pub(super) fn recreate_attempt(&mut self, i: usize, task: &str, attempt: u32) {
         let events = self.plan.events.len();
-        self.start_attempt(composition, i, task, attempt);
+        self.start_attempt(i, task, attempt);
         // Not a new start: no second StepStarted event.
         self.plan.events.truncate(events);
     }
 
-    pub(super) fn attempt_succeeded(
-        &mut self,
-        composition: &CompositionSpec,
-        i: usize,
-        pod: &ObservedPod,
-    ) {
+    pub(super) fn attempt_succeeded(&mut self, i: usize, pod: &ObservedPod) {
         let result = pod.result.clone().unwrap_or_default();
         let step = self.plan.status.steps[i].name.clone();
         self.record_resources(&step, pod);
         let st = &mut self.plan.status.steps[i];
         st.outputs = result.outputs;
         st.exit_code = Some(result.exit_code);
-        let name = composition.steps[i].name.clone();
+        let name = self.composition.steps[i].name.clone();
         self.finish_step(i, StepPhase::Succeeded, String::new());
         self.plan
             .events
@@ -213,14 +195,8 @@ impl Planner<'_> {
         });
     }
 
-    pub(super) fn attempt_failed(
-        &mut self,
-        composition: &CompositionSpec,
-        i: usize,
-        message: String,
-        code: Option<i32>,
-    ) {
-        let step = &composition.steps[i];
+    pub(super) fn attempt_failed(&mut self, i: usize, message: String, code: Option<i32>) {
+        let step = &self.composition.steps[i];
         let attempts = self.plan.status.steps[i].attempts.max(1);
         self.plan.status.steps[i].exit_code = code;
         let limit = step.retries.as_ref().map_or(0, |r| r.limit);
@@ -254,7 +230,7 @@ impl Planner<'_> {
         }
     }
 
-    pub(super) fn maybe_retry(&mut self, composition: &CompositionSpec, i: usize) {
+    pub(super) fn maybe_retry(&mut self, i: usize) {
         let st = &self.plan.status.steps[i];
         let due = st.next_attempt_time.as_ref().map(|t| t.0);
         match due {
@@ -264,8 +240,8 @@ impl Planner<'_> {
                 if !self.take_pod_budget() {
                     return self.wait_for_capacity(i);
                 }
-                if let Some(StepKind::Task(task)) = composition.steps[i].kind() {
-                    self.start_attempt(composition, i, task, next);
+                if let Some(StepKind::Task(task)) = self.composition.steps[i].kind() {
+                    self.start_attempt(i, task, next);
                 }
             }
         }
