@@ -329,6 +329,8 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
         rules("maestro-operator"),
         expect(&[
             ("", "persistentvolumeclaims", "create"),
+            ("", "persistentvolumeclaims", "list"),
+            ("", "persistentvolumeclaims", "watch"),
             ("", "pods", "create"),
             ("", "pods", "delete"),
             ("", "pods", "get"),

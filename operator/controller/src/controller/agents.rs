@@ -1,6 +1,6 @@
 //! Agents in the controller: routing a run to a slot (from the caches, through the pure
-//! [`maestro_engine::routing`]), the capacity left for new step pods, and the loop that writes
-//! each Agent's status and makes its slots' cache claims.
+//! [`maestro_engine::routing`]), the capacity left for new step pods, and a slot's cache
+//! claim. The Agent controller (`agent`) builds each Agent's status from these.
 //!
 //! Every decision that takes a slot or starts a step pod of an Agent is made while holding
 //! the namespace's lock in `Context::admissions`: kube-runtime reconciles runs
@@ -9,7 +9,7 @@
 //! per namespace keeps that guarantee without making other namespaces wait.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
@@ -17,23 +17,17 @@ use k8s_openapi::{api::core::v1::PersistentVolumeClaim, jiff::Timestamp};
 use kube::{Api, Resource, ResourceExt};
 
 use super::admission::Admissions;
-use super::context::{Context, Error, key};
+use super::context::{Context, Error};
 use super::{pods, world};
 use crate::k8s::{self, Created};
 use maestro_api::labels;
-use maestro_api::{
-    Agent, AgentStatus, CompositionRun, CompositionSpec, RunAgent, SlotStatus, TaskSpec,
-    parse_duration,
-};
-use maestro_engine::conditions;
+use maestro_api::{Agent, CompositionRun, CompositionSpec, RunAgent, TaskSpec, parse_duration};
 use maestro_engine::routing::{Pool, QueuedRun, Requirement, Routing, SlotHistory, SlotRef};
 
 /// Default of an Agent's `affinityWait`.
 const DEFAULT_AFFINITY_WAIT: Duration = Duration::from_secs(30);
 /// How long a pod this process created is counted before the pod cache shows it.
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(60);
-/// How often Agent status is brought up to date.
-const STATUS_PERIOD: Duration = Duration::from_secs(2);
 
 /// The capabilities a composition's steps require, each with the task and step needing it.
 pub fn requirements(
@@ -54,7 +48,7 @@ pub fn requirements(
     out
 }
 
-fn pool(agent: &Agent) -> Pool {
+pub(super) fn pool(agent: &Agent) -> Pool {
     Pool {
         name: agent.name_any(),
         capabilities: agent.spec.capabilities.iter().cloned().collect(),
@@ -69,7 +63,7 @@ fn pool(agent: &Agent) -> Pool {
 }
 
 /// A top-level run (children share their parent's slot and never hold one of their own).
-fn top_level(run: &CompositionRun) -> bool {
+pub(super) fn top_level(run: &CompositionRun) -> bool {
     !run.labels().contains_key(labels::PARENT_RUN)
 }
 
@@ -105,7 +99,7 @@ fn waiting(run: &CompositionRun, ns: &str, admissions: &Admissions) -> bool {
 }
 
 /// The composition a not-yet-started run would follow, and its requirements.
-fn run_requirements(run: &CompositionRun, ns: &str, ctx: &Context) -> Vec<Requirement> {
+pub(super) fn run_requirements(run: &CompositionRun, ns: &str, ctx: &Context) -> Vec<Requirement> {
     let spec = world::composition_of_run(ctx, run, ns);
     let Some(spec) = spec else {
         return Vec::new();
@@ -227,11 +221,25 @@ pub fn free_capacity(ctx: &Context, ns: &str, agent: &Agent, admissions: &mut Ad
     agent.spec.capacity.saturating_sub(used)
 }
 
+/// What [`ensure_slot_claim`] found to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMade {
+    Created,
+    /// A claim of that name was there already (whose it is, the Agent controller checks).
+    Existed,
+    /// The Agent caches on hostPath, or is not stored yet (no UID to own a claim).
+    NotNeeded,
+}
+
 /// Makes sure a slot's cache claim exists (AlreadyExists is fine), in PVC mode.
-pub async fn ensure_slot_claim(ctx: &Context, agent: &Agent, slot: u32) -> Result<(), Error> {
+pub async fn ensure_slot_claim(
+    ctx: &Context,
+    agent: &Agent,
+    slot: u32,
+) -> Result<ClaimMade, Error> {
     let cache = agent.spec.cache.clone().unwrap_or_default();
     if cache.host_path.is_some() {
-        return Ok(());
+        return Ok(ClaimMade::NotNeeded);
     }
     let claim = cache
         .persistent_volume_claim
@@ -241,7 +249,7 @@ pub async fn ensure_slot_claim(ctx: &Context, agent: &Agent, slot: u32) -> Resul
         });
     let ns = agent.namespace().ok_or(Error::NoNamespace)?;
     let Some(owner) = agent.controller_owner_ref(&()) else {
-        return Ok(());
+        return Ok(ClaimMade::NotNeeded);
     };
     let pvc = pods::slot_claim(&agent.name_any(), slot, &ns, owner, &claim);
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -252,201 +260,13 @@ pub async fn ensure_slot_claim(ctx: &Context, agent: &Agent, slot: u32) -> Resul
             name: name.clone(),
             source,
         })?;
-    if created == Created::Created {
-        tracing::info!(claim = %name, "created slot cache claim");
-    }
-    Ok(())
-}
-
-/// Keeps every Agent's status (slots, busy and idle, queue, cache hits and misses) and the
-/// busy-slots gauge in step with the caches, and makes the slots' cache claims. Runs on
-/// the leader only.
-pub async fn status_loop(ctx: std::sync::Arc<Context>) {
-    let mut claims_made: HashSet<String> = HashSet::new();
-    // Runs whose assignment was already counted in an Agent's hits and misses. Those seen
-    // at start-up were counted by an earlier process.
-    let mut counted: Option<HashSet<String>> = None;
-    loop {
-        let agents: Vec<Agent> = ctx.agents.state().iter().map(|a| (**a).clone()).collect();
-        let assigned: Vec<(String, RunAgent)> = ctx
-            .runs
-            .state()
-            .iter()
-            .filter_map(|r| r.0.as_ref().ok())
-            .filter(|r| top_level(r))
-            .filter_map(|r| {
-                let agent = r.status.as_ref()?.agent.clone()?;
-                Some((format!("{}/{}", r.namespace()?, r.name_any()), agent))
-            })
-            .collect();
-        let seen = counted.get_or_insert_with(|| assigned.iter().map(|(k, _)| k.clone()).collect());
-        let mut new_counts: HashMap<String, (u64, u64)> = HashMap::new();
-        for (key, agent) in &assigned {
-            if seen.insert(key.clone()) {
-                let ns = key.split('/').next().unwrap_or_default();
-                let entry = new_counts
-                    .entry(format!("{ns}/{}", agent.name))
-                    .or_default();
-                if agent.cache_hit {
-                    entry.0 += 1;
-                } else {
-                    entry.1 += 1;
-                }
-            }
+    Ok(match created {
+        Created::Created => {
+            tracing::info!(claim = %name, "created slot cache claim");
+            ClaimMade::Created
         }
-        for agent in &agents {
-            let key = key(agent);
-            let ready = ensure_claims(&ctx, agent, &mut claims_made).await;
-            let added = new_counts.get(&key).copied().unwrap_or_default();
-            let status = agent_status(&ctx, agent, added, ready);
-            let name = agent.name_any();
-            ctx.metrics
-                .agent_slots_busy
-                .with_label_values(&[name.as_str()])
-                .set(i64::from(status.busy_slots));
-            // The counters exist at 0 from the Agent's first sight: Prometheus sees no
-            // increase in a series that is born at 1.
-            let _ = ctx
-                .metrics
-                .agent_cache_hits
-                .with_label_values(&[name.as_str()]);
-            let _ = ctx
-                .metrics
-                .agent_cache_misses
-                .with_label_values(&[name.as_str()]);
-            if agent.status.as_ref() != Some(&status)
-                && let Err(e) = write_status(&ctx, agent, &status).await
-            {
-                tracing::debug!(agent = %key, error = %e, "agent status not written");
-            }
-        }
-        tokio::time::sleep(STATUS_PERIOD).await;
-    }
-}
-
-/// Makes the slot claims this process has not made yet; `Err` says what failed.
-async fn ensure_claims(
-    ctx: &Context,
-    agent: &Agent,
-    made: &mut HashSet<String>,
-) -> Result<(), String> {
-    for slot in 0..agent.spec.slots {
-        let key = format!(
-            "{}/{}/{}",
-            key(agent),
-            agent.uid().unwrap_or_default(),
-            slot
-        );
-        if made.contains(&key) {
-            continue;
-        }
-        ensure_slot_claim(ctx, agent, slot)
-            .await
-            .map_err(|e| format!("slot {slot}: {e}"))?;
-        made.insert(key);
-    }
-    Ok(())
-}
-
-/// An Agent's status, computed from the runs and its previous status.
-fn agent_status(
-    ctx: &Context,
-    agent: &Agent,
-    added: (u64, u64),
-    ready: Result<(), String>,
-) -> AgentStatus {
-    let old = agent.status.clone().unwrap_or_default();
-    let ns = agent.namespace().unwrap_or_default();
-    let name = agent.name_any();
-    let mut slots: Vec<SlotStatus> = (0..agent.spec.slots)
-        .map(|index| {
-            old.slots
-                .iter()
-                .find(|s| s.index == index)
-                .cloned()
-                .map(|s| SlotStatus { run: None, ..s })
-                .unwrap_or(SlotStatus {
-                    index,
-                    ..SlotStatus::default()
-                })
-        })
-        .collect();
-    let runs = world::runs_in(ctx, &ns);
-    let pool = pool(agent);
-    let mut queued = 0;
-    for run in runs.iter().filter(|r| top_level(r)) {
-        let status = run.status.clone().unwrap_or_default();
-        let Some(assigned) = status.agent.clone() else {
-            if status.phase == maestro_api::RunPhase::Queued {
-                let requires = run_requirements(run, &ns, ctx);
-                if requires
-                    .iter()
-                    .all(|r| pool.capabilities.contains(&r.capability))
-                {
-                    queued += 1;
-                }
-            }
-            continue;
-        };
-        if assigned.name != name {
-            continue;
-        }
-        let Some(slot) = slots.iter_mut().find(|s| s.index == assigned.slot) else {
-            continue;
-        };
-        if !status.phase.is_finished() {
-            slot.run = Some(run.name_any());
-        }
-        let newer = match (&slot.last_used, &assigned.assigned_time) {
-            (Some(old), Some(new)) => new.0 > old.0,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if newer {
-            slot.last_used = assigned.assigned_time.clone();
-            slot.last_composition = Some(run.spec.composition.clone());
-        }
-    }
-    let busy = u32::try_from(slots.iter().filter(|s| s.run.is_some()).count()).unwrap_or(0);
-    let (status, reason, message) = match &ready {
-        Ok(()) => (
-            "True",
-            "SlotsReady",
-            format!("{} slots ready", agent.spec.slots),
-        ),
-        Err(e) => ("False", "CacheClaimFailed", e.clone()),
-    };
-    let conditions = conditions::ready_only(
-        &old.conditions,
-        status,
-        reason,
-        message,
-        agent.metadata.generation,
-        Timestamp::now(),
-    );
-    AgentStatus {
-        busy_slots: busy,
-        idle_slots: agent.spec.slots.saturating_sub(busy),
-        queued_runs: queued,
-        cache_hits: old.cache_hits + added.0,
-        cache_misses: old.cache_misses + added.1,
-        slots,
-        conditions,
-    }
-}
-
-async fn write_status(ctx: &Context, agent: &Agent, status: &AgentStatus) -> Result<(), Error> {
-    let ns = agent.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = agent.name_any();
-    k8s::apply_status(&api, &name, status)
-        .await
-        .map_err(|source| Error::PatchStatus {
-            kind: "Agent",
-            name,
-            source,
-        })?;
-    Ok(())
+        Created::Existed => ClaimMade::Existed,
+    })
 }
 
 /// Drops remembered assignments that the run cache now shows, or whose run is gone.

@@ -25,6 +25,11 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<Composition>>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
+    if !ctx.writes() {
+        // A follower (or a leader whose caches are not complete yet) does not act; it
+        // reconciles everything once it writes.
+        return Ok(Requeue::await_change());
+    }
     ctx.metrics
         .reconciles
         .with_label_values(&["composition"])

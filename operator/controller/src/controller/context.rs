@@ -2,16 +2,23 @@
 //! errors, and the backoff after a failure. Every controller module reads this; it reads
 //! none of them.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
     Client, Resource,
     core::DeserializeGuard,
     runtime::{controller::Action, events::Recorder, reflector::Store},
 };
 
-use super::{admission, pods::PodSettings};
+use super::{admission, agent::AssignmentCounts, pods::PodSettings};
 use crate::metrics::Metrics;
 use maestro_api::{Agent, Approval, Composition, CompositionRun, Task};
 
@@ -95,6 +102,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub approvals: Store<Approval>,
     pub agents: Store<Agent>,
+    /// The Agents' slot cache claims (Maestro's own, by label).
+    pub claims: Store<PersistentVolumeClaim>,
     pub metrics: Metrics,
     /// A namespace's lock is held while a run there takes an Agent slot or starts step
     /// pods on an Agent, so that concurrent reconciles never share a slot or exceed a
@@ -102,9 +111,20 @@ pub struct Context {
     pub admissions: admission::AdmissionLocks,
     /// Consecutive failures per object, for exponential backoff in the error policy.
     pub(super) failures: Mutex<HashMap<String, u32>>,
+    /// Whether this replica writes: it leads (or runs alone) and its caches are complete.
+    /// Every controller runs on every replica, so that the shared watches keep flowing;
+    /// a reconcile that finds this false returns without acting.
+    pub(super) writing: AtomicBool,
+    /// Which runs' slot assignments the Agents' cache hit and miss counters include.
+    pub(super) agent_counts: AssignmentCounts,
 }
 
 impl Context {
+    /// Whether this replica may write now (see `writing`).
+    pub(super) fn writes(&self) -> bool {
+        self.writing.load(Ordering::SeqCst)
+    }
+
     pub(super) fn backoff(&self, key: String) -> Duration {
         let Ok(mut failures) = self.failures.lock() else {
             return Duration::from_secs(30);

@@ -3,6 +3,7 @@
 //! apply with one field manager) -> events.
 
 mod admission;
+mod agent;
 mod agents;
 mod composition;
 mod context;
@@ -22,7 +23,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::DeserializeGuard,
@@ -56,9 +57,90 @@ where
     }
 }
 
+/// How many changes a shared watch holds for its slowest controller before its reflector
+/// waits. Every controller runs from start-up, on followers too, so each one drains its
+/// subscription and none can stall the caches.
+const SHARED_WATCH_BUFFER: usize = 1024;
+
+/// One watch of a kind, shared: the reflector store every lookup reads, and one
+/// subscription per controller that reacts to the kind's changes.
+struct SharedWatch<K: Resource + Clone + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store: reflector::Store<K>,
+    subscriptions: Vec<reflector::ReflectHandle<K>>,
+    reflector: futures::stream::BoxStream<'static, ()>,
+}
+
+/// Starts (lazily: nothing is listed until the reflector is polled) one watch of `api`
+/// with `subscriptions` subscribers. Managed fields are dropped before the store, as no
+/// reconcile reads them and they are often half of an object's size.
+fn shared_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    subscriptions: usize,
+) -> anyhow::Result<SharedWatch<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store_shared(SHARED_WATCH_BUFFER);
+    let subscriptions = (0..subscriptions)
+        .map(|_| {
+            writer
+                .subscribe()
+                .ok_or_else(|| anyhow::anyhow!("a shared store must accept subscribers"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reflector = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear()),
+    )
+    .map(|_| ())
+    .boxed();
+    Ok(SharedWatch {
+        store,
+        subscriptions,
+        reflector,
+    })
+}
+
+impl<K: Resource + Clone + 'static> SharedWatch<K>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    /// The next subscription; `shared_watch` was asked for as many as are taken.
+    fn take(&mut self) -> anyhow::Result<reflector::ReflectHandle<K>> {
+        self.subscriptions
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("a shared watch was given too few subscriptions"))
+    }
+}
+
+/// Resolves once `store` has had its first complete list. The store's readiness wakes only
+/// the last of several waiters (it is a oneshot channel polled by whoever polled last), and
+/// the controllers wait on the same stores: so this waits in short rounds, each of which
+/// registers afresh.
+async fn filled<K>(store: &reflector::Store<K>) -> anyhow::Result<()>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+            Ok(filled) => return filled.map_err(|e| anyhow::anyhow!("{e}")),
+            Err(_still_waiting) => continue,
+        }
+    }
+}
+
 /// Runs every controller until a shutdown signal. With `leader` set, this replica keeps
-/// its caches warm but reconciles only while it holds that Lease; it returns an error
-/// (and the process should exit) as soon as it loses the Lease.
+/// its caches warm and its controllers running, but writes only while it holds that
+/// Lease (a follower's reconcile returns at once); it returns an error (and the process
+/// should exit) as soon as it loses the Lease.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -78,90 +160,73 @@ pub async fn run(
     };
     let recorder = Recorder::new(client.clone(), reporter);
 
-    // Only Maestro's own pods are watched, never every pod in the cluster.
-    let pod_config =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    let (pods, pod_writer) = reflector::store();
-    let pod_watch = reflector::reflector(
-        pod_writer,
-        watcher(scoped::<Pod>(&client, ns), pod_config.clone()),
-    )
-    .modify(|p| p.managed_fields_mut().clear())
-    .default_backoff()
-    .touched_objects();
-    let (tasks, task_writer) = reflector::store();
-    let task_watch = reflector::reflector(
-        task_writer,
-        watcher(Api::<Task>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (approvals, approval_writer) = reflector::store();
-    let approval_watch = reflector::reflector(
-        approval_writer,
-        watcher(scoped::<Approval>(&client, ns), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-
-    let (agents, agent_writer) = reflector::store();
-    let agent_watch = reflector::reflector(
-        agent_writer,
-        watcher(scoped::<Agent>(&client, ns), watcher::Config::default()),
-    )
-    .modify(|a| a.managed_fields_mut().clear())
-    .default_backoff()
-    .touched_objects();
-
-    let run_api = scoped::<DeserializeGuard<CompositionRun>>(&client, ns);
-    let composition_api = scoped::<DeserializeGuard<Composition>>(&client, ns);
-    // The run controller reads compositions from a cache of its own, so it can wait for
-    // that cache to be complete before its first reconcile.
-    let (compositions, composition_writer) = reflector::store();
-    let composition_watch = reflector::reflector(
-        composition_writer,
-        watcher(composition_api.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let run_controller = Controller::new(run_api.clone(), watcher::Config::default());
-    let composition_controller = Controller::new(composition_api, watcher::Config::default());
+    // One watch per kind, each shared by the controllers that react to it. Only Maestro's
+    // own pods and claims are watched, never every pod or claim in the cluster.
+    let managed = || {
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER))
+    };
+    let all = watcher::Config::default;
+    // Runs: the run controller's own, its parents' (child -> parent) and the Agents'.
+    let mut runs = shared_watch(
+        scoped::<DeserializeGuard<CompositionRun>>(&client, ns),
+        all(),
+        3,
+    )?;
+    let mut compositions = shared_watch(
+        scoped::<DeserializeGuard<Composition>>(&client, ns),
+        all(),
+        1,
+    )?;
+    // Tasks come from every namespace: the library's are found in its own.
+    let mut tasks = shared_watch(Api::<Task>::all(client.clone()), all(), 1)?;
+    let mut pods = shared_watch(scoped::<Pod>(&client, ns), managed(), 1)?;
+    let mut approvals = shared_watch(scoped::<Approval>(&client, ns), all(), 1)?;
+    let mut agents = shared_watch(scoped::<Agent>(&client, ns), all(), 1)?;
+    let mut claims = shared_watch(scoped::<PersistentVolumeClaim>(&client, ns), managed(), 1)?;
 
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         recorder,
-        runs: run_controller.store(),
-        compositions,
-        tasks,
-        pods,
-        approvals,
-        agents,
+        runs: runs.store.clone(),
+        compositions: compositions.store.clone(),
+        tasks: tasks.store.clone(),
+        pods: pods.store.clone(),
+        approvals: approvals.store.clone(),
+        agents: agents.store.clone(),
+        claims: claims.store.clone(),
         metrics,
         admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
+        writing: AtomicBool::new(false),
+        agent_counts: agent::AssignmentCounts::default(),
     });
 
+    // Each controller reconciles everything it knows once this replica starts writing:
+    // what it skipped as a follower, or before its caches were complete.
+    let mut start_writing = Vec::new();
+    let mut on_writing = || {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+        start_writing.push(tx);
+        rx
+    };
+
     // A run is reconciled when its pods, its child runs or its approvals change.
-    let compositions_store = ctx.compositions.clone();
-    let runs = run_controller
-        .owns(scoped::<Pod>(&client, ns), pod_config)
-        .watches(
-            run_api,
-            watcher::Config::default(),
-            |child: DeserializeGuard<CompositionRun>| {
+    let agents_store = ctx.agents.clone();
+    let run_controller = Controller::for_shared_stream(runs.take()?, ctx.runs.clone())
+        .owns_shared_stream(pods.take()?)
+        .watches_shared_stream(
+            runs.take()?,
+            |child: Arc<DeserializeGuard<CompositionRun>>| {
                 let parent = child.labels().get(labels::PARENT_RUN)?.clone();
                 Some(ObjectRef::new(&parent).within(&child.namespace()?))
             },
         )
-        .watches(
-            scoped::<Approval>(&client, ns),
-            watcher::Config::default(),
-            |a: Approval| {
-                a.namespace()
-                    .map(|ns| ObjectRef::new(&a.spec.run).within(&ns))
-            },
-        )
+        .watches_shared_stream(approvals.take()?, |a: Arc<Approval>| {
+            a.namespace()
+                .map(|ns| ObjectRef::new(&a.spec.run).within(&ns))
+        })
+        .reconcile_all_on(on_writing())
         .graceful_shutdown_on(signalled(shutdown.clone()))
         .run(run::reconcile, run::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -170,11 +235,10 @@ pub async fn run(
             }
         });
     // A composition is validated again when a Task it uses changes.
-    let compositions = composition_controller
-        .watches(
-            Api::<Task>::all(client.clone()),
-            watcher::Config::default(),
-            move |task: Task| {
+    let compositions_store = ctx.compositions.clone();
+    let composition_controller =
+        Controller::for_shared_stream(compositions.take()?, ctx.compositions.clone())
+            .watches_shared_stream(tasks.take()?, move |task: Arc<Task>| {
                 let name = task.name_any();
                 compositions_store
                     .state()
@@ -189,32 +253,64 @@ pub async fn run(
                     })
                     .map(|c| ObjectRef::from_obj(c.as_ref()))
                     .collect::<Vec<_>>()
+            })
+            .reconcile_all_on(on_writing())
+            .graceful_shutdown_on(signalled(shutdown.clone()))
+            .run(
+                composition::reconcile,
+                composition::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "composition reconcile");
+                }
+            });
+    // An Agent's status follows the top-level runs of its namespace (those routed to it,
+    // and those queued for any Agent) and its slots' claims.
+    let agent_controller = Controller::for_shared_stream(agents.take()?, ctx.agents.clone())
+        .owns_shared_stream(claims.take()?)
+        .watches_shared_stream(
+            runs.take()?,
+            move |run: Arc<DeserializeGuard<CompositionRun>>| {
+                agent::agents_to_update(&agents_store, &run)
             },
         )
+        .reconcile_all_on(on_writing())
         .graceful_shutdown_on(signalled(shutdown.clone()))
-        .run(
-            composition::reconcile,
-            composition::error_policy,
-            ctx.clone(),
-        )
+        .run(agent::reconcile, agent::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "composition reconcile");
+                tracing::debug!(error = %e, "agent reconcile");
             }
         });
-    tokio::spawn(pod_watch.for_each(|_| async {}));
-    tokio::spawn(task_watch.for_each(|_| async {}));
-    tokio::spawn(approval_watch.for_each(|_| async {}));
-    tokio::spawn(composition_watch.for_each(|_| async {}));
-    tokio::spawn(agent_watch.for_each(|_| async {}));
+    for watch in [
+        runs.reflector,
+        compositions.reflector,
+        tasks.reflector,
+        pods.reflector,
+        approvals.reflector,
+        agents.reflector,
+        claims.reflector,
+    ] {
+        tokio::spawn(watch.for_each(|()| async {}));
+    }
+    // The controllers run from now on, so their subscriptions never fill up; until this
+    // replica writes, their reconciles return without acting.
+    let mut controllers = tokio::spawn(async {
+        tokio::join!(run_controller, composition_controller, agent_controller);
+    });
+
     // A reconcile against a half-filled cache would see a Task or a pod as missing: a
     // restarted operator must not fail a run in flight for that. Wait for every cache.
     for (name, ready) in [
-        ("tasks", ctx.tasks.wait_until_ready().boxed()),
-        ("pods", ctx.pods.wait_until_ready().boxed()),
-        ("approvals", ctx.approvals.wait_until_ready().boxed()),
-        ("compositions", ctx.compositions.wait_until_ready().boxed()),
-        ("agents", ctx.agents.wait_until_ready().boxed()),
+        ("runs", filled(&ctx.runs).boxed()),
+        ("tasks", filled(&ctx.tasks).boxed()),
+        ("pods", filled(&ctx.pods).boxed()),
+        ("approvals", filled(&ctx.approvals).boxed()),
+        ("compositions", filled(&ctx.compositions).boxed()),
+        ("agents", filled(&ctx.agents).boxed()),
+        ("claims", filled(&ctx.claims).boxed()),
     ] {
         ready
             .await
@@ -227,11 +323,12 @@ pub async fn run(
     ready.store(true, Ordering::Relaxed);
     let mut renewed = tokio::time::Instant::now();
     if let Some(elector) = &elector {
-        tracing::info!("caches ready; waiting for leadership before reconciling");
+        tracing::info!("caches ready; waiting for leadership before writing");
         tokio::select! {
             at = elector.acquire() => renewed = at,
             () = signalled(shutdown.clone()) => {
                 tracing::info!("shutdown signal while following; nothing to release");
+                let _ = controllers.await;
                 return Ok(());
             }
         }
@@ -240,31 +337,36 @@ pub async fn run(
         ctx.metrics.leader.set(1);
     }
     tracing::info!("reconciling");
+    // Assignments made before this replica writes were counted by an earlier leader.
+    ctx.agent_counts.start(&ctx);
+    ctx.writing.store(true, Ordering::SeqCst);
+    for controller in start_writing {
+        let _ = controller.unbounded_send(());
+    }
     if let Some(install) = ctx.settings.library.clone() {
         tokio::spawn(crate::library::keep_installed(client.clone(), install));
     }
     // Only the leader reports the run gauges, so summing them over replicas still counts
     // each run once.
     tokio::spawn(gauges(ctx.clone()));
-    tokio::spawn(agents::status_loop(ctx.clone()));
-    let controllers = async {
-        tokio::join!(runs, compositions);
-    };
     let Some(elector) = elector else {
-        controllers.await;
+        let _ = controllers.await;
         return Ok(());
     };
     tokio::select! {
-        () = controllers => {
+        _ = &mut controllers => {
             // Graceful shutdown: the reconciles in flight have ended, so hand the
             // Lease over now rather than make the successor wait for it to expire.
             elector.release().await;
             Ok(())
         }
         reason = elector.hold(renewed) => {
-            // Dropping the controllers stops every reconcile at its next await: no new
-            // write leaves this process. Exiting (the Deployment restarts the container
-            // as a follower) is simpler and safer than restarting the controllers here.
+            // Stopping writes at once: the flag stops every reconcile that has not yet
+            // begun, and exiting (the Deployment restarts the container as a follower)
+            // stops those in flight at their next await. Simpler and safer than
+            // restarting the controllers here.
+            ctx.writing.store(false, Ordering::SeqCst);
+            controllers.abort();
             tracing::error!(%reason, "lost leadership; stopping at once");
             Err(anyhow::anyhow!(
                 "lost the leader lease ({reason}); exiting so that only one replica writes"

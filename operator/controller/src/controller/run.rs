@@ -47,6 +47,11 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<CompositionRun>>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
+    if !ctx.writes() {
+        // A follower (or a leader whose caches are not complete yet) does not act; it
+        // reconciles everything once it writes.
+        return Ok(Requeue::await_change());
+    }
     ctx.metrics
         .reconciles
         .with_label_values(&["compositionrun"])
@@ -118,10 +123,8 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let mut admissions = if pool.is_empty() {
         None
     } else {
-        // Occupancy is rebuilt from every run's status: wait for the whole run cache.
-        if let Err(e) = ctx.runs.wait_until_ready().await {
-            tracing::warn!(error = %e, "run cache not ready");
-        }
+        // Occupancy is rebuilt from every run's status: the run cache is complete, since
+        // nothing is reconciled before every cache is (`Context::writes`).
         Some(ctx.admissions.of(&ns).lock_owned().await)
     };
     let mut status = status;

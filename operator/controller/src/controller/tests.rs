@@ -4,12 +4,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
 use hyper::{Request, Response};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
     Api, Client,
     client::Body,
@@ -25,7 +25,7 @@ use maestro_engine::{Action, Admission, StepPod, TaskRuns};
 use serde_json::json;
 
 use super::context::{Context, Error, FIELD_MANAGER, Settings};
-use super::{admission, agents, pods, run, world};
+use super::{admission, agent, agents, pods, run, world};
 use crate::k8s::{self, Created};
 use crate::metrics::Metrics;
 
@@ -78,6 +78,7 @@ struct World {
     pods: Writer<Pod>,
     agents: Writer<Agent>,
     tasks: Writer<Task>,
+    claims: Writer<PersistentVolumeClaim>,
 }
 
 fn world(client: Client) -> World {
@@ -87,6 +88,7 @@ fn world(client: Client) -> World {
     let compositions = Writer::default();
     let tasks = Writer::default();
     let approvals = Writer::default();
+    let claims = Writer::default();
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: None,
@@ -111,9 +113,12 @@ fn world(client: Client) -> World {
         pods: pods.as_reader(),
         approvals: approvals.as_reader(),
         agents: agents.as_reader(),
+        claims: claims.as_reader(),
         metrics: Metrics::new().expect("metrics"),
         admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
+        writing: AtomicBool::new(true),
+        agent_counts: agent::AssignmentCounts::default(),
     };
     World {
         ctx,
@@ -121,6 +126,7 @@ fn world(client: Client) -> World {
         pods,
         agents,
         tasks,
+        claims,
     }
 }
 
@@ -401,4 +407,78 @@ async fn a_runs_tasks_come_from_its_namespace_first_then_the_library() {
     );
     assert_eq!(origin("lint"), Some("library/lint"), "then the library's");
     assert_eq!(origin("deploy"), None, "never another namespace's");
+}
+
+/// The Ready condition an Agent reconcile wrote, as (status, reason, message), and whether
+/// it asked to create a claim; `claim_owner` owns the slot's claim in the cache.
+async fn agent_reconciled_with_claim_owned_by(claim_owner: &str) -> (String, String, String, bool) {
+    let patches: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let keep = patches.clone();
+    let (client, seen) = mocked_client(move |method, _, body| {
+        if method == "PATCH" {
+            keep.lock().expect("patches").push(body.clone());
+        }
+        (
+            200,
+            json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
+                   "metadata": {"name": "pool", "namespace": NS}, "spec": {"capacity": 1}}),
+        )
+    });
+    let mut w = world(client);
+    let mut pool = agent("pool", 1, 1);
+    pool.spec.cache = None;
+    apply(&mut w.agents, pool.clone());
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "pool-cache-0", "namespace": NS,
+                     "ownerReferences": [{"apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
+                                          "name": "pool", "uid": claim_owner, "controller": true}]},
+    }))
+    .expect("claim");
+    apply(&mut w.claims, claim);
+    agent::reconcile(Arc::new(pool), Arc::new(w.ctx))
+        .await
+        .expect("reconcile");
+    let asked_to_create = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .any(|r| r.starts_with("POST") && r.contains("persistentvolumeclaims"));
+    let patches = patches.lock().expect("patches");
+    let ready = patches
+        .iter()
+        .flat_map(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find(|c| c["type"] == "Ready")
+        .expect("a Ready condition written");
+    let field = |k: &str| ready[k].as_str().unwrap_or_default().to_string();
+    (
+        field("status"),
+        field("reason"),
+        field("message"),
+        asked_to_create,
+    )
+}
+
+#[tokio::test]
+async fn an_agent_is_ready_only_when_its_slot_claims_are_its_own() {
+    let (status, reason, message, created) = agent_reconciled_with_claim_owned_by("uid-pool").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "SlotsReady"));
+    assert_eq!(message, "1 slots ready");
+    assert!(!created, "a cached claim of its own is not made again");
+
+    let (status, reason, message, created) =
+        agent_reconciled_with_claim_owned_by("uid-of-someone-else").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "CacheClaimFailed")
+    );
+    assert_eq!(
+        message,
+        "slot 0: claim pool-cache-0 exists but is not owned by this Agent"
+    );
+    assert!(!created, "a stranger's claim is neither taken nor replaced");
 }
