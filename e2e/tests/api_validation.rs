@@ -764,3 +764,128 @@ spec:
     .await?;
     Ok(())
 }
+
+/// A composition that calls itself starts runs until they are `MAX_RUN_DEPTH` deep, never
+/// without end: the deepest run fails its call step saying why, and each run above it
+/// fails with its child.
+#[tokio::test]
+async fn a_composition_that_calls_itself_stops_at_the_depth_limit() -> Result<()> {
+    let env = Env::new("apival-depth").await?;
+    env.apply_yaml(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: again}
+spec:
+  steps:
+    - {name: call-myself, composition: again}
+"#,
+    )
+    .await?;
+    env.wait_compositions_ready(&["again".to_string()]).await?;
+    let top = env.start_run("again", &[]).await?;
+    let run = env.wait_finished(&top, RUN_TIMEOUT).await?;
+    let phase = run.status.as_ref().map(|s| s.phase);
+    assert_eq!(phase, Some(RunPhase::Failed));
+
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let all = runs.list(&ListParams::default()).await?.items;
+    let limit = maestro_api::labels::MAX_RUN_DEPTH as usize;
+    assert_eq!(
+        all.len(),
+        limit + 1,
+        "the top run and one run per level below it: {:?}",
+        all.iter().map(|r| r.name_any()).collect::<Vec<_>>()
+    );
+    let deepest = all
+        .iter()
+        .find(|r| maestro_api::labels::depth_of(r.labels()) == limit as u32)
+        .context("no run at the depth limit")?;
+    let step = deepest
+        .status
+        .as_ref()
+        .and_then(|s| s.steps.iter().find(|s| s.name == "call-myself"))
+        .context("the deepest run has no call step")?;
+    assert!(
+        step.message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!("at most {limit} may nest"))),
+        "{:?}",
+        step.message
+    );
+    assert!(
+        all.iter()
+            .all(|r| r.status.as_ref().map(|s| s.phase) == Some(RunPhase::Failed)),
+        "every run fails with the one below it"
+    );
+    delete_runs(&env).await
+}
+
+/// A pod that squats on the name of a run's step pod is never taken for the step's own:
+/// the step fails, naming the pod and that the run does not own it, and the squatter is
+/// left as it was.
+#[tokio::test]
+async fn a_step_whose_pod_name_is_taken_fails_instead_of_using_it() -> Result<()> {
+    let env = Env::new("apival-taken").await?;
+    let squatted = maestro_api::labels::step_pod_name("squatted", "build", 1);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let squatter: Pod = serde_json::from_value(json!({
+        "metadata": {"name": squatted},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "pause", "image": "localhost/maestro/pause:3.10",
+                "imagePullPolicy": "Never",
+                "securityContext": {"allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &squatter).await?;
+    env.apply_yaml(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: build}
+spec:
+  steps:
+    - {name: build, task: shell, with: {script: "true"}}
+"#,
+    )
+    .await?;
+    env.wait_compositions_ready(&["build".to_string()]).await?;
+    env.apply_yaml(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: CompositionRun
+metadata: {name: squatted}
+spec: {composition: build}
+"#,
+    )
+    .await?;
+    let run = env.wait_finished("squatted", RUN_TIMEOUT).await?;
+    let status = run.status.context("no status")?;
+    assert_eq!(status.phase, RunPhase::Failed);
+    let step = status
+        .steps
+        .iter()
+        .find(|s| s.name == "build")
+        .context("no build step")?;
+    assert_eq!(
+        step.message.as_deref(),
+        Some(&*format!(
+            "pod {squatted} already exists and is not this run's (owned by nobody); delete it or rename the run"
+        ))
+    );
+    let squatter = pods.get(&squatted).await?;
+    assert!(
+        squatter
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty(),
+        "the squatting pod is left as it was"
+    );
+    delete_runs(&env).await
+}

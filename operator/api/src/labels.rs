@@ -21,6 +21,18 @@ pub const COMPOSITION: &str = "maestro.dev/composition";
 pub const PARENT_RUN: &str = "maestro.dev/parent-run";
 /// On an onFailure run: the failed run that started it.
 pub const FAILED_RUN: &str = "maestro.dev/failed-run";
+/// On a run another run started (a child, or an onFailure run): how many runs started
+/// each other to get here (1 for a child of a run a user or trigger started).
+pub const DEPTH: &str = "maestro.dev/depth";
+/// How deep runs may start runs: a composition that calls (or forks, or runs onFailure)
+/// itself stops here instead of starting runs without end.
+pub const MAX_RUN_DEPTH: u32 = 8;
+
+/// A run's depth from its labels: 0 for a run without the label (started by a user or a
+/// trigger) and for an unreadable value.
+pub fn depth_of(labels: &std::collections::BTreeMap<String, String>) -> u32 {
+    labels.get(DEPTH).and_then(|d| d.parse().ok()).unwrap_or(0)
+}
 /// On a step pod: the Agent whose slot runs it (its capacity counts the pod).
 pub const AGENT: &str = "maestro.dev/agent";
 /// On a step pod: the index of the Agent slot whose cache it mounts.

@@ -62,6 +62,34 @@ where
     created(api.create(&params, object).await)
 }
 
+/// After a create answered AlreadyExists: who holds the name, unless the object there is
+/// owned by `owner_uid` (then it is ours, and `None`). `None` too if it is gone meanwhile.
+pub async fn holder_unless_owned<K>(
+    api: &Api<K>,
+    name: &str,
+    owner_uid: &str,
+) -> Result<Option<String>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let owners = existing.meta().owner_references.clone().unwrap_or_default();
+    if owners.iter().any(|o| o.uid == owner_uid) {
+        return Ok(None);
+    }
+    let holders: Vec<String> = owners
+        .iter()
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .collect();
+    Ok(Some(if holders.is_empty() {
+        "owned by nobody".to_string()
+    } else {
+        format!("owned by {}", holders.join(", "))
+    }))
+}
+
 /// Deletes an object, or finds it gone already.
 pub async fn delete_or_gone<K>(
     api: &Api<K>,

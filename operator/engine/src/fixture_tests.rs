@@ -27,6 +27,9 @@ struct Fixture {
     #[serde(default)]
     tasks: Option<BTreeMap<String, TaskSpec>>,
     run: CompositionRunSpec,
+    /// The run's depth (label maestro.dev/depth); 0 if absent.
+    #[serde(default)]
+    depth: u32,
     rounds: Vec<Round>,
 }
 
@@ -130,6 +133,7 @@ fn run_fixture(path: &Path) -> Result<(), String> {
             run_name: "r",
             namespace: "ns",
             generation: Some(1),
+            depth: fixture.depth,
             spec: &spec,
             status: &status,
             composition: fixture.composition.as_ref(),

@@ -36,6 +36,9 @@ pub struct PlanInput<'a> {
     pub namespace: &'a str,
     /// The run object's metadata.generation.
     pub generation: Option<i64>,
+    /// How many runs started each other to start this one (`labels::depth_of`); a run
+    /// at `labels::MAX_RUN_DEPTH` starts no more runs.
+    pub depth: u32,
     pub spec: &'a CompositionRunSpec,
     pub status: &'a CompositionRunStatus,
     /// The composition as it is now; the run keeps a snapshot of it once started, so a
@@ -75,6 +78,19 @@ pub struct Observed {
     pub runs: Vec<ObservedRun>,
     /// Approvals of this run's gates.
     pub approvals: Vec<ObservedApproval>,
+    /// Names this run's pods or child runs must have that an object of someone else holds
+    /// (the create answered AlreadyExists, and the object is not owned by this run).
+    #[serde(default)]
+    pub taken: Vec<TakenName>,
+}
+
+/// A pod or run name this run needs, held by an object it does not own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TakenName {
+    pub name: String,
+    /// Who holds it, for the message: `"owned by Deployment web"`, `"owned by nobody"`.
+    pub holder: String,
 }
 
 /// A step pod as observed.

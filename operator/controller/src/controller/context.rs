@@ -51,6 +51,8 @@ pub enum Error {
     CreateClaim { name: String, source: kube::Error },
     #[error("creating run {name}: {source}")]
     CreateRun { name: String, source: kube::Error },
+    #[error("reading {name}, which a create found there already: {source}")]
+    ReadExisting { name: String, source: kube::Error },
     #[error("deleting pod {name}: {source}")]
     DeletePod { name: String, source: kube::Error },
     #[error("deleting run {name}: {source}")]
@@ -79,6 +81,7 @@ impl Error {
             Error::CreatePod { .. } => "create_pod",
             Error::CreateClaim { .. } => "create_claim",
             Error::CreateRun { .. } => "create_run",
+            Error::ReadExisting { .. } => "read_existing",
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteRun { .. } => "delete_run",
             Error::CancelRun { .. } => "cancel_run",
@@ -115,6 +118,9 @@ pub struct Context {
     /// Every controller runs on every replica, so that the shared watches keep flowing;
     /// a reconcile that finds this false returns without acting.
     pub(super) writing: AtomicBool,
+    /// Per run UID: the names its pods or child runs need that objects it does not own
+    /// hold (found when a create answered AlreadyExists); the engine fails those steps.
+    pub(super) taken: Mutex<HashMap<String, Vec<maestro_engine::TakenName>>>,
     /// Which runs' slot assignments the Agents' cache hit and miss counters include.
     pub(super) agent_counts: AssignmentCounts,
 }
@@ -134,6 +140,35 @@ impl Context {
         Duration::from_millis(500)
             .saturating_mul(2u32.saturating_pow((*n).min(10)))
             .min(Duration::from_secs(300))
+    }
+
+    /// Notes that `name`, needed by the run with `run_uid`, is held by someone else.
+    pub(super) fn name_taken(&self, run_uid: &str, name: &str, holder: String) {
+        if let Ok(mut taken) = self.taken.lock() {
+            let names = taken.entry(run_uid.to_string()).or_default();
+            if !names.iter().any(|t| t.name == name) {
+                names.push(maestro_engine::TakenName {
+                    name: name.to_string(),
+                    holder,
+                });
+            }
+        }
+    }
+
+    /// The names held by others that the run with `run_uid` needs.
+    pub(super) fn taken_names(&self, run_uid: &str) -> Vec<maestro_engine::TakenName> {
+        self.taken
+            .lock()
+            .ok()
+            .and_then(|taken| taken.get(run_uid).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a run's taken names (it is going away).
+    pub(super) fn forget_taken(&self, run_uid: &str) {
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.remove(run_uid);
+        }
     }
 
     pub(super) fn succeeded(&self, key: &str) {

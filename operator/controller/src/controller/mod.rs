@@ -198,6 +198,7 @@ pub async fn run(
         metrics,
         admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
+        taken: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(false),
         agent_counts: agent::AssignmentCounts::default(),
     });

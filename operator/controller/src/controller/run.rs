@@ -138,6 +138,7 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         run_name: &name,
         namespace: &ns,
         generation: run.metadata.generation,
+        depth: labels::depth_of(run.labels()),
         spec: &run.spec,
         status: &status,
         composition: composition.as_ref(),
@@ -367,6 +368,10 @@ fn observe_world(
         pods,
         runs,
         approvals,
+        taken: run
+            .uid()
+            .map(|uid| ctx.taken_names(&uid))
+            .unwrap_or_default(),
     }
 }
 
@@ -414,9 +419,13 @@ pub(super) async fn act(
                     name: step.name.clone(),
                     source,
                 })?;
-            // Existed: the deterministic name means the attempt is already under way.
-            if created == Created::Created {
-                tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
+            // Existed: the deterministic name means the attempt is already under way, if
+            // the pod there is this run's; if not, the engine fails the step.
+            match created {
+                Created::Created => {
+                    tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
+                }
+                Created::Existed => note_if_taken(&api, &step.name, run, ctx).await?,
             }
         }
         Action::DeletePod { name } => {
@@ -459,7 +468,11 @@ async fn create_run(
     let mut child = RunBuilder::new(&new.name, ns, &new.composition)
         .params(new.params.clone())
         // A child (or the onFailure run) keeps its parent's place in the queue.
-        .priority(parent.spec.priority);
+        .priority(parent.spec.priority)
+        .label(
+            labels::DEPTH,
+            &(labels::depth_of(parent.labels()) + 1).to_string(),
+        );
     child = match &new.step {
         Some(step) => child
             .label(labels::PARENT_RUN, &parent_name)
@@ -478,8 +491,40 @@ async fn create_run(
             name: new.name.clone(),
             source,
         })?;
-    if created == Created::Created {
-        tracing::info!(run = %new.name, composition = %new.composition, "created run");
+    match created {
+        Created::Created => {
+            tracing::info!(run = %new.name, composition = %new.composition, "created run")
+        }
+        // The onFailure run is not owned: one of that name is taken as it is.
+        Created::Existed if new.owned => note_if_taken(&api, &new.name, parent, ctx).await?,
+        Created::Existed => {}
+    }
+    Ok(())
+}
+
+/// After a create of `name` for `run` answered AlreadyExists: notes the name as taken
+/// unless the object there is owned by the run (checked by UID, never by name).
+async fn note_if_taken<K>(
+    api: &Api<K>,
+    name: &str,
+    run: &CompositionRun,
+    ctx: &Context,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(uid) = run.uid() else {
+        return Ok(());
+    };
+    let holder = k8s::holder_unless_owned(api, name, &uid)
+        .await
+        .map_err(|source| Error::ReadExisting {
+            name: name.to_string(),
+            source,
+        })?;
+    if let Some(holder) = holder {
+        tracing::warn!(run = %run.name_any(), object = %name, %holder, "name taken by an object the run does not own");
+        ctx.name_taken(&uid, name, holder);
     }
     Ok(())
 }
@@ -490,6 +535,9 @@ async fn create_run(
 async fn cleanup(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
     let result = apply(run, ctx, true).await;
     if result.is_ok() {
+        if let Some(uid) = run.uid() {
+            ctx.forget_taken(&uid);
+        }
         tracing::info!(run = %run.name_any(), "cleaned up; releasing the finalizer");
     }
     result

@@ -117,6 +117,7 @@ fn world(client: Client) -> World {
         metrics: Metrics::new().expect("metrics"),
         admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
+        taken: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(true),
         agent_counts: agent::AssignmentCounts::default(),
     };

@@ -197,6 +197,14 @@ impl Planner<'_> {
             StepKind::Call(one) => vec![one.to_string()],
             StepKind::Fork(many) => many.to_vec(),
         };
+        if self.input.depth >= labels::MAX_RUN_DEPTH {
+            let message = too_deep(self.input.depth);
+            self.plan.events.push(warning(
+                "StepFailed",
+                format!("step {}: {message}", step.name),
+            ));
+            return self.finish_step(i, StepPhase::Failed, message);
+        }
         {
             let params = match render_params(step, &scope) {
                 Ok(p) => p,
@@ -374,6 +382,16 @@ impl Planner<'_> {
         }
         self.plan.events.push(warning("RunFailed", message.clone()));
         if let Some(call) = &self.composition.on_failure {
+            if self.input.depth >= labels::MAX_RUN_DEPTH {
+                return self.plan.events.push(warning(
+                    "OnFailureNotStarted",
+                    format!(
+                        "{} not started: {}",
+                        call.composition,
+                        too_deep(self.input.depth)
+                    ),
+                ));
+            }
             let failed_step = self
                 .plan
                 .status
@@ -416,4 +434,13 @@ impl Planner<'_> {
             ));
         }
     }
+}
+
+/// Why a run at `depth` starts no other run.
+fn too_deep(depth: u32) -> String {
+    format!(
+        "this run is {depth} runs deep (runs started by runs); at most {} may \
+         nest, so it starts no more (does a composition call itself?)",
+        labels::MAX_RUN_DEPTH
+    )
 }

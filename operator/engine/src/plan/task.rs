@@ -101,6 +101,20 @@ impl Planner<'_> {
             .find(|p| p.name == name)
             .cloned()
         else {
+            if let Some(taken) = self.input.observed.taken.iter().find(|t| t.name == name) {
+                // Another object holds the pod's name: waiting would never end, and
+                // using that pod would run a stranger's work as this step.
+                let message = format!(
+                    "pod {name} already exists and is not this run's ({}); delete it or \
+                     rename the run",
+                    taken.holder
+                );
+                self.plan.events.push(warning(
+                    "StepFailed",
+                    format!("step {}: {message}", step.name),
+                ));
+                return self.finish_step(i, StepPhase::Failed, message);
+            }
             // Not seen yet (just created, or the cache lags): creating again is harmless.
             return self.recreate_attempt(i, task, attempt);
         };
