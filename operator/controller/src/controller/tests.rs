@@ -309,22 +309,48 @@ fn step_pod(name: &str) -> StepPod {
 }
 
 #[tokio::test]
-async fn act_creates_the_step_pod_and_counts_a_409_as_existed() {
-    let (client, seen) = mocked_client(|method, _, body| match method {
+async fn act_creates_the_step_pod_and_checks_the_owner_of_one_that_existed() {
+    let (client, seen) = mocked_client(|method, path, body| match method {
         "POST" if body["metadata"]["name"] == "r-greet-1" => (201, body.clone()),
         "POST" => already_exists(),
+        // r-greet-2 is the run's own (its UID), r-greet-3 a stranger's.
+        "GET" if path.ends_with("/r-greet-2") => (
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "r-greet-2",
+                   "ownerReferences": [{"apiVersion": "maestro.dev/v1alpha1",
+                       "kind": "CompositionRun", "name": "r", "uid": "uid-r"}]}}),
+        ),
+        "GET" => (
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "r-greet-3"}}),
+        ),
         _ => (500, json!({})),
     });
     let w = world(client);
     let parent = queued_run("r", "2026-01-01T00:00:00Z");
-    for pod in ["r-greet-1", "r-greet-2"] {
+    for pod in ["r-greet-1", "r-greet-2", "r-greet-3"] {
         run::act(&parent, NS, &Action::CreatePod(step_pod(pod)), None, &w.ctx)
             .await
             .expect("created, or there already");
     }
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
     assert_eq!(
         *seen.lock().expect("seen"),
-        vec![format!("POST /api/v1/namespaces/{NS}/pods"); 2]
+        vec![
+            format!("POST {pods}"),
+            format!("POST {pods}"),
+            format!("GET {pods}/r-greet-2"),
+            format!("POST {pods}"),
+            format!("GET {pods}/r-greet-3"),
+        ]
+    );
+    assert_eq!(
+        w.ctx.taken_names("uid-r"),
+        vec![maestro_engine::TakenName {
+            name: "r-greet-3".into(),
+            holder: "owned by nobody".into()
+        }],
+        "only the pod the run does not own is taken"
     );
 }
 
