@@ -12,17 +12,16 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         controller::Action,
-        events::{Event, EventType},
         reflector::{ObjectRef, Store},
     },
 };
 
 use super::agents::{self, ClaimMade};
-use super::context::{Context, Error, backoff_action, key};
+use super::context::{Context, Error, backoff_action, key, publish};
 use super::{pods, world};
 use crate::k8s;
 use maestro_api::{Agent, AgentStatus, CompositionRun, RunPhase, SlotStatus};
-use maestro_engine::conditions;
+use maestro_engine::{EventNote, conditions};
 
 /// How often an Agent is reconciled with no change seen, as a safety net (a composition
 /// edited while its run is queued changes which Agents count that run).
@@ -172,8 +171,9 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, E
             })?;
     }
     ctx.agent_counts.counted(new);
+    let reference = agent.object_ref(&());
     for note in changes(&old, &status, &made) {
-        publish(&ctx, &agent, note).await;
+        publish(&ctx, &reference, "Reconcile", &note).await;
     }
     ctx.succeeded(&key(agent.as_ref()));
     Ok(Action::requeue(RESYNC))
@@ -312,20 +312,12 @@ fn agent_status(
     }
 }
 
-/// One event to publish on an Agent.
-#[derive(Debug, PartialEq, Eq)]
-struct Note {
-    warning: bool,
-    reason: &'static str,
-    message: String,
-}
-
 /// The events that a status change and the claims just made call for: a slot taken or
 /// freed, a claim created, the Ready condition turning.
-fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<Note> {
-    let mut notes: Vec<Note> = claims_made
+fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<EventNote> {
+    let mut notes: Vec<EventNote> = claims_made
         .iter()
-        .map(|claim| Note {
+        .map(|claim| EventNote {
             warning: false,
             reason: "ClaimCreated",
             message: format!("created slot cache claim {claim}"),
@@ -338,12 +330,12 @@ fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<
             .find(|s| s.index == slot.index)
             .and_then(|s| s.run.as_ref());
         match (before, &slot.run) {
-            (before, Some(run)) if before != Some(run) => notes.push(Note {
+            (before, Some(run)) if before != Some(run) => notes.push(EventNote {
                 warning: false,
                 reason: "SlotTaken",
                 message: format!("slot {} runs {run}", slot.index),
             }),
-            (Some(run), None) => notes.push(Note {
+            (Some(run), None) => notes.push(EventNote {
                 warning: false,
                 reason: "SlotFreed",
                 message: format!("slot {} is free ({run} ended)", slot.index),
@@ -360,7 +352,7 @@ fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<
     if let Some((status, reason, message)) = ready(new)
         && ready(old).map(|(s, _, _)| s) != Some(status.clone())
     {
-        notes.push(Note {
+        notes.push(EventNote {
             warning: status != "True",
             reason: if status == "True" {
                 "Ready"
@@ -371,23 +363,6 @@ fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<
         });
     }
     notes
-}
-
-async fn publish(ctx: &Context, agent: &Agent, note: Note) {
-    let event = Event {
-        type_: if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: note.reason.into(),
-        note: Some(note.message),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &agent.object_ref(&())).await {
-        tracing::debug!(error = %e, "event not recorded");
-    }
 }
 
 #[cfg(test)]

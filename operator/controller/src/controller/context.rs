@@ -178,6 +178,30 @@ impl Context {
     }
 }
 
+/// Records `note` as an Event on the object `reference` names, from `action` (what the
+/// controller was doing). A failure is only logged: an Event tells, it never decides.
+pub(super) async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    action: &str,
+    note: &maestro_engine::EventNote,
+) {
+    let event = kube::runtime::events::Event {
+        type_: if note.warning {
+            kube::runtime::events::EventType::Warning
+        } else {
+            kube::runtime::events::EventType::Normal
+        },
+        reason: note.reason.into(),
+        note: Some(note.message.clone()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::debug!(error = %e, "event not recorded");
+    }
+}
+
 /// A key for per-object bookkeeping.
 pub(super) fn key<K: Resource>(obj: &K) -> String {
     format!(

@@ -6,14 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Api, Resource, ResourceExt,
-    api::PatchParams,
-    runtime::events::{Event, EventType},
-};
+use kube::{Api, Resource, ResourceExt, api::PatchParams};
 use serde_json::json;
 
-use super::context::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER, publish};
 use super::world;
 use crate::k8s::{self, Created, Found, RunBuilder};
 use maestro_api::labels;
@@ -180,21 +176,13 @@ async fn create_run(
 }
 
 /// An Event on the composition, so `kubectl describe comp` tells what the schedule did.
-async fn record(ctx: &Context, composition: &Composition, reason: &str, note: String) {
-    let event = Event {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Schedule".into(),
-        secondary: None,
+async fn record(ctx: &Context, composition: &Composition, reason: &'static str, note: String) {
+    let note = maestro_engine::EventNote {
+        reason,
+        message: note,
+        warning: false,
     };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &composition.object_ref(&()))
-        .await
-    {
-        tracing::debug!(error = %e, "event not recorded");
-    }
+    publish(ctx, &composition.object_ref(&()), "Schedule", &note).await;
 }
 
 fn to_chrono(t: &Timestamp) -> Option<DateTime<Utc>> {

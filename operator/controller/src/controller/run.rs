@@ -14,14 +14,13 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         controller::Action as Requeue,
-        events::{Event, EventType},
         finalizer::{Event as Finalizer, finalizer},
     },
 };
 use serde_json::json;
 
 use super::admission::Admissions;
-use super::context::{Context, Error, RUN_FINALIZER, backoff_action, key};
+use super::context::{Context, Error, RUN_FINALIZER, backoff_action, key, publish};
 use super::{agents, observe, pods, world};
 use crate::k8s::{self, Created, Found, RunBuilder};
 use crate::metrics::Metrics;
@@ -170,20 +169,7 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     record_reports(&ctx.metrics, &run.spec.composition, &observed);
     let reference = run.object_ref(&());
     for note in &plan.events {
-        let event = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason.into(),
-            note: Some(note.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "event not recorded");
-        }
+        publish(ctx, &reference, "Reconcile", note).await;
     }
 
     if deleting && !plan.status.phase.is_finished() {
