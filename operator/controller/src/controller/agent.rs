@@ -6,7 +6,7 @@
 
 use std::{collections::HashSet, sync::Arc, sync::Mutex, time::Duration};
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::core::v1::PersistentVolumeClaim, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
     core::DeserializeGuard,
@@ -200,6 +200,11 @@ async fn ensure_claims(ctx: &Context, agent: &Agent) -> (Vec<String>, Result<(),
     let uid = agent.uid();
     for slot in 0..agent.spec.slots {
         let claim = pods::slot_claim_name(&agent.name_any(), slot);
+        let not_ours = || {
+            Err(format!(
+                "slot {slot}: claim {claim} exists but is not owned by this Agent"
+            ))
+        };
         match ctx.claims.get(&ObjectRef::new(&claim).within(&ns)) {
             Some(existing) => {
                 let ours = existing
@@ -207,17 +212,28 @@ async fn ensure_claims(ctx: &Context, agent: &Agent) -> (Vec<String>, Result<(),
                     .iter()
                     .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
                 if !ours {
-                    return (
-                        made,
-                        Err(format!(
-                            "slot {slot}: claim {claim} exists but is not owned by this Agent"
-                        )),
-                    );
+                    return (made, not_ours());
                 }
             }
             None => match agents::ensure_slot_claim(ctx, agent, slot).await {
                 Ok(ClaimMade::Created) => made.push(claim),
-                Ok(ClaimMade::Existed | ClaimMade::NotNeeded) => {}
+                Ok(ClaimMade::NotNeeded) => {}
+                Ok(ClaimMade::Existed) => {
+                    // There, but not in the claim cache: it lacks Maestro's label, so it
+                    // is not one Maestro made. Read it and check its owner.
+                    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+                    let owner = uid.clone().unwrap_or_default();
+                    match k8s::holder_unless_owned(&api, &claim, &owner).await {
+                        Ok(None) => {}
+                        Ok(Some(_holder)) => return (made, not_ours()),
+                        Err(e) => {
+                            return (
+                                made,
+                                Err(format!("slot {slot}: reading claim {claim}: {e}")),
+                            );
+                        }
+                    }
+                }
                 Err(e) => return (made, Err(format!("slot {slot}: {e}"))),
             },
         }

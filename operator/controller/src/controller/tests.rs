@@ -437,31 +437,42 @@ async fn a_runs_tasks_come_from_its_namespace_first_then_the_library() {
 }
 
 /// The Ready condition an Agent reconcile wrote, as (status, reason, message), and whether
-/// it asked to create a claim; `claim_owner` owns the slot's claim in the cache.
-async fn agent_reconciled_with_claim_owned_by(claim_owner: &str) -> (String, String, String, bool) {
+/// it asked to create a claim; `claim_owner` owns the slot's claim, which is in the claim
+/// cache if `cached` (else only the API server has it: it lacks Maestro's label).
+async fn agent_reconciled_with_claim_owned_by(
+    claim_owner: &str,
+    cached: bool,
+) -> (String, String, String, bool) {
+    let claim = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "pool-cache-0", "namespace": NS,
+                     "ownerReferences": [{"apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
+                                          "name": "pool", "uid": claim_owner, "controller": true}]},
+    });
     let patches: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let keep = patches.clone();
-    let (client, seen) = mocked_client(move |method, _, body| {
+    let stored = claim.clone();
+    let (client, seen) = mocked_client(move |method, path, body| {
         if method == "PATCH" {
             keep.lock().expect("patches").push(body.clone());
         }
-        (
-            200,
-            json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
-                   "metadata": {"name": "pool", "namespace": NS}, "spec": {"capacity": 1}}),
-        )
+        match (method, path.contains("persistentvolumeclaims")) {
+            ("POST", true) => already_exists(),
+            ("GET", true) => (200, stored.clone()),
+            _ => (
+                200,
+                json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
+                       "metadata": {"name": "pool", "namespace": NS}, "spec": {"capacity": 1}}),
+            ),
+        }
     });
     let mut w = world(client);
     let mut pool = agent("pool", 1, 1);
     pool.spec.cache = None;
     apply(&mut w.agents, pool.clone());
-    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "pool-cache-0", "namespace": NS,
-                     "ownerReferences": [{"apiVersion": "maestro.dev/v1alpha1", "kind": "Agent",
-                                          "name": "pool", "uid": claim_owner, "controller": true}]},
-    }))
-    .expect("claim");
-    apply(&mut w.claims, claim);
+    if cached {
+        apply(&mut w.claims, serde_json::from_value(claim).expect("claim"));
+    }
     agent::reconcile(Arc::new(pool), Arc::new(w.ctx))
         .await
         .expect("reconcile");
@@ -470,6 +481,10 @@ async fn agent_reconciled_with_claim_owned_by(claim_owner: &str) -> (String, Str
         .expect("seen")
         .iter()
         .any(|r| r.starts_with("POST") && r.contains("persistentvolumeclaims"));
+    assert_eq!(
+        asked_to_create, !cached,
+        "a claim is asked for only when not cached"
+    );
     let patches = patches.lock().expect("patches");
     let ready = patches
         .iter()
@@ -492,20 +507,21 @@ async fn agent_reconciled_with_claim_owned_by(claim_owner: &str) -> (String, Str
 
 #[tokio::test]
 async fn an_agent_is_ready_only_when_its_slot_claims_are_its_own() {
-    let (status, reason, message, created) = agent_reconciled_with_claim_owned_by("uid-pool").await;
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "SlotsReady"));
-    assert_eq!(message, "1 slots ready");
-    assert!(!created, "a cached claim of its own is not made again");
-
-    let (status, reason, message, created) =
-        agent_reconciled_with_claim_owned_by("uid-of-someone-else").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "CacheClaimFailed")
-    );
-    assert_eq!(
-        message,
-        "slot 0: claim pool-cache-0 exists but is not owned by this Agent"
-    );
-    assert!(!created, "a stranger's claim is neither taken nor replaced");
+    let refused = "slot 0: claim pool-cache-0 exists but is not owned by this Agent";
+    for cached in [true, false] {
+        let (status, reason, message, _) =
+            agent_reconciled_with_claim_owned_by("uid-pool", cached).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str(), message.as_str()),
+            ("True", "SlotsReady", "1 slots ready"),
+            "its own claim (cached: {cached})"
+        );
+        let (status, reason, message, _) =
+            agent_reconciled_with_claim_owned_by("uid-of-someone-else", cached).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str(), message.as_str()),
+            ("False", "CacheClaimFailed", refused),
+            "a stranger's claim is neither taken nor replaced (cached: {cached})"
+        );
+    }
 }
