@@ -84,6 +84,18 @@ pub struct Observed {
     pub taken: Vec<TakenName>,
 }
 
+impl Observed {
+    /// The run's step (or cleanup) pod of that name, if observed.
+    pub fn pod(&self, name: &str) -> Option<&ObservedPod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Who holds `name`, if an object the run does not own holds it.
+    pub fn taken(&self, name: &str) -> Option<&TakenName> {
+        self.taken.iter().find(|t| t.name == name)
+    }
+}
+
 /// A pod or run name this run needs, held by an object it does not own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -15,7 +15,6 @@ impl Planner<'_> {
         let names = self.plan.status.steps[i].child_runs.clone();
         let mut failed = Vec::new();
         let mut pending = false;
-        let taken = |name: &str| self.input.observed.taken.iter().find(|t| t.name == name);
         for (n, name) in names.iter().enumerate() {
             match self.input.observed.runs.iter().find(|r| &r.name == name) {
                 Some(run) if run.phase.is_finished() => {
@@ -24,7 +23,7 @@ impl Planner<'_> {
                     }
                 }
                 Some(_) => pending = true,
-                None if let Some(taken) = taken(name) => {
+                None if let Some(taken) = self.input.observed.taken(name) => {
                     // Another object holds the child's name: it is not this run's child.
                     failed.push(format!(
                         "{name} exists and is not this run's ({})",

@@ -66,14 +66,7 @@ impl Planner<'_> {
         }
         let attempt = state.as_ref().map_or(1, |c| c.attempts.max(1));
         let name = labels::cleanup_pod_name(self.input.run_name, attempt);
-        match self
-            .input
-            .observed
-            .pods
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-        {
+        match self.input.observed.pod(&name).cloned() {
             None => self.create_cleanup_pod(attempt),
             Some(pod) if matches!(pod.phase, PodPhase::Pending | PodPhase::Running) => {}
             Some(pod) => {

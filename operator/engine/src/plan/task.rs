@@ -93,15 +93,8 @@ impl Planner<'_> {
         let step = &self.composition.steps[i];
         let attempt = self.plan.status.steps[i].attempts.max(1);
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
-        let Some(pod) = self
-            .input
-            .observed
-            .pods
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-        else {
-            if let Some(taken) = self.input.observed.taken.iter().find(|t| t.name == name) {
+        let Some(pod) = self.input.observed.pod(&name).cloned() else {
+            if let Some(taken) = self.input.observed.taken(&name) {
                 // Another object holds the pod's name: waiting would never end, and
                 // using that pod would run a stranger's work as this step.
                 let message = format!(
