@@ -710,7 +710,7 @@ spec:
     let refused_until = |expected: &'static str| {
         let (bob, post, composition) = (bob.clone(), post.clone(), composition.clone());
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
             loop {
                 let said = match bob.create(&post, &composition).await {
                     Err(kube::Error::Api(status)) if status.code == 403 => status.message,
@@ -721,7 +721,7 @@ spec:
                     return Ok::<String, anyhow::Error>(said);
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!("still refused for another reason after 30s: {said}");
+                    anyhow::bail!("still refused for another reason after 90s: {said}");
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
