@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_ec2::types::{InstanceAttributeName, InstanceStateName};
+use aws_sdk_ec2::types::{
+    InstanceAttributeName, InstanceStateName, ResourceType, Tag, TagSpecification,
+};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -86,10 +88,15 @@ struct Step {
 }
 
 impl Step {
-    /// Runs `maestro-agent builtin <task>` with `inputs`, the step variables of a run and the
-    /// credentials the operator would set from a Secret. Nothing of the caller's AWS setup
-    /// leaks in: no profile, region or endpoint variables, no config files.
+    /// Runs `maestro-agent builtin <task>` with `inputs` as a step of the run `run-ec2`.
     fn run(task: &str, inputs: &Value) -> anyhow::Result<Self> {
+        Self::run_as("run-ec2", task, inputs)
+    }
+
+    /// Runs `maestro-agent builtin <task>` with `inputs`, the step variables of the run `run`
+    /// and the credentials the operator would set from a Secret. Nothing of the caller's AWS
+    /// setup leaks in: no profile, region or endpoint variables, no config files.
+    fn run_as(run: &str, task: &str, inputs: &Value) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let output = Command::new(env!("CARGO_BIN_EXE_maestro-agent"))
             .args(["builtin", task])
@@ -97,7 +104,7 @@ impl Step {
             .env("MAESTRO_RESULT_PATH", dir.path().join("termination-log"))
             .env("MAESTRO_OUTPUTS", dir.path().join("outputs"))
             .env("MAESTRO_WORKSPACE", dir.path())
-            .env("MAESTRO_RUN", "run-ec2")
+            .env("MAESTRO_RUN", run)
             .env("MAESTRO_STEP", task)
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -310,6 +317,109 @@ async fn provision_then_deprovision_through_the_ec2_api() -> anyhow::Result<()> 
     let result = again.result()?;
     assert_eq!(again.exit_code(), Some(0), "{result}; {}", again.stderr());
     assert_eq!(result["released"], ledger_entries(&ids));
+    Ok(())
+}
+
+/// Launches one instance directly (not through the agent), tagged `maestro.dev/run=run` if
+/// given: another run's machine, or one Maestro never made.
+async fn launch(client: &Client, image: &str, run: Option<&str>) -> anyhow::Result<String> {
+    let mut request = client
+        .run_instances()
+        .image_id(image)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1);
+    if let Some(run) = run {
+        request = request.tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key("maestro.dev/run").value(run).build())
+                .build(),
+        );
+    }
+    let output = request.send().await?;
+    output
+        .instances()
+        .first()
+        .and_then(|instance| instance.instance_id())
+        .map(str::to_owned)
+        .context("RunInstances returned no instance")
+}
+
+async fn state(client: &Client, id: &str) -> anyhow::Result<Option<InstanceStateName>> {
+    let described = client.describe_instances().instance_ids(id).send().await?;
+    Ok(described
+        .reservations()
+        .iter()
+        .flat_map(|reservation| reservation.instances())
+        .find_map(|instance| instance.state().and_then(|state| state.name()).cloned()))
+}
+
+#[tokio::test]
+async fn deprovision_terminates_only_this_runs_instances() -> anyhow::Result<()> {
+    let moto = Moto::start()?;
+    let client = moto.client();
+    let image = some_image(&client).await?;
+
+    // Run A's instance, launched by the agent as run A.
+    let provision = Step::run_as(
+        "run-a",
+        "ec2-provision",
+        &json!({"imageId": image, "region": REGION, "endpoint": moto.url, "waitSeconds": 60}),
+    )?;
+    let result = provision.result()?;
+    assert_eq!(provision.exit_code(), Some(0), "{result}");
+    let ours = result["outputs"]["instanceIds"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ours.starts_with("i-"), "{result}");
+    let others = launch(&client, &image, Some("run-b")).await?;
+    let untagged = launch(&client, &image, None).await?;
+
+    // Run A's cleanup with a ledger that also holds the other two.
+    let asked = [ours.clone(), others.clone(), untagged.clone()];
+    let deprovision = Step::run_as(
+        "run-a",
+        "ec2-deprovision",
+        &json!({"instanceIds": asked, "region": REGION, "endpoint": moto.url, "waitSeconds": 60}),
+    )?;
+    let result = deprovision.result()?;
+    assert_eq!(
+        deprovision.exit_code(),
+        Some(1),
+        "{result}; {}",
+        deprovision.stderr()
+    );
+    let error = result["error"].as_str().unwrap_or_default();
+    for expected in [
+        format!(
+            "{others} is not tagged maestro.dev/run=run-a (it carries maestro.dev/run=run-b); \
+             left running"
+        ),
+        format!(
+            "{untagged} is not tagged maestro.dev/run=run-a (it has no maestro.dev/run tag); \
+             left running"
+        ),
+    ] {
+        assert!(error.contains(&expected), "{expected:?} not in {error:?}");
+    }
+    assert!(!error.contains(&format!("{ours} is")), "{error}");
+    assert_eq!(result["outputs"]["terminated"], ours.as_str(), "{result}");
+    // The refused ids leave the ledger too: they were never this run's to remove.
+    assert_eq!(result["released"], ledger_entries(&asked), "{result}");
+
+    assert_eq!(
+        state(&client, &ours).await?,
+        Some(InstanceStateName::Terminated)
+    );
+    for id in [&others, &untagged] {
+        assert_eq!(
+            state(&client, id).await?,
+            Some(InstanceStateName::Running),
+            "{id} was touched"
+        );
+    }
     Ok(())
 }
 
