@@ -157,11 +157,15 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
                 false,
             )
         }
-        "Role" | "RoleBinding" => (
+        "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding" => (
             ApiResource::from_gvk_with_plural(
                 &gvk("rbac.authorization.k8s.io", "v1"),
                 &format!("{}s", kind.to_lowercase()),
             ),
+            kind.starts_with("Role"),
+        ),
+        "Pod" | "PersistentVolumeClaim" | "Secret" | "ConfigMap" | "ServiceAccount" => (
+            ApiResource::from_gvk_with_plural(&gvk("", "v1"), &format!("{}s", kind.to_lowercase())),
             true,
         ),
         other => bail!("the e2e harness does not apply kind {other}"),
@@ -209,6 +213,33 @@ pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<Str
             .await?
         };
         names.push(created.name_any());
+    }
+    Ok(names)
+}
+
+/// Creates every object in YAML text (POST, as `kubectl create` does), namespaced ones in
+/// `ns`, as whoever `client` authenticates; stops at the first refusal.
+pub async fn create_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let mut obj: DynamicObject = serde_yaml::from_value(value)?;
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let (resource, namespaced) = resource_of(&kind)?;
+        let api: Api<DynamicObject> = if namespaced {
+            obj.metadata.namespace = Some(ns.into());
+            Api::namespaced_with(client.clone(), ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        names.push(api.create(&PostParams::default(), &obj).await?.name_any());
     }
     Ok(names)
 }

@@ -462,7 +462,13 @@ spec:
 /// workspace and the next run on the same slot reads it.
 #[tokio::test]
 async fn host_path_cache_keeps_files_for_the_next_run_on_the_slot() -> Result<()> {
-    let env = Env::with_security("agents-hostpath", "privileged").await?;
+    // hostPath caches are an administrator's opt-in.
+    let env = Env::with_options(
+        "agents-hostpath",
+        "privileged",
+        &["--allow-host-path-caches".to_string()],
+    )
+    .await?;
     let host_dir = format!("/tmp/maestro-e2e-{}", env.ns.name);
     struct Cleanup(String);
     impl Drop for Cleanup {

@@ -246,7 +246,8 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
         [
             "maestro-approval-identity",
             "maestro-author-rights",
-            "maestro-author-secrets"
+            "maestro-author-secrets",
+            "maestro-reserved-labels"
         ]
     );
     assert!(names("ServiceMonitor").is_empty());
@@ -1042,8 +1043,8 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     );
     eprintln!("[{major}] hello run: {:?}", step.elapsed());
 
-    // The webhook Service reaches the operator's webhook endpoint: a push of a repository
-    // no composition has a trigger for is answered 202, and nothing starts.
+    // The webhook Service reaches the operator's webhook endpoint: an unsigned push is
+    // answered 401, and nothing starts.
     let step = Instant::now();
     let services: Api<Service> = Api::namespaced(client.clone(), &release.namespace);
     let webhook = services.get(&format!("{}-webhook", release.name)).await?;
@@ -1078,7 +1079,7 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
     )
     .await?;
     assert!(
-        answer.trim_end().ends_with("202") && answer.contains("no_match"),
+        answer.trim_end().ends_with("401") && answer.contains("missing signature"),
         "webhook answer through the Service: {answer}"
     );
     eprintln!(

@@ -342,7 +342,7 @@ async fn every_dashboard_panel_has_data_in_prometheus() -> Result<()> {
     std::fs::write(&pool, POOL)?;
     apply_file(&env.client, &env.ns.name, &pool).await?;
 
-    // A push of a repository no composition has a trigger for: answered, counted.
+    // An unsigned push: refused, counted.
     let webhook_addr = wait_for(
         "the operator to log its webhook address",
         Duration::from_secs(30),
@@ -358,7 +358,7 @@ async fn every_dashboard_panel_has_data_in_prometheus() -> Result<()> {
         ],
         r#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000001","repository":{"clone_url":"https://git.example.invalid/nobody/none.git"}}"#,
     )?;
-    assert_eq!(status, 202, "webhook answer: {body}");
+    assert_eq!(status, 401, "webhook answer: {body}");
 
     // Two rounds: a counter appears only when its first run ends, at 1, and rate() and
     // increase() see the second run of each composition as the counter's increase.

@@ -27,7 +27,7 @@ use maestro_e2e::{
 use serde_json::json;
 
 use client::{Delivery, deliver, free_port, webhook_service};
-use repo::{github_push, gitlab_push, hmac_hex, make_repo};
+use repo::{github_push, gitlab_push, hmac_hex, make_repo, sha256_hex};
 
 /// The webhook secret (GitHub's documentation example; the apostrophe tests quoting).
 const SECRET: &str = "It's a Secret to Everybody";
@@ -100,7 +100,7 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
                 {"name": "message", "default": ""}
             ],
             "triggers": {"git": [{
-                "repository": repo_url.trim_end_matches(".git"),
+                "repository": repo_url,
                 "branches": ["main"],
                 "paths": ["src/**"],
                 "secretRef": {"name": "push-hook"}
@@ -124,19 +124,26 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
     let url = webhook_service(&env, port).await?;
     eprintln!("setup: {:?}", started.elapsed());
 
-    // The pushes, built from the real commits.
-    let push_main = github_push(&repo_url, "refs/heads/main", &pushed).to_string();
-    let push_feature = github_push(&repo_url, "refs/heads/feature", &pushed).to_string();
-    let push_docs = github_push(&repo_url, "refs/heads/main", &docs_only).to_string();
+    // The pushes, built from the real commits. Their payloads spell the repository in
+    // another case: it is the same repository to the trigger, but no clone of it exists
+    // (the server's paths are case-sensitive), so a run that cloned the payload's URL
+    // instead of the trigger's would fail.
+    let payload_url = format!("{}/App.git", sink.url);
+    let push_main = github_push(&payload_url, "refs/heads/main", &pushed).to_string();
+    let push_feature = github_push(&payload_url, "refs/heads/feature", &pushed).to_string();
+    let push_docs = github_push(&payload_url, "refs/heads/main", &docs_only).to_string();
+    // The same push to Gitea, as other bytes (a trailing newline): a body of its own.
+    let push_gitea = format!("{push_main}\n");
     let other_repo = github_push(
         &format!("{}/other.git", sink.url),
         "refs/heads/main",
         &pushed,
     )
     .to_string();
-    let gitlab = gitlab_push(&repo_url, "refs/heads/main", &pushed).to_string();
+    let gitlab = gitlab_push(&payload_url, "refs/heads/main", &pushed).to_string();
     let payloads: Vec<(String, String)> = vec![
         ("push-main.json".into(), push_main.clone()),
+        ("push-gitea.json".into(), push_gitea.clone()),
         ("push-feature.json".into(), push_feature.clone()),
         ("push-docs.json".into(), push_docs.clone()),
         ("other-repo.json".into(), other_repo.clone()),
@@ -238,7 +245,9 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
     assert_answer(&results, "unsigned", 401, "missing signature");
     assert_answer(&results, "oversized", 413, "larger than 1048576 bytes");
     assert_answer(&results, "malformed", 400, "malformed push payload");
-    assert_answer(&results, "unknown-repo", 202, "no matching composition");
+    // Signed, but no trigger is for this repository: the same answer as a forgery, so
+    // the endpoint does not tell which repositories have triggers.
+    assert_answer(&results, "unknown-repo", 401, "bad signature");
     assert_answer(&results, "other-branch", 202, "no matching composition");
     assert_answer(&results, "docs-only", 202, "no changed file matches");
     assert_answer(&results, "gitlab-bad-token", 401, "bad signature");
@@ -251,10 +260,12 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
         none.iter().map(|r| r.name_any()).collect::<Vec<_>>()
     );
 
-    // Authentic pushes, one redelivered: three runs, not four.
+    // Authentic pushes, one redelivered and one replayed under a new delivery id: three
+    // runs, not five.
     let accepted = vec![
         signed_github("github", "d-main", &push_main, "push-main.json")?,
         signed_github("github-again", "d-main", &push_main, "push-main.json")?,
+        signed_github("github-replayed", "d-replay", &push_main, "push-main.json")?,
         Delivery {
             name: "gitlab",
             provider: "gitlab",
@@ -273,34 +284,32 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
                 ("X-Gitea-Delivery".into(), "t-main".into()),
                 (
                     "X-Gitea-Signature".into(),
-                    hmac_hex(SECRET, push_main.as_bytes())?,
+                    hmac_hex(SECRET, push_gitea.as_bytes())?,
                 ),
             ],
-            body_key: Some("push-main.json".into()),
+            body_key: Some("push-gitea.json".into()),
         },
     ];
     let results = deliver(&env, "pushes", &url, &payloads, &accepted).await?;
     eprintln!("pushes delivered: {:?}", started.elapsed());
-    let github_run = labels::webhook_run_name(COMPOSITION, "d-main");
+    // Runs are named by the signed body's SHA-256 (computed here by openssl).
+    let run_of = |body: &str| -> Result<String> {
+        Ok(labels::webhook_run_name(
+            COMPOSITION,
+            &sha256_hex(body.as_bytes())?,
+        ))
+    };
+    let github_run = run_of(&push_main)?;
     assert_answer(&results, "github", 201, &github_run);
     assert_answer(&results, "github-again", 200, "duplicate delivery");
-    assert_answer(
-        &results,
-        "gitlab",
-        201,
-        &labels::webhook_run_name(COMPOSITION, "g-main"),
-    );
-    assert_answer(
-        &results,
-        "gitea",
-        201,
-        &labels::webhook_run_name(COMPOSITION, "t-main"),
-    );
+    assert_answer(&results, "github-replayed", 200, &github_run);
+    assert_answer(&results, "gitlab", 201, &run_of(&gitlab)?);
+    assert_answer(&results, "gitea", 201, &run_of(&push_gitea)?);
     let created = runs(&env).await?;
     assert_eq!(
         created.len(),
         3,
-        "one run per delivery id: {:?}",
+        "one run per signed body: {:?}",
         created.iter().map(|r| r.name_any()).collect::<Vec<_>>()
     );
 

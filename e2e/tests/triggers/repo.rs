@@ -146,8 +146,19 @@ pub fn gitlab_push(repo_url: &str, git_ref: &str, c: &CommitInfo) -> Value {
 
 /// The hex HMAC-SHA256 of `body`, computed by openssl (not by the code under test).
 pub fn hmac_hex(secret: &str, body: &[u8]) -> Result<String> {
+    openssl_digest(&["-hmac", secret], body)
+}
+
+/// The hex SHA-256 of `body`, computed by openssl.
+pub fn sha256_hex(body: &[u8]) -> Result<String> {
+    openssl_digest(&[], body)
+}
+
+fn openssl_digest(extra: &[&str], body: &[u8]) -> Result<String> {
     let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret, "-hex"])
+        .args(["dgst", "-sha256"])
+        .args(extra)
+        .arg("-hex")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -59,6 +59,12 @@ pub struct CompositionSpec {
     #[schemars(length(max = 64))]
     pub params: Vec<ParamSpec>,
 
+    /// The highest `priority` a run of this composition may ask for (default 0). A run
+    /// asking for more is Invalid. Runners set a run's priority, but only the
+    /// composition's authors can let them raise it above the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_priority: Option<i32>,
+
     /// The steps. Each runs exactly one of: a `task`, an `approval` gate, a
     /// `composition` (call one and wait for it), `compositions` (fork several, then join)
     /// or `waitFor` (wait for a run of another composition).
@@ -235,6 +241,17 @@ pub struct ParamSpec {
     /// What the parameter means, shown to users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The only values the parameter may take. A run with another value is Invalid, and
+    /// the message names the parameter and the allowed values.
+    #[serde(default, rename = "enum", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub allowed: Vec<String>,
+    /// A regular expression the whole value must match (Rust `regex` syntax, linear
+    /// time; anchored at both ends), like `[a-z0-9-]{1,40}`. A run whose value does not
+    /// match is Invalid, naming the parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub pattern: Option<String>,
 }
 
 /// One step of a composition.

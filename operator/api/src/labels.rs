@@ -15,6 +15,9 @@ pub const ATTEMPT: &str = "maestro.dev/attempt";
 pub const TRIGGER: &str = "maestro.dev/trigger";
 /// On a run a push started: the webhook delivery's id (as a label value).
 pub const DELIVERY: &str = "maestro.dev/delivery";
+/// On a run a push started (an annotation): the SHA-256 of the delivery's signed body,
+/// which names the run.
+pub const BODY_SHA256: &str = "maestro.dev/body-sha256";
 /// The composition a run (or pod) belongs to.
 pub const COMPOSITION: &str = "maestro.dev/composition";
 /// On a child run: the parent run that started it.
@@ -66,11 +69,12 @@ pub fn on_failure_run_name(run: &str) -> String {
     bounded_name(&format!("{run}-onfailure"))
 }
 
-/// The run a git push delivery starts for a composition: the same for a redelivery (same
-/// delivery id), so a redelivered webhook fails with AlreadyExists instead of running twice.
-pub fn webhook_run_name(composition: &str, delivery: &str) -> String {
-    let hash = fnv1a(format!("{composition}/{delivery}").as_bytes());
-    let hash2 = fnv1a(format!("{delivery}/{composition}").as_bytes());
+/// The run a git push delivery starts for a composition, named by the SHA-256 of the signed
+/// body: the same for a redelivery and for a captured body replayed under a new delivery
+/// id, so either fails with AlreadyExists instead of running twice.
+pub fn webhook_run_name(composition: &str, body_sha256: &str) -> String {
+    let hash = fnv1a(format!("{composition}/{body_sha256}").as_bytes());
+    let hash2 = fnv1a(format!("{body_sha256}/{composition}").as_bytes());
     bounded_name(&format!("{composition}-push-{hash:08x}{hash2:08x}"))
 }
 

@@ -153,6 +153,12 @@ pub struct CompositionRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::any_json")]
     pub composition_spec: Option<serde_json::Value>,
+    /// The specs of the Tasks the run uses, by name, as they were when it started: a Task
+    /// edited, deleted or shadowed by a namespace Task of the same name mid-run does not
+    /// change what the run's later steps execute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::any_json")]
+    pub task_specs: Option<serde_json::Value>,
     /// Succeeded (Unknown while the run goes on, then True or False with the reason) and,
     /// for an invalid composition, Invalid with a message naming the problem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

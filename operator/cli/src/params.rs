@@ -65,6 +65,8 @@ mod tests {
             name: name.into(),
             default: default.map(Into::into),
             description: None,
+            allowed: Vec::new(),
+            pattern: None,
         }
     }
 

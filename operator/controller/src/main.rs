@@ -61,6 +61,11 @@ struct Args {
     /// library goes when it goes (the chart names the operator's own Deployment).
     #[arg(long, env = "MAESTRO_LIBRARY_OWNER_DEPLOYMENT")]
     library_owner_deployment: Option<String>,
+    /// Let Agents keep their caches in hostPath volumes (`spec.cache.hostPath`). Off by
+    /// default: a hostPath reaches the node's disk, more than an author may otherwise ask
+    /// for, so an Agent with one stays NotReady and gets no runs.
+    #[arg(long, env = "MAESTRO_ALLOW_HOST_PATH_CACHES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_host_path_caches: bool,
     /// How long finished runs are kept before they (and their pods) are deleted.
     #[arg(long, env = "MAESTRO_FINISHED_RUN_TTL", default_value = "24h", value_parser = ttl)]
     finished_run_ttl: Duration,
@@ -126,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         library_namespace: args.library_namespace,
         finished_run_ttl: args.finished_run_ttl,
         watch_namespace: args.namespace.clone(),
+        allow_host_path_caches: args.allow_host_path_caches,
     };
     let leader = args.leader_elect.then(|| LeaseSettings {
         name: args.lease_name.clone(),
@@ -144,18 +150,20 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         ready.clone(),
     ));
-    let webhook = if args.webhook_addr.is_empty() {
-        tokio::spawn(std::future::pending())
+    let (webhook, compositions_for_webhook) = if args.webhook_addr.is_empty() {
+        (tokio::spawn(std::future::pending()), None)
     } else {
-        tokio::spawn(webhook::serve(
+        let (cache_tx, cache_rx) = tokio::sync::oneshot::channel();
+        let serving = tokio::spawn(webhook::serve(
             args.webhook_addr.clone(),
             client.clone(),
-            args.namespace.clone(),
+            cache_rx,
             metrics.clone(),
-        ))
+        ));
+        (serving, Some(cache_tx))
     };
     tokio::select! {
-        result = controller::run(client, settings, metrics, ready, leader) => result?,
+        result = controller::run(client, settings, metrics, ready, leader, compositions_for_webhook) => result?,
         result = server => {
             result??;
         }

@@ -53,6 +53,9 @@ struct Round {
     /// How many new step pods the run's Agent has room for this round.
     #[serde(default)]
     pod_budget: Option<u32>,
+    /// The Tasks as the cluster has them from this round on (edited, shadowed...).
+    #[serde(default)]
+    tasks: Option<BTreeMap<String, TaskSpec>>,
     expect: Expect,
 }
 
@@ -117,7 +120,7 @@ shell:
 fn run_fixture(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let fixture: Fixture = serde_yaml::from_str(&text).map_err(|e| format!("bad fixture: {e}"))?;
-    let tasks = fixture.tasks.unwrap_or_else(default_tasks);
+    let mut tasks = fixture.tasks.unwrap_or_else(default_tasks);
     let mut spec = fixture.run.clone();
     let mut status = CompositionRunStatus::default();
     for (n, round) in fixture.rounds.iter().enumerate() {
@@ -129,6 +132,9 @@ fn run_fixture(path: &Path) -> Result<(), String> {
             .unwrap_or_default();
         let now = base_time() + SignedDuration::try_from(offset).map_err(|e| e.to_string())?;
         spec.cancel |= round.cancel;
+        if let Some(changed) = &round.tasks {
+            tasks = changed.clone();
+        }
         let input = PlanInput {
             run_name: "r",
             namespace: "ns",

@@ -77,6 +77,7 @@ pub fn validate(
     {
         problems.push(format!("spec.timeout: {e}"));
     }
+    problems.extend(crate::params::problems(spec, run_params));
     if let Some(params) = run_params {
         for p in &spec.params {
             if p.default.is_none() && !params.contains_key(&p.name) {

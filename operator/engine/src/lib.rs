@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod expr;
 pub mod graph;
+pub mod params;
 mod plan;
 pub mod routing;
 pub mod triggers;

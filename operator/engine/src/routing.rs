@@ -4,6 +4,8 @@
 //! The rules, in order:
 //! - a run is eligible for the pools whose capabilities cover every capability its Tasks
 //!   require; with none, it waits, and the reason names a capability no pool offers;
+//! - a pool whose Agent is not Ready (a slot's cache claim is missing, or is someone
+//!   else's) gets no run until it is Ready again: a run there would mount that claim;
 //! - a slot holds one run at a time;
 //! - the queue is served in priority order (higher first), then creation order: every run
 //!   ahead is placed first, and a run only gets what is left;
@@ -27,6 +29,8 @@ pub struct Pool {
     pub slots: u32,
     /// How long a run waits for its warm slot before it takes another.
     pub affinity_wait: Duration,
+    /// Why the Agent is not Ready (its condition's reason and message), if it is not.
+    pub not_ready: Option<String>,
 }
 
 /// One slot of one pool.
@@ -116,15 +120,19 @@ impl Routing {
         }
     }
 
-    /// The pools whose capabilities cover the run's requirements.
+    /// The pools whose capabilities cover the run's requirements, Ready or not.
+    fn covering(&self, run: &QueuedRun) -> impl Iterator<Item = &Pool> {
+        self.pools.iter().filter(|p| {
+            run.requires
+                .iter()
+                .all(|r| p.capabilities.contains(&r.capability))
+        })
+    }
+
+    /// The Ready pools whose capabilities cover the run's requirements.
     fn eligible(&self, run: &QueuedRun) -> Vec<&Pool> {
-        self.pools
-            .iter()
-            .filter(|p| {
-                run.requires
-                    .iter()
-                    .all(|r| p.capabilities.contains(&r.capability))
-            })
+        self.covering(run)
+            .filter(|p| p.not_ready.is_none())
             .collect()
     }
 
@@ -227,6 +235,16 @@ impl Routing {
         if self.pools.is_empty() {
             return "no Agent in the namespace".into();
         }
+        let unready: Vec<String> = self
+            .covering(run)
+            .filter_map(|p| Some(format!("{} ({})", p.name, p.not_ready.as_ref()?)))
+            .collect();
+        if !unready.is_empty() {
+            return format!(
+                "every Agent that could take it is not Ready: {}",
+                unready.join("; ")
+            );
+        }
         let missing = run.requires.iter().find(|r| {
             !self
                 .pools
@@ -262,6 +280,7 @@ mod tests {
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
             slots,
             affinity_wait: Duration::from_secs(wait_secs),
+            not_ready: None,
         }
     }
 
@@ -508,5 +527,26 @@ mod tests {
             ..Routing::default()
         };
         assert_eq!(assigned(&r.route("r1")), ("a".into(), 0, false));
+    }
+
+    #[test]
+    fn a_pool_that_is_not_ready_gets_no_run_and_the_reason_names_it() {
+        let mut broken = pool("broken", &["linux"], 2, 0);
+        broken.not_ready = Some("CacheClaimFailed: slot 1: claim x is not ours".into());
+        let routing = Routing {
+            pools: vec![broken.clone()],
+            queue: vec![run("r", "c", &["linux"], 0, 0)],
+            now: Some(t(0)),
+            ..Routing::default()
+        };
+        let why = reason(&routing.route("r"));
+        assert!(why.contains("not Ready"), "{why}");
+        assert!(why.contains("broken (CacheClaimFailed: slot 1"), "{why}");
+        // A Ready pool beside it takes the run.
+        let routing = Routing {
+            pools: vec![broken, pool("fine", &["linux"], 1, 0)],
+            ..routing
+        };
+        assert_eq!(assigned(&routing.route("r")).0, "fine");
     }
 }

@@ -183,10 +183,40 @@ pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Acti
     backoff_action(agent.as_ref(), error, &ctx, "agent")
 }
 
+/// Why an Agent is not Ready: its condition's reason and message. Routing gives such an
+/// Agent no run.
+#[derive(Debug, Clone)]
+pub(super) struct NotReady {
+    pub(super) reason: &'static str,
+    pub(super) message: String,
+}
+
+impl NotReady {
+    fn claim(message: String) -> Self {
+        Self {
+            reason: "CacheClaimFailed",
+            message,
+        }
+    }
+
+    fn host_path_off() -> Self {
+        Self {
+            reason: "HostPathNotAllowed",
+            message: "spec.cache.hostPath: hostPath caches are off in this operator; an \
+                      administrator turns them on with --allow-host-path-caches (the \
+                      chart's agents.allowHostPathCaches)"
+                .into(),
+        }
+    }
+}
+
 /// Makes each slot's cache claim that the claim cache does not show yet. Returns the
 /// claims made, and `Err` with what is wrong: a failed create, or a claim of that name
 /// that belongs to someone else (it would hand a stranger's volume to this Agent's pods).
-async fn ensure_claims(ctx: &Context, agent: &Agent) -> (Vec<String>, Result<(), String>) {
+pub(super) async fn ensure_claims(
+    ctx: &Context,
+    agent: &Agent,
+) -> (Vec<String>, Result<(), NotReady>) {
     let mut made = Vec::new();
     if agent
         .spec
@@ -194,6 +224,11 @@ async fn ensure_claims(ctx: &Context, agent: &Agent) -> (Vec<String>, Result<(),
         .as_ref()
         .is_some_and(|c| c.host_path.is_some())
     {
+        // A hostPath volume reaches the node's disk, beyond what an author may otherwise
+        // ask for: only an administrator's setting lets Agents use one.
+        if !ctx.settings.allow_host_path_caches {
+            return (made, Err(NotReady::host_path_off()));
+        }
         return (made, Ok(()));
     }
     let ns = agent.namespace().unwrap_or_default();
@@ -201,9 +236,9 @@ async fn ensure_claims(ctx: &Context, agent: &Agent) -> (Vec<String>, Result<(),
     for slot in 0..agent.spec.slots {
         let claim = pods::slot_claim_name(&agent.name_any(), slot);
         let not_ours = || {
-            Err(format!(
+            Err(NotReady::claim(format!(
                 "slot {slot}: claim {claim} exists but is not owned by this Agent"
-            ))
+            )))
         };
         match ctx.claims.get(&ObjectRef::new(&claim).within(&ns)) {
             Some(existing) => {
@@ -229,12 +264,14 @@ async fn ensure_claims(ctx: &Context, agent: &Agent) -> (Vec<String>, Result<(),
                         Err(e) => {
                             return (
                                 made,
-                                Err(format!("slot {slot}: reading claim {claim}: {e}")),
+                                Err(NotReady::claim(format!(
+                                    "slot {slot}: reading claim {claim}: {e}"
+                                ))),
                             );
                         }
                     }
                 }
-                Err(e) => return (made, Err(format!("slot {slot}: {e}"))),
+                Err(e) => return (made, Err(NotReady::claim(format!("slot {slot}: {e}")))),
             },
         }
     }
@@ -247,7 +284,7 @@ fn agent_status(
     agent: &Agent,
     ns: &str,
     added: (u64, u64),
-    ready: Result<(), String>,
+    ready: Result<(), NotReady>,
 ) -> AgentStatus {
     let old = agent.status.clone().unwrap_or_default();
     let name = agent.name_any();
@@ -307,7 +344,7 @@ fn agent_status(
             "SlotsReady",
             format!("{} slots ready", agent.spec.slots),
         ),
-        Err(e) => ("False", "CacheClaimFailed", e.clone()),
+        Err(e) => ("False", e.reason, e.message.clone()),
     };
     let conditions = conditions::ready_only(
         &old.conditions,

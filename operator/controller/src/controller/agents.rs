@@ -59,6 +59,14 @@ pub(super) fn pool(agent: &Agent) -> Pool {
             .as_deref()
             .and_then(|w| parse_duration(w).ok())
             .unwrap_or(DEFAULT_AFFINITY_WAIT),
+        // Only an explicit Ready=False counts: a new Agent, before its first status, is
+        // usable (its claims are made when a run is routed to it).
+        not_ready: agent
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .filter(|c| c.status == "False")
+            .map(|c| format!("{}: {}", c.reason, c.message)),
     }
 }
 

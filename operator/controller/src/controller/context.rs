@@ -39,6 +39,9 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Install the standard Task library (done by the leader, once it leads).
     pub library: Option<crate::library::LibraryInstall>,
+    /// Whether Agents may keep their caches in hostPath volumes (off by default: a
+    /// hostPath reaches the node's disk).
+    pub allow_host_path_caches: bool,
 }
 
 /// Errors of a reconcile, one variant per operation, each naming the object it was

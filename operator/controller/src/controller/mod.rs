@@ -124,7 +124,7 @@ where
 /// the last of several waiters (it is a oneshot channel polled by whoever polled last), and
 /// the controllers wait on the same stores: so this waits in short rounds, each of which
 /// registers afresh.
-async fn filled<K>(store: &reflector::Store<K>) -> anyhow::Result<()>
+pub(crate) async fn filled<K>(store: &reflector::Store<K>) -> anyhow::Result<()>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
@@ -140,13 +140,15 @@ where
 /// Runs every controller until a shutdown signal. With `leader` set, this replica keeps
 /// its caches warm and its controllers running, but writes only while it holds that
 /// Lease (a follower's reconcile returns at once); it returns an error (and the process
-/// should exit) as soon as it loses the Lease.
+/// should exit) as soon as it loses the Lease. The compositions cache is handed to
+/// `webhook`, if given, so the webhook endpoint reads compositions without API calls.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     leader: Option<leader::LeaseSettings>,
+    webhook: Option<tokio::sync::oneshot::Sender<crate::webhook::CompositionCache>>,
 ) -> anyhow::Result<()> {
     // One listener for the whole life of the process: a follower must react to SIGTERM
     // too, and a signal must not fall between its listener and the controllers'.
@@ -177,6 +179,10 @@ pub async fn run(
         all(),
         1,
     )?;
+    if let Some(webhook) = webhook {
+        // The endpoint is gone only if it failed, which ends the process anyway.
+        let _ = webhook.send(compositions.store.clone());
+    }
     // Tasks come from every namespace: the library's are found in its own.
     let mut tasks = shared_watch(Api::<Task>::all(client.clone()), all(), 1)?;
     let mut pods = shared_watch(scoped::<Pod>(&client, ns), managed(), 1)?;

@@ -529,13 +529,24 @@ async fn cleanup(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> 
     result
 }
 
+/// How long a finished top-level run is kept: the TTL, but at least a day for a run a
+/// push started, because that run's name is what makes a replayed delivery start nothing.
+/// (The label only ever makes a run live longer, so a user who sets it gains nothing.)
+pub(crate) fn kept_for(run: &CompositionRun, ttl: Duration) -> Duration {
+    if run.labels().get(labels::TRIGGER).map(String::as_str) == Some("git") {
+        ttl.max(maestro_engine::triggers::push::REPLAY_WINDOW)
+    } else {
+        ttl
+    }
+}
+
 /// Deletes a finished top-level run once its TTL has passed; child runs go with their
 /// parent. This keeps etcd and the operator's caches bounded as runs accumulate.
 async fn expire_if_old(run: &CompositionRun, ctx: &Context) -> Result<Requeue, Error> {
     if run.labels().contains_key(labels::PARENT_RUN) {
         return Ok(Requeue::await_change());
     }
-    let ttl = ctx.settings.finished_run_ttl;
+    let ttl = kept_for(run, ctx.settings.finished_run_ttl);
     let finished = run
         .status
         .as_ref()

@@ -105,6 +105,7 @@ fn world(client: Client) -> World {
             finished_run_ttl: Duration::from_secs(3600),
             watch_namespace: None,
             library: None,
+            allow_host_path_caches: true,
         },
         recorder: Recorder::new(client, reporter),
         runs: runs.as_reader(),
@@ -524,4 +525,37 @@ async fn an_agent_is_ready_only_when_its_slot_claims_are_its_own() {
             "a stranger's claim is neither taken nor replaced (cached: {cached})"
         );
     }
+}
+
+#[test]
+fn push_started_runs_are_kept_a_day_so_replays_meet_their_name() {
+    let hour = Duration::from_secs(3600);
+    let manual = queued_run("manual", "2026-01-01T00:00:00Z");
+    assert_eq!(run::kept_for(&manual, hour), hour);
+    let mut pushed = queued_run("pushed", "2026-01-01T00:00:00Z");
+    kube::ResourceExt::labels_mut(&mut pushed)
+        .insert(maestro_api::labels::TRIGGER.into(), "git".into());
+    assert_eq!(run::kept_for(&pushed, hour), 24 * hour);
+    assert_eq!(run::kept_for(&pushed, 48 * hour), 48 * hour);
+}
+
+#[tokio::test]
+async fn a_host_path_cache_needs_the_operators_opt_in() {
+    let (client, seen) = mocked_client(|_, _, _| (500, json!({})));
+    let mut w = world(client);
+    let pool = agent("pool", 1, 1);
+    let (made, ready) = agent::ensure_claims(&w.ctx, &pool).await;
+    assert!(made.is_empty() && ready.is_ok(), "allowed: {ready:?}");
+    w.ctx.settings.allow_host_path_caches = false;
+    let (_, ready) = agent::ensure_claims(&w.ctx, &pool).await;
+    let refused = ready.expect_err("hostPath without the opt-in");
+    assert_eq!(refused.reason, "HostPathNotAllowed");
+    assert!(
+        refused.message.contains("--allow-host-path-caches"),
+        "{refused:?}"
+    );
+    assert!(
+        seen.lock().expect("requests").is_empty(),
+        "no claim is made for a hostPath cache"
+    );
 }

@@ -1,9 +1,12 @@
 //! The git push webhook endpoint: `POST /hooks/github`, `/hooks/gitlab`, `/hooks/gitea`
 //! on its own port. Every replica serves it (a delivery is a user-like write, and the
 //! deterministic run name makes a second delivery harmless). A delivery is read (at most
-//! 1 MiB), parsed, matched against the compositions' git triggers by repository, verified
-//! with each such composition's secret, and starts one run per composition whose trigger
-//! also matches the ref and paths. Refusals create nothing and say why.
+//! 1 MiB), parsed, matched against the compositions' git triggers by repository (read from
+//! the operator's cache: an unauthenticated request makes no API call but the Secret reads
+//! that verify it), verified with each such composition's secret, and starts one run per
+//! composition whose trigger also matches the ref and paths. Refusals create nothing and
+//! say why, except that an unsigned or unverified delivery gets the same answer whatever
+//! its repository, so the endpoint does not tell which repositories have triggers.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -14,7 +17,7 @@ use hyper::{
     header::{CONTENT_LENGTH, HeaderMap},
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt, core::DeserializeGuard};
+use kube::{Api, Client, ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -37,20 +40,31 @@ use maestro_engine::triggers::{
 /// How long a delivery may take to send its body (at most 1 MiB).
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a delivery waits for the compositions cache while the operator starts.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The answer to every delivery that is unsigned, or whose signature verifies with the
+/// secret of no composition of its repository: the same whether or not some composition
+/// has a trigger for it.
+pub const UNVERIFIED: &str = "bad signature: it verifies with the secret of no composition triggered by this repository; nothing created";
+
+/// The operator's cache of Compositions (the watched namespace's, or all).
+pub type CompositionCache = Store<DeserializeGuard<Composition>>;
+
 /// What the endpoint needs from the cluster.
 #[derive(Clone)]
 pub struct Webhook {
     client: Client,
-    /// Only compositions of this namespace (the operator's watched one), or all.
-    namespace: Option<String>,
+    compositions: CompositionCache,
     metrics: Metrics,
 }
 
-/// Serves the endpoint on `addr` until the process ends.
+/// Serves the endpoint on `addr` until the process ends, with the compositions cache the
+/// controllers fill (sent once they have made it).
 pub async fn serve(
     addr: String,
     client: Client,
-    namespace: Option<String>,
+    compositions: tokio::sync::oneshot::Receiver<CompositionCache>,
     metrics: Metrics,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
@@ -61,12 +75,15 @@ pub async fn serve(
                 .with_label_values(&[provider.name(), result]);
         }
     }
+    let compositions = compositions
+        .await
+        .map_err(|_| std::io::Error::other("the controllers never made the compositions cache"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving git push webhooks on /hooks/github, /hooks/gitlab, /hooks/gitea");
     serve_on(
         listener,
         Webhook {
             client,
-            namespace,
+            compositions,
             metrics,
         },
     )
@@ -153,27 +170,33 @@ impl Webhook {
             }
             EventKind::Push => {}
         }
+        // Unsigned: refused before anything is looked up.
+        let Some(credential) = provider.credential_headers().iter().find_map(|h| header(h)) else {
+            return Outcome::Unauthorized(format!(
+                "missing signature: send {}",
+                provider.credential_headers().join(" or ")
+            ));
+        };
         let push = match push::parse(body) {
             Ok(push) => push,
             Err(e) => return Outcome::Malformed(e),
         };
-        if push.deleted {
-            return Outcome::Ignored(format!("{} was deleted; nothing to run", push.git_ref));
-        }
-        // Without a delivery id, the body's hash stands for it: a redelivery repeats both.
+        // The signed body names the delivery: a redelivery, or a captured body replayed
+        // under a new delivery id or to another provider's endpoint, makes the same run
+        // name, so it starts nothing while that run is kept (at least a day).
+        let body_hash = hex::encode(Sha256::digest(body));
         let delivery = provider
             .delivery_headers()
             .iter()
             .find_map(|h| header(h))
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("body-{}", &hex::encode(Sha256::digest(body))[..32]));
-        let credential = provider.credential_headers().iter().find_map(|h| header(h));
-        let compositions = match self.compositions().await {
+            .map(str::to_string);
+        let compositions = match self.cached_compositions().await {
             Ok(c) => c,
-            Err(e) => return Outcome::Error(e.to_string()),
+            Err(e) => return Outcome::Error(e),
         };
         let candidates: Vec<(&Composition, &GitTrigger)> = compositions
             .iter()
+            .filter_map(|c| c.0.as_ref().ok())
             .flat_map(|c| {
                 c.spec
                     .triggers
@@ -183,29 +206,18 @@ impl Webhook {
                     .map(move |t| (c, t))
             })
             .collect();
-        if candidates.is_empty() {
-            return Outcome::NoMatch(format!(
-                "no matching composition: none has a git trigger for repository {}",
-                push.clone_url
-            ));
-        }
-        if credential.is_none() {
-            return Outcome::Unauthorized(format!(
-                "missing signature: send {}",
-                provider.credential_headers().join(" or ")
-            ));
-        }
         let mut authentic = Vec::new();
         for (composition, trigger) in candidates {
             let secret = self.secret(composition, trigger).await;
-            if secret.is_some_and(|s| signature::verify(provider, &s, body, credential)) {
+            if secret.is_some_and(|s| signature::verify(provider, &s, body, Some(credential))) {
                 authentic.push((composition, trigger));
             }
         }
         if authentic.is_empty() {
-            return Outcome::Unauthorized(
-                "bad signature: it verifies with the secret of no composition triggered by this repository; nothing created".into(),
-            );
+            return Outcome::Unauthorized(UNVERIFIED.into());
+        }
+        if push.deleted {
+            return Outcome::Ignored(format!("{} was deleted; nothing to run", push.git_ref));
         }
         let chosen = match choose(authentic, &push) {
             Ok(chosen) => chosen,
@@ -215,7 +227,10 @@ impl Webhook {
         };
         let (mut created, mut duplicates) = (Vec::new(), Vec::new());
         for (composition, trigger) in chosen {
-            match self.start_run(composition, trigger, &push, &delivery).await {
+            match self
+                .start_run(composition, trigger, &push, &body_hash, delivery.as_deref())
+                .await
+            {
                 Ok((name, true)) => created.push(name),
                 Ok((name, false)) => duplicates.push(name),
                 Err(e) => return Outcome::Error(e.to_string()),
@@ -229,15 +244,19 @@ impl Webhook {
         }
     }
 
-    /// Every composition that deserializes: one malformed object must not make every
-    /// delivery fail (the Composition controller logs it).
-    async fn compositions(&self) -> Result<Vec<Composition>, kube::Error> {
-        let api: Api<DeserializeGuard<Composition>> = match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let list = api.list(&Default::default()).await?;
-        Ok(list.items.into_iter().filter_map(|c| c.0.ok()).collect())
+    /// Every cached composition that deserializes: one malformed object must not make
+    /// every delivery fail (the Composition controller marks it). Waits a little for the
+    /// cache while the operator starts; the sender retries an error answer.
+    async fn cached_compositions(&self) -> Result<Vec<Arc<DeserializeGuard<Composition>>>, String> {
+        if tokio::time::timeout(CACHE_WAIT, crate::controller::filled(&self.compositions))
+            .await
+            .is_err()
+        {
+            return Err(
+                "the operator is starting and has not read the compositions yet; retry".into(),
+            );
+        }
+        Ok(self.compositions.state())
     }
 
     /// The trigger's secret, or None (logged) when it cannot be read.
@@ -279,18 +298,23 @@ impl Webhook {
         composition: &Composition,
         trigger: &GitTrigger,
         push: &Push,
-        delivery: &str,
+        body_hash: &str,
+        delivery: Option<&str>,
     ) -> Result<(String, bool), kube::Error> {
         let ns = composition.namespace().unwrap_or_default();
         let composition_name = composition.name_any();
-        let name = labels::webhook_run_name(&composition_name, delivery);
+        let name = labels::webhook_run_name(&composition_name, body_hash);
         let declared = |p: &str| composition.spec.params.iter().any(|d| d.name == p);
+        // Without a delivery id the body's hash stands for it in the label.
+        let delivery =
+            delivery.map_or_else(|| format!("body-{}", &body_hash[..32]), str::to_string);
         // The builder's priority 0: a pushed commit queues like a manual run.
         let run = RunBuilder::new(&name, &ns, &composition_name)
             .label(labels::COMPOSITION, &composition_name)
             .label(labels::TRIGGER, "git")
-            .label(labels::DELIVERY, &label_value(delivery))
-            .annotation(labels::DELIVERY, delivery)
+            .label(labels::DELIVERY, &label_value(&delivery))
+            .annotation(labels::DELIVERY, &delivery)
+            .annotation(labels::BODY_SHA256, body_hash)
             .params(push::run_params(trigger, push, declared))
             .build();
         let api: Api<CompositionRun> = Api::namespaced(self.client.clone(), &ns);

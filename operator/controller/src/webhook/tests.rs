@@ -67,9 +67,24 @@ async fn answers_before_the_cluster_is_asked() {
     let metrics = Metrics::new().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // One composition with a trigger for https://h/known.git; its secret would be read
+    // from the cluster, which is not there (so nothing verifies against it).
+    let (compositions, mut writer) = kube::runtime::reflector::store();
+    let composition: Composition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "maestro.dev/v1alpha1", "kind": "Composition",
+        "metadata": {"name": "known", "namespace": "team"},
+        "spec": {"steps": [{"name": "s", "task": "shell", "with": {"script": "true"}}],
+                 "triggers": {"git": [{"repository": "https://h/known.git",
+                                       "secretRef": {"name": "hook"}}]}}
+    }))
+    .unwrap();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(DeserializeGuard(
+        Ok(composition),
+    )));
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
     let webhook = Webhook {
         client,
-        namespace: None,
+        compositions,
         metrics: metrics.clone(),
     };
     tokio::spawn(serve_on(listener, webhook));
@@ -122,7 +137,13 @@ async fn answers_before_the_cluster_is_asked() {
     )
     .await;
     assert_eq!(status(&streamed), "413", "{streamed}");
-    let malformed = post("/hooks/github", "X-GitHub-Event: push\r\n", "{\"ref\": ").await;
+    // Signed (the signature is checked after parsing, against the parsed repository).
+    let malformed = post(
+        "/hooks/github",
+        "X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n",
+        "{\"ref\": ",
+    )
+    .await;
     assert_eq!(status(&malformed), "400");
     assert!(malformed.contains("malformed push payload"), "{malformed}");
     assert_eq!(
@@ -137,10 +158,38 @@ async fn answers_before_the_cluster_is_asked() {
     let other = post("/hooks/gitlab", "X-Gitlab-Event: Issue Hook\r\n", "{}").await;
     assert_eq!(status(&other), "202");
     assert!(other.contains("only pushes start runs"), "{other}");
-    let deleted = r#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"clone_url":"https://h/r.git"}}"#;
-    let answer = post("/hooks/github", "X-GitHub-Event: push\r\n", deleted).await;
-    assert_eq!(status(&answer), "202");
-    assert!(answer.contains("was deleted"), "{answer}");
+    // Unsigned or unverified, a push gets the same answer whether or not a composition
+    // has a trigger for its repository, and even a deletion is checked first.
+    let push_to = |repo: &str| {
+        format!(
+            r#"{{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{{"clone_url":"https://h/{repo}.git"}}}}"#
+        )
+    };
+    let signed = "X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n";
+    let body_of = |answer: &str| answer.rsplit("\r\n\r\n").next().unwrap_or("").to_string();
+    let unsigned_known = post(
+        "/hooks/github",
+        "X-GitHub-Event: push\r\n",
+        &push_to("known"),
+    )
+    .await;
+    let unsigned_unknown = post(
+        "/hooks/github",
+        "X-GitHub-Event: push\r\n",
+        &push_to("other"),
+    )
+    .await;
+    assert_eq!(status(&unsigned_known), "401", "{unsigned_known}");
+    assert!(
+        unsigned_known.contains("missing signature"),
+        "{unsigned_known}"
+    );
+    assert_eq!(body_of(&unsigned_known), body_of(&unsigned_unknown));
+    let forged_known = post("/hooks/github", signed, &push_to("known")).await;
+    let forged_unknown = post("/hooks/github", signed, &push_to("other")).await;
+    assert_eq!(status(&forged_known), "401", "{forged_known}");
+    assert!(forged_known.contains(UNVERIFIED), "{forged_known}");
+    assert_eq!(body_of(&forged_known), body_of(&forged_unknown));
 
     let text = metrics.render();
     for (provider, result, n) in [
@@ -149,7 +198,7 @@ async fn answers_before_the_cluster_is_asked() {
         ("github", "malformed", 2),
         ("github", "ping", 1),
         ("gitlab", "ignored", 1),
-        ("github", "ignored", 1),
+        ("github", "unauthorized", 4),
         ("none", "not_found", 1),
         ("github", "method_not_allowed", 1),
     ] {

@@ -73,16 +73,31 @@ impl Planner<'_> {
                 self.record_resources("", &pod);
                 let left = self.plan.status.resources.len();
                 if left == 0 {
+                    // The pod may have released ids it refused to touch (instances not
+                    // tagged with this run): nothing of the run's is left, but say so.
+                    let refused = pod.result.as_ref().and_then(|r| r.error.clone());
+                    let (message, event) = match refused {
+                        Some(why) => {
+                            let message = format!(
+                                "removed the ledger's {leftovers} resource(s); the cleanup pod reported: {why}"
+                            );
+                            (message.clone(), warning("CleanupRefused", message))
+                        }
+                        None => (
+                            format!("removed {leftovers} resource(s)"),
+                            normal(
+                                "CleanupSucceeded",
+                                format!("removed {leftovers} leftover resource(s)"),
+                            ),
+                        ),
+                    };
                     self.plan.status.cleanup = Some(CleanupStatus {
                         phase: StepPhase::Succeeded,
                         pod_name: Some(name),
                         attempts: attempt,
-                        message: Some(format!("removed {leftovers} resource(s)")),
+                        message: Some(message),
                     });
-                    self.plan.events.push(normal(
-                        "CleanupSucceeded",
-                        format!("removed {leftovers} leftover resource(s)"),
-                    ));
+                    self.plan.events.push(event);
                     return true;
                 }
                 let why = pod
@@ -118,7 +133,7 @@ impl Planner<'_> {
     pub(super) fn create_cleanup_pod(&mut self, attempt: u32) {
         let name = labels::cleanup_pod_name(self.input.run_name, attempt);
         let task_name = BuiltinTask::Ec2Deprovision.as_str();
-        let inputs = match self.input.tasks.get(task_name) {
+        let inputs = match self.tasks.get(task_name) {
             Some(task) => {
                 let bare = Step {
                     name: "cleanup".into(),

@@ -7,7 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value as Json;
 
 use crate::{Action, NewRun, expr};
-use maestro_api::{RunPhase, StepKind, StepPhase, StepStatus, WaitMode, labels, parse_duration};
+use maestro_api::{
+    BuiltinTask, CompositionSpec, RunPhase, StepKind, StepPhase, StepStatus, TaskSpec, WaitMode,
+    labels, parse_duration,
+};
 
 use super::{
     Outcome, Planner,
@@ -23,6 +26,9 @@ impl Planner<'_> {
         let status = &mut self.plan.status;
         if status.composition_spec.is_none() {
             status.composition_spec = serde_json::to_value(self.composition).ok();
+        }
+        if status.task_specs.is_none() {
+            status.task_specs = serde_json::to_value(used_tasks(self.composition, self.tasks)).ok();
         }
         if status.steps.len() != self.composition.steps.len()
             || status
@@ -443,4 +449,30 @@ fn too_deep(depth: u32) -> String {
          nest, so it starts no more (does a composition call itself?)",
         labels::MAX_RUN_DEPTH
     )
+}
+
+/// The Tasks a run of `composition` uses: those its steps name and, when one of them
+/// provisions EC2 instances, the one its cleanup runs.
+fn used_tasks<'t>(
+    composition: &CompositionSpec,
+    tasks: &'t BTreeMap<String, TaskSpec>,
+) -> BTreeMap<&'t str, &'t TaskSpec> {
+    let mut used: BTreeMap<&str, &TaskSpec> = tasks
+        .iter()
+        .filter(|(name, _)| {
+            composition
+                .steps
+                .iter()
+                .any(|s| s.task.as_deref() == Some(name.as_str()))
+        })
+        .map(|(name, task)| (name.as_str(), task))
+        .collect();
+    let provisions = used
+        .values()
+        .any(|t| t.builtin == Some(BuiltinTask::Ec2Provision));
+    let cleanup = BuiltinTask::Ec2Deprovision.as_str();
+    if provisions && let Some((name, task)) = tasks.get_key_value(cleanup) {
+        used.insert(name.as_str(), task);
+    }
+    used
 }

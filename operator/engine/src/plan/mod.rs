@@ -19,7 +19,7 @@ use crate::{
     expr::{LedgerScope, RunScope, Scope, StepScope},
     graph::{self, Graph},
 };
-use maestro_api::{CompositionRunStatus, CompositionSpec, RunPhase};
+use maestro_api::{CompositionRunStatus, CompositionSpec, RunPhase, TaskSpec};
 
 use conditions::{normal, set_condition, warning};
 use durations::add;
@@ -49,10 +49,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     if !plan.status.phase.is_finished() {
         match resolve(input, &plan.status) {
-            Ok((composition, graph)) => Planner {
+            Ok((composition, graph, tasks)) => Planner {
                 input,
                 composition: &composition,
                 graph: &graph,
+                tasks: &tasks,
                 pod_budget: input.pod_budget,
                 plan: &mut plan,
             }
@@ -64,16 +65,18 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     plan
 }
 
-/// The composition this run follows and the steps each step waits for, or why the run is
-/// Invalid.
+/// The composition this run follows, the steps each step waits for and the Tasks it
+/// runs, or why the run is Invalid.
 fn resolve(
     input: &PlanInput<'_>,
     status: &CompositionRunStatus,
-) -> Result<(CompositionSpec, Graph), String> {
+) -> Result<(CompositionSpec, Graph, BTreeMap<String, TaskSpec>), String> {
     let composition = composition(input, status)?;
+    let tasks = tasks(input, status)?;
     // Tasks and params are checked when the run starts. A run in flight is not made
     // Invalid later by a Task that is edited, deleted, or missing from a cache.
     let started = status.composition_spec.is_some();
+    let used_tasks = tasks;
     let (tasks, params) = if started {
         (None, None)
     } else {
@@ -81,7 +84,37 @@ fn resolve(
     };
     let graph =
         graph::validate(&composition, tasks, params).map_err(|problems| problems.join("; "))?;
-    Ok((composition, graph))
+    // A child run inherits its parent's priority, which the parent's composition allowed.
+    if !started && input.depth == 0 {
+        check_priority(input.spec.priority, &composition)?;
+    }
+    Ok((composition, graph, used_tasks))
+}
+
+/// A run's priority above its composition's `maxPriority` (0 unless an author raised it)
+/// is refused: a runner alone cannot jump the queue.
+fn check_priority(priority: i32, composition: &CompositionSpec) -> Result<(), String> {
+    let max = composition.max_priority.unwrap_or(0);
+    if priority > max {
+        return Err(format!(
+            "spec.priority: {priority} is above the composition's maxPriority {max}; \
+             only the composition's authors can raise that"
+        ));
+    }
+    Ok(())
+}
+
+/// The Tasks this run runs: its snapshot once started, else the live ones. (A run started
+/// before snapshots existed has none and keeps reading the live Tasks.)
+fn tasks(
+    input: &PlanInput<'_>,
+    status: &CompositionRunStatus,
+) -> Result<BTreeMap<String, TaskSpec>, String> {
+    match &status.task_specs {
+        Some(snapshot) => serde_json::from_value(snapshot.clone())
+            .map_err(|e| format!("status.taskSpecs: unreadable snapshot: {e}")),
+        None => Ok(input.tasks.clone()),
+    }
 }
 
 /// The composition this run follows: its snapshot once started, else the live one.
@@ -132,6 +165,8 @@ struct Planner<'a> {
     composition: &'a CompositionSpec,
     /// The steps each step waits for.
     graph: &'a Graph,
+    /// The Tasks the run runs, by name: the snapshot once started.
+    tasks: &'a BTreeMap<String, TaskSpec>,
     /// New step pods this pass may still start (`None`: no limit).
     pod_budget: Option<u32>,
     plan: &'a mut Plan,

@@ -15,7 +15,7 @@ use super::{
 impl Planner<'_> {
     pub(super) fn start_attempt(&mut self, i: usize, task_name: &str, attempt: u32) {
         let step = &self.composition.steps[i];
-        let Some(task) = self.input.tasks.get(task_name) else {
+        let Some(task) = self.tasks.get(task_name) else {
             return self.finish_step(
                 i,
                 StepPhase::Failed,

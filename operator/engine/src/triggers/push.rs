@@ -317,15 +317,21 @@ pub fn check_ref_and_paths(trigger: &GitTrigger, push: &Push) -> Result<(), Mism
     }
 }
 
+/// How long a push-started run is kept at least, so a replay of its delivery's body
+/// within this window meets the run's name and starts nothing.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The params of the run a push starts: the push's own (only those the composition
-/// declares, as `declared` says) and the trigger's.
+/// declares, as `declared` says) and the trigger's. `repository` is the trigger's own
+/// URL, as its author wrote it, never one from the payload: the payload only has to name
+/// the same repository, and what is cloned is the author's choice.
 pub fn run_params(
     trigger: &GitTrigger,
     push: &Push,
     declared: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, String> {
     let values = [
-        push.clone_url.clone(),
+        trigger.repository.clone(),
         push.git_ref.clone(),
         push.commit_sha.clone(),
         push.author.clone(),

@@ -241,7 +241,8 @@ fn run_params_keep_only_declared_names_plus_the_triggers_own() {
     let mut t = trigger("https://github.com/acme/app");
     t.params.insert("env".into(), "staging".into());
     let params = run_params(&t, &push, |name| name != "message");
-    assert_eq!(params["repository"], "https://github.com/Acme/App.git");
+    // The trigger's URL, not the payload's (https://github.com/Acme/App.git).
+    assert_eq!(params["repository"], "https://github.com/acme/app");
     assert_eq!(params["ref"], "refs/heads/main");
     assert_eq!(
         params["commitSha"],
