@@ -500,6 +500,7 @@ apiVersion: maestro.dev/v1alpha1
 kind: Agent
 metadata: {name: pool}
 spec:
+  capacity: 1
   slots: 1
   cache: {persistentVolumeClaim: {size: 1Mi}}
 "#,
@@ -533,6 +534,7 @@ apiVersion: maestro.dev/v1alpha1
 kind: Agent
 metadata: {name: node-disk}
 spec:
+  capacity: 1
   slots: 1
   cache: {hostPath: {path: /var/lib/maestro-hostile}}
 "#,

@@ -18,7 +18,13 @@ fn compile(pattern: &str) -> Result<Regex, String> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(PATTERN_SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("not a valid regular expression: {e}"))
+        // The parser's message spans lines (the pattern, a caret, the reason): one line
+        // reads better in a condition.
+        .map_err(|e| {
+            let said = e.to_string();
+            let said: Vec<&str> = said.split_whitespace().collect();
+            format!("not a valid regular expression: {}", said.join(" "))
+        })
 }
 
 fn shown(value: &str) -> String {
