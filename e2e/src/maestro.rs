@@ -318,6 +318,19 @@ impl Operator {
     }
 
     /// The operator's log so far, for failure messages.
+    /// The operator process's resident memory in bytes, from /proc.
+    pub fn resident_bytes(&self) -> Result<u64> {
+        let pid = self.child.id().context("the operator has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS line")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -666,7 +666,8 @@ async fn kubectl_explain_prints_the_doc_comments() -> Result<()> {
 
 /// The author-rights policies: writing a Composition needs the right to create pods in its
 /// namespace, and every Secret it hands its steps must be one the author may get. Each
-/// refusal names what is missing; with the rights, the same composition is admitted.
+/// refusal names what is missing (the Secrets by name); with the rights, the same
+/// composition is admitted.
 #[tokio::test]
 async fn an_author_may_not_ask_for_more_than_they_may_have() -> Result<()> {
     let env = Env::new("authors").await?;
@@ -697,8 +698,8 @@ apiVersion: maestro.dev/v1alpha1
 kind: Composition
 metadata: {name: deploy}
 spec:
-  secretEnv: [aws-creds]
   steps:
+    - {name: provision, task: shell, with: {script: "true"}, secretEnv: [aws-creds]}
     - {name: deploy, task: shell, with: {script: "true"}, secretEnv: [db-password]}
 "#,
     )?;
@@ -735,13 +736,16 @@ spec:
         "{apiGroups: [''], resources: [pods], verbs: [create]}",
     ))
     .await?;
-    refused_until("spec.secretEnv names a Secret that bob may not get").await?;
+    refused_until(
+        "spec.steps[].secretEnv names Secrets that bob may not get: aws-creds, db-password",
+    )
+    .await?;
     env.apply_yaml(&grant(
         "aws",
         "{apiGroups: [''], resources: [secrets], resourceNames: [aws-creds], verbs: [get]}",
     ))
     .await?;
-    refused_until("spec.steps[].secretEnv names a Secret that bob may not get").await?;
+    refused_until("spec.steps[].secretEnv names Secrets that bob may not get: db-password").await?;
     env.apply_yaml(&grant(
         "db",
         "{apiGroups: [''], resources: [secrets], resourceNames: [db-password], verbs: [get]}",

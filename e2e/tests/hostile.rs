@@ -552,3 +552,122 @@ spec:
     assert!(pods.is_empty(), "a step pod was made: {pods:?}");
     Ok(())
 }
+
+/// The memory limit the chart gives the operator (values.yaml resources.limits.memory).
+fn chart_memory_limit() -> Result<u64> {
+    let values: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("charts/maestro/values.yaml"),
+    )?)?;
+    let limit = values["resources"]["limits"]["memory"]
+        .as_str()
+        .context("values.yaml has no resources.limits.memory")?;
+    let mib: u64 = limit
+        .strip_suffix("Mi")
+        .context("the memory limit is not in Mi")?
+        .parse()?;
+    Ok(mib * 1024 * 1024)
+}
+
+/// 300 slow-loris connections (a request head sent a byte at a time, never finished) and
+/// 5,000 idle ones, against the operator's webhook and metrics ports at once: the operator
+/// keeps reconciling (a run started meanwhile succeeds), still answers its health check,
+/// and stays within the chart's memory limit.
+#[tokio::test]
+async fn slow_and_idle_connections_do_not_stop_the_operator() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let env = Env::new("hostile-flood").await?;
+    env.apply_yaml(ECHO).await?;
+    env.wait_compositions_ready(&["hostile-echo".to_string()])
+        .await?;
+    let log = env.operator.log.clone();
+    let webhook = wait_for("the webhook address", STATUS_TIMEOUT, || async {
+        maestro_e2e::maestro::webhook_addr_from_log(&log)
+    })
+    .await?;
+    let metrics = wait_for("the metrics address", STATUS_TIMEOUT, || async {
+        maestro_e2e::maestro::metrics_addr_from_log(&log)
+    })
+    .await?;
+    let targets = [webhook.clone(), metrics.clone()];
+    // Slow loris: each sends a header byte every 500 ms until cut off (or aborted).
+    let mut loris = Vec::new();
+    for i in 0..300 {
+        let addr = targets[i % 2].clone();
+        loris.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(&addr).await else {
+                return;
+            };
+            let head = b"POST /hooks/github HTTP/1.1\r\nHost: flood\r\nX-Padding: ";
+            for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+                if s.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+    // Idle: connect and say nothing.
+    let mut idle = Vec::new();
+    for i in 0..5000 {
+        let addr = targets[i % 2].clone();
+        idle.push(tokio::spawn(
+            async move { TcpStream::connect(&addr).await.ok() },
+        ));
+    }
+    let idle: Vec<Option<TcpStream>> = join_all(idle)
+        .await
+        .into_iter()
+        .map(|r| r.ok().flatten())
+        .collect();
+    let connected = idle.iter().filter(|s| s.is_some()).count();
+
+    // Meanwhile: a run goes start to end, and the health check answers.
+    let run = env.start_run("hostile-echo", &[("who", "flood")]).await?;
+    let done = env.wait_finished(&run, RUN_TIMEOUT).await?;
+    let phase = done.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    assert_eq!(
+        phase,
+        RunPhase::Succeeded,
+        "a run during the flood: {}",
+        run_messages(&done)
+    );
+    let health = wait_for("/healthz during the flood", STATUS_TIMEOUT, || {
+        let metrics = metrics.clone();
+        async move {
+            let mut s = TcpStream::connect(&metrics)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)
+                .await
+                .map_err(|e| e.to_string())?;
+            if answer.starts_with("HTTP/1.1 200") {
+                Ok(answer)
+            } else {
+                Err(answer)
+            }
+        }
+    })
+    .await?;
+    assert!(health.contains("ok"), "{health}");
+    let resident = env.operator.resident_bytes()?;
+    let limit = chart_memory_limit()?;
+    println!(
+        "flood: {connected} of 5000 idle connections opened, 300 slow; operator resident {} MiB (chart limit {} MiB)",
+        resident / (1024 * 1024),
+        limit / (1024 * 1024)
+    );
+    assert!(
+        resident < limit,
+        "the operator holds {resident} bytes, over the chart's limit of {limit}"
+    );
+    drop(idle);
+    for l in loris {
+        l.abort();
+    }
+    Ok(())
+}

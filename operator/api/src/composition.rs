@@ -97,11 +97,13 @@ pub struct CompositionSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context: BTreeMap<String, String>,
 
-    /// Secrets, by name, whose keys become environment variables of every task step and
-    /// of the cleanup step (cloud credentials, git credentials). Only the references are
-    /// kept: values never reach the run's status or logs.
+    /// No longer accepted: it handed every step every Secret. Name Secrets where they are
+    /// needed instead: a step's `secretEnv`, or the `secretEnv` of the Task that needs
+    /// them. Kept in the schema only so that a composition using it is refused with that
+    /// message instead of having the field silently dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("size(self) == 0").message("spec.secretEnv would hand every step every Secret: name Secrets per step (spec.steps[].secretEnv) or in the Task that needs them (the Task's spec.secretEnv)"))]
     pub secret_env: Vec<String>,
 
     /// What starts runs of this composition by itself: git pushes delivered to the
@@ -322,8 +324,8 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
 
-    /// Secrets, by name, whose keys become environment variables of this step, added to
-    /// the composition's `secretEnv`.
+    /// Secrets, by name, whose keys become environment variables of this step (added to
+    /// those its Task declares). Values never reach the run's status or logs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub secret_env: Vec<String>,

@@ -43,6 +43,14 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
 
+    /// Secrets, by name, whose keys become environment variables of every step that runs
+    /// this Task (an EC2 task's cloud credentials, say). Only the Task's steps get them:
+    /// a step never sees a Secret its Task does not declare or the step does not name.
+    /// Whoever writes the Task must be allowed to read each (an admission policy checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secret_env: Vec<String>,
+
     /// A task built into `maestro-agent`, run in the agent image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<BuiltinTask>,

@@ -212,6 +212,27 @@ impl RunBuilder {
     }
 }
 
+/// The bytes of one key of a Secret in `ns`, or why they cannot be read (no such Secret,
+/// no such key, or the API's error), in words that name the Secret and the key.
+pub async fn secret_key(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(Some(secret)) => secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| v.0.clone())
+            .ok_or_else(|| format!("Secret {name} has no key {key:?}")),
+        Ok(None) => Err(format!("Secret {name} does not exist")),
+        Err(e) => Err(format!("cannot read Secret {name}: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

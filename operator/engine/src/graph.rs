@@ -23,6 +23,14 @@ pub fn validate(
     run_params: Option<&BTreeMap<String, String>>,
 ) -> Result<Graph, Vec<String>> {
     let mut problems = Vec::new();
+    // The schema refuses it; a composition stored before that rule still meets this.
+    if !spec.secret_env.is_empty() {
+        problems.push(
+            "spec.secretEnv would hand every step every Secret: name Secrets per step \
+             (spec.steps[].secretEnv) or in the Task that needs them (the Task's spec.secretEnv)"
+                .into(),
+        );
+    }
     let mut index = BTreeMap::new();
     for (i, step) in spec.steps.iter().enumerate() {
         if index.insert(step.name.as_str(), i).is_some() {

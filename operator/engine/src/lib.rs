@@ -83,6 +83,10 @@ pub struct Observed {
     /// (the create answered AlreadyExists, and the object is not owned by this run).
     #[serde(default)]
     pub taken: Vec<TakenName>,
+    /// Pods the API server refused to create, time after time, for a reason trying again
+    /// will not change (Pod Security, a quota, a webhook): the engine fails their steps.
+    #[serde(default)]
+    pub refused: Vec<RefusedCreate>,
 }
 
 impl Observed {
@@ -95,6 +99,22 @@ impl Observed {
     pub fn taken(&self, name: &str) -> Option<&TakenName> {
         self.taken.iter().find(|t| t.name == name)
     }
+
+    /// Why the API server keeps refusing to create pod `name`, if it does.
+    pub fn refused(&self, name: &str) -> Option<&RefusedCreate> {
+        self.refused.iter().find(|r| r.name == name)
+    }
+}
+
+/// A pod the API server refused to create, with its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedCreate {
+    pub name: String,
+    /// The API server's message, like `pods "r-a-1" is forbidden: violates PodSecurity ...`.
+    pub message: String,
+    /// How many creates it refused.
+    pub tries: u32,
 }
 
 /// A pod or run name this run needs, held by an object it does not own.

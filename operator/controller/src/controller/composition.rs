@@ -14,7 +14,7 @@ use crate::k8s;
 use maestro_api::{Composition, CompositionStatus};
 use maestro_engine::conditions;
 use maestro_engine::graph;
-use maestro_engine::triggers;
+use maestro_engine::triggers::{self, signature};
 
 #[tracing::instrument(
     name = "reconcile",
@@ -52,6 +52,10 @@ pub async fn reconcile(
         .err()
         .unwrap_or_default();
     problems.extend(triggers::validate(&composition.spec));
+    let secret_problems = webhook_secret_problems(&ctx, &ns, composition).await;
+    // Secrets are not watched: look again a little later, until they are right.
+    let secrets_requeue = (!secret_problems.is_empty()).then_some(SECRET_RECHECK);
+    problems.extend(secret_problems);
     let (status, reason, message) = if problems.is_empty() {
         (
             "True",
@@ -106,10 +110,45 @@ pub async fn reconcile(
             })?;
     }
     ctx.succeeded(&key(guard.as_ref()));
-    Ok(match tick.requeue_after {
+    let requeue = match (tick.requeue_after, secrets_requeue) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match requeue {
         Some(wait) => Requeue::requeue(wait),
         None => Requeue::await_change(),
     })
+}
+
+/// How soon a composition whose webhook secret is missing or too short is checked again.
+const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Problems with the Secrets of the git triggers: missing, without the key, or shorter
+/// than a signature secret may be (deliveries for such a trigger would all be refused).
+async fn webhook_secret_problems(
+    ctx: &Context,
+    ns: &str,
+    composition: &Composition,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let git = composition.spec.triggers.iter().flat_map(|t| &t.git);
+    for (i, trigger) in git.enumerate() {
+        let reference = &trigger.secret_ref;
+        let at = format!("spec.triggers.git[{i}].secretRef");
+        match k8s::secret_key(&ctx.client, ns, &reference.name, &reference.key).await {
+            Ok(secret) if secret.len() < signature::MIN_SECRET_BYTES => problems.push(format!(
+                "{at}: key {:?} of Secret {} holds {} bytes; a webhook secret needs at least {} \
+                 (every delivery is refused until then)",
+                reference.key,
+                reference.name,
+                secret.len(),
+                signature::MIN_SECRET_BYTES
+            )),
+            Ok(_) => {}
+            Err(why) => problems.push(format!("{at}: {why}")),
+        }
+    }
+    problems
 }
 
 pub fn error_policy(

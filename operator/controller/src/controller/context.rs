@@ -26,6 +26,10 @@ pub use crate::k8s::FIELD_MANAGER;
 /// The finalizer that makes cleanup run before a run goes away.
 pub const RUN_FINALIZER: &str = "maestro.dev/cleanup";
 
+/// How many times in a row the API server may refuse a pod (other than AlreadyExists,
+/// throttling or a server error) before its step fails with the API's message.
+pub(super) const REFUSALS_BEFORE_FAILING: u32 = 3;
+
 /// Operator settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -124,6 +128,8 @@ pub struct Context {
     /// Per run UID: the names its pods or child runs need that objects it does not own
     /// hold (found when a create answered AlreadyExists); the engine fails those steps.
     pub(super) taken: Mutex<HashMap<String, Vec<maestro_engine::TakenName>>>,
+    /// Per run UID: its pods whose creates the API server refused, and how often.
+    pub(super) refused: Mutex<HashMap<String, Vec<maestro_engine::RefusedCreate>>>,
     /// Which runs' slot assignments the Agents' cache hit and miss counters include.
     pub(super) agent_counts: AssignmentCounts,
 }
@@ -167,11 +173,53 @@ impl Context {
             .unwrap_or_default()
     }
 
-    /// Forgets a run's taken names (it is going away).
+    /// Forgets a run's taken names and refused creates (it is going away).
     pub(super) fn forget_taken(&self, run_uid: &str) {
         if let Ok(mut taken) = self.taken.lock() {
             taken.remove(run_uid);
         }
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.remove(run_uid);
+        }
+    }
+
+    /// Counts one more refused create of pod `name` for the run with `run_uid`, or, with
+    /// `None`, forgets its refusals (the create went through).
+    pub(super) fn create_refused(&self, run_uid: &str, name: &str, message: Option<String>) {
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        let pods = refused.entry(run_uid.to_string()).or_default();
+        match message {
+            None => pods.retain(|r| r.name != name),
+            Some(message) => match pods.iter_mut().find(|r| r.name == name) {
+                Some(known) => {
+                    known.tries = known.tries.saturating_add(1);
+                    known.message = message;
+                }
+                None => pods.push(maestro_engine::RefusedCreate {
+                    name: name.to_string(),
+                    message,
+                    tries: 1,
+                }),
+            },
+        }
+        if pods.is_empty() {
+            refused.remove(run_uid);
+        }
+    }
+
+    /// The pods of the run with `run_uid` refused at least [`REFUSALS_BEFORE_FAILING`]
+    /// times in a row: a refusal that repeats is not a hiccup.
+    pub(super) fn refused_creates(&self, run_uid: &str) -> Vec<maestro_engine::RefusedCreate> {
+        self.refused
+            .lock()
+            .ok()
+            .and_then(|refused| refused.get(run_uid).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.tries >= REFUSALS_BEFORE_FAILING)
+            .collect()
     }
 
     pub(super) fn succeeded(&self, key: &str) {

@@ -205,6 +205,7 @@ pub async fn run(
         admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
         taken: Mutex::new(HashMap::new()),
+        refused: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(false),
         agent_counts: agent::AssignmentCounts::default(),
     });

@@ -358,6 +358,10 @@ fn observe_world(
             .uid()
             .map(|uid| ctx.taken_names(&uid))
             .unwrap_or_default(),
+        refused: run
+            .uid()
+            .map(|uid| ctx.refused_creates(&uid))
+            .unwrap_or_default(),
     }
 }
 
@@ -399,12 +403,23 @@ pub(super) async fn act(
                 placement,
             );
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            let created = k8s::create_or_existing(&api, &pod)
-                .await
-                .map_err(|source| Error::CreatePod {
-                    name: step.name.clone(),
-                    source,
-                })?;
+            let run_uid = run.uid().unwrap_or_default();
+            let created = match k8s::create_or_existing(&api, &pod).await {
+                Ok(created) => {
+                    ctx.create_refused(&run_uid, &step.name, None);
+                    created
+                }
+                Err(source) => {
+                    if let Some(message) = lasting_refusal(&source) {
+                        tracing::warn!(pod = %step.name, %message, "the API server refused the step pod");
+                        ctx.create_refused(&run_uid, &step.name, Some(message));
+                    }
+                    return Err(Error::CreatePod {
+                        name: step.name.clone(),
+                        source,
+                    });
+                }
+            };
             // Existed: the deterministic name means the attempt is already under way, if
             // the pod there is this run's; if not, the engine fails the step.
             match created {
@@ -486,6 +501,20 @@ async fn create_run(
         Created::Existed => {}
     }
     Ok(())
+}
+
+/// The API server's message when it refused a create for a reason that trying again will
+/// not change by itself: a 4xx other than AlreadyExists (409) and throttling (429), like
+/// Pod Security's or a quota's 403, or an invalid pod's 422.
+pub(crate) fn lasting_refusal(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && ![409, 429].contains(&status.code) =>
+        {
+            Some(status.message.clone())
+        }
+        _ => None,
+    }
 }
 
 /// After a create of `name` for `run` answered AlreadyExists: notes the name as taken

@@ -119,6 +119,7 @@ fn world(client: Client) -> World {
         admissions: admission::AdmissionLocks::default(),
         failures: Mutex::new(HashMap::new()),
         taken: Mutex::new(HashMap::new()),
+        refused: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(true),
         agent_counts: agent::AssignmentCounts::default(),
     };
@@ -558,4 +559,47 @@ async fn a_host_path_cache_needs_the_operators_opt_in() {
         seen.lock().expect("requests").is_empty(),
         "no claim is made for a hostPath cache"
     );
+}
+
+#[test]
+fn only_refusals_that_retrying_cannot_change_count_against_a_pod() {
+    let status = |code: u16| {
+        kube::Error::Api(
+            kube::core::Status::failure(&format!("refused with {code}"), "Forbidden")
+                .with_code(code)
+                .boxed(),
+        )
+    };
+    assert_eq!(
+        run::lasting_refusal(&status(403)).as_deref(),
+        Some("refused with 403")
+    );
+    assert!(run::lasting_refusal(&status(422)).is_some());
+    for passing in [409, 429, 500, 503] {
+        assert_eq!(run::lasting_refusal(&status(passing)), None, "{passing}");
+    }
+}
+
+#[tokio::test]
+async fn a_pod_refused_three_times_in_a_row_is_reported_and_a_success_forgets_it() {
+    let (client, _) = mocked_client(|_, _, _| (500, json!({})));
+    let w = world(client);
+    let ctx = &w.ctx;
+    for _ in 0..2 {
+        ctx.create_refused("uid-r", "r-a-1", Some("forbidden".into()));
+    }
+    assert!(
+        ctx.refused_creates("uid-r").is_empty(),
+        "two refusals may be a hiccup"
+    );
+    ctx.create_refused("uid-r", "r-a-1", Some("forbidden: quota".into()));
+    let refused = ctx.refused_creates("uid-r");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].tries, refused[0].message.as_str()),
+        (3, "forbidden: quota")
+    );
+    assert!(ctx.refused_creates("uid-other").is_empty());
+    ctx.create_refused("uid-r", "r-a-1", None);
+    assert!(ctx.refused_creates("uid-r").is_empty());
 }

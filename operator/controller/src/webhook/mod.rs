@@ -16,7 +16,6 @@ use hyper::{
     body::Incoming,
     header::{CONTENT_LENGTH, HeaderMap},
 };
-use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -259,35 +258,17 @@ impl Webhook {
         Ok(self.compositions.state())
     }
 
-    /// The trigger's secret, or None (logged) when it cannot be read.
+    /// The trigger's secret, or None (logged) when it cannot be read. The Composition
+    /// controller reports the same problems in the composition's Ready condition.
     async fn secret(&self, composition: &Composition, trigger: &GitTrigger) -> Option<Vec<u8>> {
         let ns = composition.namespace()?;
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         let reference = &trigger.secret_ref;
-        let found = match api.get(&reference.name).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(composition = %composition.name_any(), secret = %reference.name, error = %e, "cannot read the webhook secret");
-                return None;
-            }
-        };
-        let value = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&reference.key))
-            .map(|v| v.0.clone());
-        match value {
-            None => {
-                tracing::warn!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, "the webhook secret has no such key");
+        match k8s::secret_key(&self.client, &ns, &reference.name, &reference.key).await {
+            Ok(secret) => Some(secret),
+            Err(why) => {
+                tracing::warn!(composition = %composition.name_any(), %why, "cannot read the webhook secret");
                 None
             }
-            // signature::verify refuses a secret this short; say why here, where the
-            // composition is known.
-            Some(short) if short.len() < signature::MIN_SECRET_BYTES => {
-                tracing::warn!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, bytes = short.len(), "the webhook secret is shorter than {} bytes; deliveries for this trigger are refused", signature::MIN_SECRET_BYTES);
-                Some(short)
-            }
-            Some(secret) => Some(secret),
         }
     }
 

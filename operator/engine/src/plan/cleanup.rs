@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::{Action, PodPhase, StepPod, TaskRuns};
-use maestro_api::{BuiltinTask, CleanupPolicy, CleanupStatus, RunPhase, Step, StepPhase, labels};
+use maestro_api::{
+    BuiltinTask, CleanupPolicy, CleanupStatus, RunPhase, Step, StepPhase, TaskSpec, labels,
+};
 
 use super::{
     Outcome, Planner,
@@ -166,19 +168,21 @@ impl Planner<'_> {
             .iter()
             .map(|r| r.step.as_str())
             .collect();
-        let mut secret_env = self.composition.secret_env.clone();
-        for step in self
+        // The credentials of the steps that made the leftovers (their Tasks' and their
+        // own), and the deprovision Task's own.
+        let deprovision = self.tasks.get(task_name);
+        let mut makers: Vec<(&Step, &TaskSpec)> = self
             .composition
             .steps
             .iter()
             .filter(|s| makers.contains(&s.name.as_str()))
-        {
-            for secret in &step.secret_env {
-                if !secret_env.contains(secret) {
-                    secret_env.push(secret.clone());
-                }
-            }
+            .filter_map(|s| Some((s, self.tasks.get(s.task.as_deref()?)?)))
+            .collect();
+        let bare = Step::default();
+        if let Some(task) = deprovision {
+            makers.push((&bare, task));
         }
+        let secret_env = super::task::secrets_of(&makers);
         self.plan.actions.push(Action::CreatePod(StepPod {
             name: name.clone(),
             step: "cleanup".into(),

@@ -57,13 +57,9 @@ impl Planner<'_> {
             inputs,
             context: self.plan.status.context.clone(),
             service_account: self.composition.service_account_name.clone(),
-            secret_env: self
-                .composition
-                .secret_env
-                .iter()
-                .chain(&step.secret_env)
-                .cloned()
-                .collect(),
+            // Only what the Task declares and the step names: no step gets a Secret
+            // because another step needs it.
+            secret_env: secrets_of(&[(step, task)]),
             timeout: step.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
         };
         let st = &mut self.plan.status.steps[i];
@@ -94,6 +90,18 @@ impl Planner<'_> {
         let attempt = self.plan.status.steps[i].attempts.max(1);
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
         let Some(pod) = self.input.observed.pod(&name).cloned() else {
+            if let Some(refused) = self.input.observed.refused(&name) {
+                // Creating it again would be refused again: say why, once, and stop.
+                let message = format!(
+                    "the API server refused to create pod {name} ({} tries): {}",
+                    refused.tries, refused.message
+                );
+                self.plan.events.push(warning(
+                    "StepFailed",
+                    format!("step {}: {message}", step.name),
+                ));
+                return self.finish_step(i, StepPhase::Failed, message);
+            }
             if let Some(taken) = self.input.observed.taken(&name) {
                 // Another object holds the pod's name: waiting would never end, and
                 // using that pod would run a stranger's work as this step.
@@ -253,4 +261,18 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// The Secrets the pod of each (step, task) gets, in order and without repeats: those the
+/// Task declares, then those the step names.
+pub(super) fn secrets_of(steps: &[(&maestro_api::Step, &maestro_api::TaskSpec)]) -> Vec<String> {
+    let mut secrets: Vec<String> = Vec::new();
+    for (step, task) in steps {
+        for secret in task.secret_env.iter().chain(&step.secret_env) {
+            if !secrets.contains(secret) {
+                secrets.push(secret.clone());
+            }
+        }
+    }
+    secrets
 }
