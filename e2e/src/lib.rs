@@ -51,6 +51,19 @@ pub async fn wait_until_allowed(
     resource: &str,
     namespace: &str,
 ) -> Result<()> {
+    wait_until_allowed_on(client, user, verb, group, resource, namespace, None).await
+}
+
+/// [`wait_until_allowed`] for one object by name (for rights granted by `resourceNames`).
+pub async fn wait_until_allowed_on(
+    client: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+    name: Option<&str>,
+) -> Result<()> {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
     };
@@ -63,6 +76,7 @@ pub async fn wait_until_allowed(
                 group: Some(group.to_string()),
                 resource: Some(resource.to_string()),
                 namespace: Some(namespace.to_string()),
+                name: name.map(str::to_string),
                 ..Default::default()
             }),
             ..Default::default()
@@ -70,7 +84,7 @@ pub async fn wait_until_allowed(
         ..Default::default()
     };
     wait_for(
-        &format!("{user} allowed to {verb} {resource} in {namespace}"),
+        &format!("{user} allowed to {verb} {resource} {name:?} in {namespace}"),
         Duration::from_secs(30),
         || {
             let (reviews, review) = (reviews.clone(), review.clone());

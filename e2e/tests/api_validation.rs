@@ -736,21 +736,36 @@ spec:
         "{apiGroups: [''], resources: [pods], verbs: [create]}",
     ))
     .await?;
-    refused_until(
-        "spec.steps[].secretEnv names Secrets that bob may not get: aws-creds, db-password",
-    )
-    .await?;
+    // The policy's message cannot say which Secret is missing (the authorizer is not
+    // available to messages), so the progress is checked through the authorizer itself.
+    let missing_secret =
+        "spec.steps[].secretEnv names a Secret that bob may not get (of aws-creds, db-password)";
+    refused_until(missing_secret).await?;
     env.apply_yaml(&grant(
         "aws",
         "{apiGroups: [''], resources: [secrets], resourceNames: [aws-creds], verbs: [get]}",
     ))
     .await?;
-    refused_until("spec.steps[].secretEnv names Secrets that bob may not get: db-password").await?;
+    let allowed = |secret: &'static str| {
+        maestro_e2e::wait_until_allowed_on(
+            &env.client,
+            "bob",
+            "get",
+            "",
+            "secrets",
+            &env.ns.name,
+            Some(secret),
+        )
+    };
+    // Once the authorizer lets bob read aws-creds, db-password is still missing.
+    allowed("aws-creds").await?;
+    refused_until(missing_secret).await?;
     env.apply_yaml(&grant(
         "db",
         "{apiGroups: [''], resources: [secrets], resourceNames: [db-password], verbs: [get]}",
     ))
     .await?;
+    allowed("db-password").await?;
     // With every right granted the create passes, once the authorizer has seen the last grant.
     maestro_e2e::wait_for(
         "bob's composition admitted",
