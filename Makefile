@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(MAESTRO_CACHE)/target
 export CARGO_TERM_COLOR ?= never
 CLUSTER := e2e/cluster
 
-.PHONY: help deps tools build lint unit crds chart e2e test cluster-up cluster-down images demo
+.PHONY: help deps tools build lint unit crds chart e2e test cluster-up cluster-down images demo bench
 
 help:
 	@echo "make demo          bring up the local cluster, build and import the images, run the demo"
@@ -19,6 +19,7 @@ help:
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make images        build the agent, operator and pause images without Docker"
 	@echo "make chart         sync crds/ into the Helm chart, render its kustomize bases, lint it"
+	@echo "make bench         the benchmark on kwok fake nodes (prints a table; docs/benchmarks.md)"
 
 deps:
 	@bash $(CLUSTER)/install-deps.sh
@@ -65,3 +66,7 @@ test: lint unit
 
 demo:
 	@bash e2e/run.sh demo
+
+# The benchmark: Maestro against a bare client on a kwok fake node (release build).
+bench:
+	@bash e2e/run.sh bench

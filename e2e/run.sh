@@ -4,6 +4,7 @@
 #   run.sh all    cluster-up, images, e2e tests, cluster-down
 #   run.sh tests  e2e tests against the running cluster
 #   run.sh demo   cluster-up (left running), images, the demo
+#   run.sh bench  cluster-up (left running), images, the benchmark (BENCH_ARGS=--smoke: tiny)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -43,8 +44,16 @@ fi
 
 case "$mode" in
   all|tests)
+    # The bench's smoke test needs kwok (built once, then cached).
+    bash "$here/bench/build.sh"
     # One test binary per area; tests in it share the cluster, so keep them few at a time.
     cargo test -p maestro-e2e -- --test-threads=2
+    ;;
+  bench)
+    bash "$here/bench/build.sh"
+    # A release build of the operator, as users run it; the bench drives it from beside.
+    cargo build --release -p maestro-operator -p maestro-e2e --bins
+    MAESTRO_E2E_OPERATOR_LOG_LEVEL=info "${CARGO_TARGET_DIR:-$top/target}/release/maestro-bench" ${BENCH_ARGS:-}
     ;;
   demo)
     bash "$here/demo.sh"

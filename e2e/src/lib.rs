@@ -1,6 +1,7 @@
 //! Helpers shared by Maestro's end-to-end tests: a client for the cluster KUBECONFIG
 //! names, throwaway namespaces, polling with a deadline that says what it waited for.
 
+pub mod bench;
 pub mod maestro;
 pub mod world;
 

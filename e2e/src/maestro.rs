@@ -33,10 +33,22 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The folder of the workspace's binaries when a program of the harness (the bench) is
+/// not a test executable in target/<profile>/deps.
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`workspace_bin`] look in `dir` (MAESTRO_BIN_DIR still wins).
+pub fn set_bin_dir(dir: &Path) {
+    let _ = BIN_DIR.set(dir.to_path_buf());
+}
+
 /// A binary of the workspace, built next to the test executables.
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     if let Ok(dir) = std::env::var("MAESTRO_BIN_DIR") {
         return Ok(PathBuf::from(dir).join(name));
+    }
+    if let Some(dir) = BIN_DIR.get() {
+        return Ok(dir.join(name));
     }
     let exe = std::env::current_exe()?;
     // target/debug/deps/<test> -> target/debug/<name>
@@ -244,6 +256,30 @@ pub async fn create_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<St
     Ok(names)
 }
 
+/// Deletes every object in YAML text (those that exist), namespaced ones in `ns`.
+pub async fn delete_yaml(client: &Client, ns: &str, text: &str) -> Result<()> {
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value)?;
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let (resource, namespaced) = resource_of(&kind)?;
+        let api: Api<DynamicObject> = if namespaced {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let _ = api.delete(&obj.name_any(), &DeleteParams::default()).await;
+    }
+    Ok(())
+}
+
 use serde::Deserialize as _;
 
 /// The operator binary, running as a local process with the test's KUBECONFIG and
@@ -290,7 +326,12 @@ impl Operator {
                     .flatten(),
             )
             .args(extra_args)
-            .env("MAESTRO_LOG_LEVEL", "info,maestro_operator=debug")
+            // The benchmark logs less, as a production install would.
+            .env(
+                "MAESTRO_LOG_LEVEL",
+                std::env::var("MAESTRO_E2E_OPERATOR_LOG_LEVEL")
+                    .unwrap_or_else(|_| "info,maestro_operator=debug".into()),
+            )
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .kill_on_drop(true)
@@ -318,6 +359,11 @@ impl Operator {
     }
 
     /// The operator's log so far, for failure messages.
+    /// The operator's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The operator process's resident memory in bytes, from /proc.
     pub fn resident_bytes(&self) -> Result<u64> {
         let pid = self.child.id().context("the operator has exited")?;

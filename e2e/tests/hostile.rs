@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Api, Client};
 use maestro_api::{Agent, Composition, CompositionRun, RunPhase};
 use maestro_e2e::{
-    maestro::{Env, create_yaml, repo_root},
+    maestro::{Env, create_yaml, delete_yaml, repo_root},
     wait_for,
 };
 
@@ -317,10 +317,15 @@ async fn check(env: &Env, clients: &[(&str, Client)], case: &Case) -> Result<Str
                 ))
             }
         }
-        (Expect::Refused(texts), Ok(_)) => Err(format!(
-            "{} {} was admitted; expected a refusal saying {texts:?}",
-            case.kind, case.name
-        )),
+        (Expect::Refused(texts), Ok(_)) => {
+            // Gone at once, so that what slipped through (an Agent, say, which would
+            // take every run of the namespace) does not stall the other cases.
+            let _ = delete_yaml(&env.client, &env.ns.name, &case.attack).await;
+            Err(format!(
+                "{} {} was admitted; expected a refusal saying {texts:?}",
+                case.kind, case.name
+            ))
+        }
         (_, Err(e)) => Err(format!("the attack was refused, unexpectedly: {e:#}")),
         (Expect::Invalid(_) | Expect::Ready, Ok(_)) => {
             let want_ready = case.expect == Expect::Ready;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     status = "AgentStatus",
     shortname = "magent",
     category = "maestro",
+    validation = Rule::new("size(self.metadata.name) <= 63").message("an Agent's name is at most 63 characters: it labels the pods of its slots"),
     printcolumn(name = "Capacity", type_ = "integer", json_path = ".spec.capacity"),
     printcolumn(name = "Slots", type_ = "integer", json_path = ".spec.slots"),
     printcolumn(name = "Busy", type_ = "integer", json_path = ".status.busySlots"),

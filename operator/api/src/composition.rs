@@ -91,6 +91,16 @@ pub struct CompositionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 
+    /// Node labels the step pods must land on (added to their Agent's; this wins where
+    /// both set a label), as a Workflow's `nodeSelector` in Argo.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the step pods (added to their Agent's), to land on tainted nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+
     /// Initial entries of the run's shared context, read by every step as
     /// `context.<key>` and by Task defaults (the EC2 tasks read `awsRegion` and
     /// `awsEndpoint` from it). Values may hold `{{ params.x }}` templates.

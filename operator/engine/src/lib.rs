@@ -195,7 +195,8 @@ pub struct Plan {
 #[serde(rename_all = "camelCase")]
 pub enum Action {
     /// Create a step's pod (AlreadyExists means it is under way).
-    CreatePod(StepPod),
+    /// (Boxed: a pod is several times larger than the other actions.)
+    CreatePod(Box<StepPod>),
     /// Delete a step pod (a cancel or a timeout stops it).
     DeletePod { name: String },
     /// Create a run: a child (owned by this run), or the onFailure run.
@@ -217,6 +218,9 @@ pub struct StepPod {
     pub inputs: Map<String, Json>,
     pub context: BTreeMap<String, String>,
     pub service_account: Option<String>,
+    /// The composition's node selector and tolerations (the Agent's are added).
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
     /// Secrets whose keys become the step's environment variables.
     pub secret_env: Vec<String>,
     /// The attempt's timeout, enforced by the engine and as the pod's activeDeadlineSeconds.

@@ -331,12 +331,25 @@ pub fn step_pod(
                 .service_account
                 .clone()
                 .or_else(|| template.and_then(|t| t.service_account_name.clone())),
-            node_selector: template
-                .filter(|t| !t.node_selector.is_empty())
-                .map(|t| t.node_selector.clone()),
-            tolerations: template
-                .filter(|t| !t.tolerations.is_empty())
-                .map(|t| t.tolerations.clone()),
+            // The pool's, then the composition's (which wins on a shared label).
+            node_selector: Some(
+                template
+                    .map(|t| t.node_selector.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(pod.node_selector.clone())
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .filter(|s| !s.is_empty()),
+            tolerations: Some(
+                template
+                    .map(|t| t.tolerations.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(pod.tolerations.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|t| !t.is_empty()),
             // Steps talk to the outside world, not to the Kubernetes API.
             automount_service_account_token: Some(false),
             active_deadline_seconds: pod
@@ -525,6 +538,8 @@ mod tests {
                 .unwrap_or_default(),
             context: BTreeMap::new(),
             service_account: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
             secret_env: vec!["aws-credentials".into()],
             timeout: Some(std::time::Duration::from_secs(90)),
         }
@@ -731,6 +746,45 @@ mod tests {
             pod.spec.unwrap().service_account_name.as_deref(),
             Some("deployer")
         );
+    }
+
+    #[test]
+    fn the_compositions_node_selector_and_tolerations_join_the_pools() {
+        let placement = placement(SlotCache::Claim("c".into()));
+        let mut pod = step(TaskRuns::Builtin(BuiltinTask::Shell));
+        pod.node_selector = [
+            ("pool".to_string(), "fast".to_string()),
+            ("zone".into(), "a".into()),
+        ]
+        .into();
+        pod.tolerations = vec![
+            serde_json::from_value(serde_json::json!(
+                {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}
+            ))
+            .unwrap(),
+        ];
+        let spec = step_pod(&pod, "r", "ns", "c", owner(), &settings(), Some(&placement))
+            .spec
+            .unwrap();
+        let selector = spec.node_selector.unwrap();
+        assert_eq!(
+            selector["pool"], "fast",
+            "the composition wins on a shared label"
+        );
+        assert_eq!(selector["zone"], "a");
+        let keys: Vec<String> = spec
+            .tolerations
+            .unwrap()
+            .into_iter()
+            .filter_map(|t| t.key)
+            .collect();
+        assert_eq!(keys, ["dedicated", "spot"]);
+        // Without an Agent, only the composition's.
+        let alone = step_pod(&pod, "r", "ns", "c", owner(), &settings(), None)
+            .spec
+            .unwrap();
+        assert_eq!(alone.node_selector.unwrap().len(), 2);
+        assert_eq!(alone.tolerations.unwrap().len(), 1);
     }
 
     #[test]

@@ -305,6 +305,8 @@ fn step_pod(name: &str) -> StepPod {
         inputs: serde_json::Map::new(),
         context: Default::default(),
         service_account: None,
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
         secret_env: Vec::new(),
         timeout: None,
     }
@@ -331,9 +333,15 @@ async fn act_creates_the_step_pod_and_checks_the_owner_of_one_that_existed() {
     let w = world(client);
     let parent = queued_run("r", "2026-01-01T00:00:00Z");
     for pod in ["r-greet-1", "r-greet-2", "r-greet-3"] {
-        run::act(&parent, NS, &Action::CreatePod(step_pod(pod)), None, &w.ctx)
-            .await
-            .expect("created, or there already");
+        run::act(
+            &parent,
+            NS,
+            &Action::CreatePod(Box::new(step_pod(pod))),
+            None,
+            &w.ctx,
+        )
+        .await
+        .expect("created, or there already");
     }
     let pods = format!("/api/v1/namespaces/{NS}/pods");
     assert_eq!(
@@ -370,7 +378,7 @@ async fn a_failed_pod_create_names_the_pod() {
     let error = run::act(
         &parent,
         NS,
-        &Action::CreatePod(step_pod("r-greet-1")),
+        &Action::CreatePod(Box::new(step_pod("r-greet-1"))),
         None,
         &w.ctx,
     )

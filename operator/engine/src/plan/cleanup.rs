@@ -183,7 +183,7 @@ impl Planner<'_> {
             makers.push((&bare, task));
         }
         let secret_env = super::task::secrets_of(&makers);
-        self.plan.actions.push(Action::CreatePod(StepPod {
+        self.plan.actions.push(Action::CreatePod(Box::new(StepPod {
             name: name.clone(),
             step: "cleanup".into(),
             attempt,
@@ -192,9 +192,11 @@ impl Planner<'_> {
             inputs,
             context: self.plan.status.context.clone(),
             service_account: self.composition.service_account_name.clone(),
+            node_selector: self.composition.node_selector.clone(),
+            tolerations: self.composition.tolerations.clone(),
             secret_env,
             timeout: Some(Duration::from_secs(600)),
-        }));
+        })));
         self.plan.status.cleanup = Some(CleanupStatus {
             phase: StepPhase::Running,
             pod_name: Some(name),

@@ -57,6 +57,8 @@ impl Planner<'_> {
             inputs,
             context: self.plan.status.context.clone(),
             service_account: self.composition.service_account_name.clone(),
+            node_selector: self.composition.node_selector.clone(),
+            tolerations: self.composition.tolerations.clone(),
             // Only what the Task declares and the step names: no step gets a Secret
             // because another step needs it.
             secret_env: secrets_of(&[(step, task)]),
@@ -68,7 +70,7 @@ impl Planner<'_> {
         st.pod_name = Some(name.clone());
         st.next_attempt_time = None;
         st.message = None;
-        self.plan.actions.push(Action::CreatePod(pod));
+        self.plan.actions.push(Action::CreatePod(Box::new(pod)));
         self.plan.events.push(normal(
             "StepStarted",
             format!("step {} attempt {attempt} started as pod {name}", step.name),
