@@ -192,9 +192,15 @@ pub async fn apply_file(client: &Client, ns: &str, path: &Path) -> Result<Vec<St
     apply_yaml(client, ns, &text).await
 }
 
-/// Applies every object in YAML text, as [`apply_file`] does.
-pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+/// Every object in YAML text (several documents allowed), each with the Api it goes
+/// through: namespaced ones placed in `ns`. The text is parsed whole first, so a
+/// malformed document fails before anything is written.
+fn objects_in(
+    client: &Client,
+    ns: &str,
+    text: &str,
+) -> Result<Vec<(DynamicObject, Api<DynamicObject>)>> {
+    let mut objects = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc)?;
         if value.is_null() {
@@ -213,6 +219,15 @@ pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<Str
         } else {
             Api::all_with(client.clone(), &resource)
         };
+        objects.push((obj, api));
+    }
+    Ok(objects)
+}
+
+/// Applies every object in YAML text, as [`apply_file`] does.
+pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for (obj, api) in objects_in(client, ns, text)? {
         let created = if obj.metadata.name.is_none() {
             api.create(&PostParams::default(), &obj).await?
         } else {
@@ -233,24 +248,7 @@ pub async fn apply_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<Str
 /// `ns`, as whoever `client` authenticates; stops at the first refusal.
 pub async fn create_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(doc)?;
-        if value.is_null() {
-            continue;
-        }
-        let mut obj: DynamicObject = serde_yaml::from_value(value)?;
-        let kind = obj
-            .types
-            .as_ref()
-            .map(|t| t.kind.clone())
-            .unwrap_or_default();
-        let (resource, namespaced) = resource_of(&kind)?;
-        let api: Api<DynamicObject> = if namespaced {
-            obj.metadata.namespace = Some(ns.into());
-            Api::namespaced_with(client.clone(), ns, &resource)
-        } else {
-            Api::all_with(client.clone(), &resource)
-        };
+    for (obj, api) in objects_in(client, ns, text)? {
         names.push(api.create(&PostParams::default(), &obj).await?.name_any());
     }
     Ok(names)
@@ -258,23 +256,7 @@ pub async fn create_yaml(client: &Client, ns: &str, text: &str) -> Result<Vec<St
 
 /// Deletes every object in YAML text (those that exist), namespaced ones in `ns`.
 pub async fn delete_yaml(client: &Client, ns: &str, text: &str) -> Result<()> {
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(doc)?;
-        if value.is_null() {
-            continue;
-        }
-        let obj: DynamicObject = serde_yaml::from_value(value)?;
-        let kind = obj
-            .types
-            .as_ref()
-            .map(|t| t.kind.clone())
-            .unwrap_or_default();
-        let (resource, namespaced) = resource_of(&kind)?;
-        let api: Api<DynamicObject> = if namespaced {
-            Api::namespaced_with(client.clone(), ns, &resource)
-        } else {
-            Api::all_with(client.clone(), &resource)
-        };
+    for (obj, api) in objects_in(client, ns, text)? {
         let _ = api.delete(&obj.name_any(), &DeleteParams::default()).await;
     }
     Ok(())
