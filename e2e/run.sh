@@ -50,7 +50,8 @@ case "$mode" in
     cargo test -p maestro-e2e -- --test-threads=2
     ;;
   bench)
-    bash "$here/bench/build.sh"
+    # Argo only when it is measured (`BENCH_ARGS=--smoke` leaves it out).
+    case " ${BENCH_ARGS:-} " in *" --smoke "*) bash "$here/bench/build.sh" ;; *) bash "$here/bench/build.sh" argo ;; esac
     # A release build of the operator, as users run it; the bench drives it from beside.
     cargo build --release -p maestro-operator -p maestro-e2e --bins
     MAESTRO_E2E_OPERATOR_LOG_LEVEL=info "${CARGO_TARGET_DIR:-$top/target}/release/maestro-bench" ${BENCH_ARGS:-}

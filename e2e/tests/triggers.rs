@@ -384,7 +384,39 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         .await?;
     // The examples are valid and Ready too (their schedule and webhook never fire here).
     env.apply_example_ready("triggers/nightly.yaml").await?;
-    env.apply_example_ready("triggers/on-push.yaml").await?;
+    // As the example's comment says: until its Secret exists the composition is Invalid
+    // and names the Secret; once it is created the composition becomes Ready by itself.
+    let on_push = env.apply_example("triggers/on-push.yaml").await?;
+    let missing = wait_for(
+        "build-on-push to be Invalid for its missing Secret",
+        Duration::from_secs(30),
+        || async {
+            let found = compositions
+                .get("build-on-push")
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = found
+                .status
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                .ok_or("no Ready condition yet")?;
+            match ready.status.as_str() {
+                "False" => Ok(ready.message),
+                other => Err(format!("Ready is {other}")),
+            }
+        },
+    )
+    .await?;
+    assert!(
+        missing.contains("Secret app-webhook does not exist"),
+        "the condition names the missing Secret: {missing}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let app_webhook: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "app-webhook"},
+        "stringData": {"secret": "0123456789abcdef0123456789abcdef"}
+    }))?;
+    secrets.create(&PostParams::default(), &app_webhook).await?;
+    env.wait_compositions_ready(&on_push).await?;
     refuses_bad_triggers(&compositions, &ns).await?;
     let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
     let run = wait_for(

@@ -1,19 +1,34 @@
-//! `make bench`: runs the benchmark's workloads on a kwok fake node and prints a table.
-//! `--smoke` runs them tiny (as `make test` does), to show the bench still works.
+//! `make bench`: runs the benchmark's workloads on a kwok fake node against Maestro, Argo
+//! Workflows (at its defaults and tuned) and a bare client, and prints the tables.
+//! `--smoke` runs them tiny and without Argo (as `make test` does), to show the bench
+//! still works; `--repeat N` runs each measurement N times and keeps the median.
 
-use anyhow::Result;
-use maestro_e2e::bench::{self, Sizes};
+use anyhow::{Context, Result};
+use maestro_e2e::bench::{self, Plan};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let repeat = match args.iter().position(|a| a == "--repeat") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .context("--repeat takes a number")?,
+        None => 3,
+    };
     // The operator is the one built beside this binary (a release build for the real
     // bench), unless MAESTRO_BIN_DIR names another folder.
     if let Some(dir) = std::env::current_exe()?.parent() {
         maestro_e2e::maestro::set_bin_dir(dir);
     }
-    let sizes = if smoke { Sizes::SMOKE } else { Sizes::FULL };
-    let figures = bench::run_all(sizes).await?;
+    let plan = if smoke {
+        Plan::smoke()
+    } else {
+        Plan::full(repeat)
+    };
+    let figures = bench::run_all(&plan).await?;
     println!("{}", bench::table(&figures));
+    println!("{}", bench::ratios(&figures));
     Ok(())
 }

@@ -120,8 +120,9 @@ pub async fn reconcile(
     })
 }
 
-/// How soon a composition whose webhook secret is missing or too short is checked again.
-const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+/// How soon a composition whose webhook secret is missing or too short is checked again
+/// (the operator may not watch Secrets, so it asks; one GET per broken trigger is cheap).
+const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Problems with the Secrets of the git triggers: missing, without the key, or shorter
 /// than a signature secret may be (deliveries for such a trigger would all be refused).
