@@ -765,14 +765,24 @@ pub async fn bare(client: &Client, ns: &str, workload: Workload) -> Result<Figur
             let pod_name = |step: &str| format!("{run}-{step}");
             // Waves: each step starts once everything it depends on has finished.
             let mut done: Vec<String> = Vec::new();
-            let mut left = graph.clone();
-            let mut previous: Option<String> = None;
-            while !left.is_empty() {
-                let (wave, rest): (Vec<_>, Vec<_>) =
-                    left.into_iter().partition(|(_, deps)| match deps {
-                        Some(deps) => deps.iter().all(|d| done.contains(d)),
-                        None => previous.as_ref().is_none_or(|p| done.contains(p)),
+            // A step without dependencies listed follows the step listed before it.
+            let mut left: Vec<(String, Vec<String>)> = graph
+                .iter()
+                .enumerate()
+                .map(|(i, (step, deps))| {
+                    let deps = deps.clone().unwrap_or_else(|| {
+                        i.checked_sub(1)
+                            .and_then(|before| graph.get(before))
+                            .map(|(s, _)| vec![s.clone()])
+                            .unwrap_or_default()
                     });
+                    (step.clone(), deps)
+                })
+                .collect();
+            while !left.is_empty() {
+                let (wave, rest): (Vec<_>, Vec<_>) = left
+                    .into_iter()
+                    .partition(|(_, deps)| deps.iter().all(|d| done.contains(d)));
                 left = rest;
                 if wave.is_empty() {
                     bail!("the workload's graph has a cycle");
@@ -807,7 +817,6 @@ pub async fn bare(client: &Client, ns: &str, workload: Workload) -> Result<Figur
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                previous = wave.last().map(|(s, _)| s.clone());
                 done.extend(wave.into_iter().map(|(s, _)| s));
             }
             Ok::<(), anyhow::Error>(())
@@ -894,7 +903,12 @@ async fn install_argo_crds(client: &Client) -> Result<()> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+        // The folder holds a kustomization.yaml beside the CRDs.
+        let is_crd = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("argoproj.io_") && n.ends_with(".yaml"));
+        if !is_crd {
             continue;
         }
         let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
