@@ -1190,6 +1190,8 @@ async fn measure(client: &Client, plan: &Plan) -> Result<Vec<Figures>> {
             }
             repeats.sort_by_key(|f| f.wall);
             if let Some(median) = repeats.get(repeats.len() / 2) {
+                // Each row as it is measured, so that a long bench cut short still tells.
+                eprint!("{}", table(std::slice::from_ref(median)));
                 all.push(median.clone());
             }
         }

@@ -766,7 +766,7 @@ async fn leader_pod_killed_mid_run(
     replicas: &[String],
     major: &str,
 ) -> Result<()> {
-    const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
+    const TAKEOVER_LIMIT: Duration = Duration::from_secs(20); // the 15 s lease, a 2 s retry, margin
     let runs = release.runs_namespace.as_str();
     apply_file(
         client,

@@ -21,7 +21,7 @@ use maestro_e2e::{
 };
 
 const LEASE: &str = "maestro-operator";
-const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(20); // the 15 s lease, a 2 s retry, margin
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// One operator replica: the real binary as a local process, with its own identity

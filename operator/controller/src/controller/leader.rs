@@ -24,8 +24,10 @@ use kube::{
 };
 use prometheus::IntGauge;
 
-/// How long a Lease stays valid after its last renewal.
-pub const LEASE_DURATION: Duration = Duration::from_secs(10);
+/// How long a Lease stays valid after its last renewal (client-go's default). The bench
+/// saw a 10 s lease lost on a loaded 2-core machine: 500 runs created at once kept the
+/// API server from answering two 2 s renewals in a row, and the operator stopped.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews.
 pub const RENEW_PERIOD: Duration = Duration::from_secs(2);
 /// How often a follower tries to take the Lease.
@@ -33,7 +35,10 @@ pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 /// The leader gives up when it has not renewed for this long. It is shorter than
 /// [`LEASE_DURATION`] so the old leader has stopped writing some seconds before any
 /// follower may consider the Lease expired (a margin for clock skew and slow requests).
-pub const RENEW_DEADLINE: Duration = Duration::from_secs(6);
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one attempt to take or renew the Lease may wait for the API server's answer:
+/// two renewals fit in the deadline.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the Lease lives and who this replica is.
 #[derive(Debug, Clone)]
@@ -227,10 +232,10 @@ impl Elector {
     /// [`Self::attempt`], bounded so a hung request counts as a failed one instead of
     /// stalling the renew loop past its deadline.
     async fn attempt_bounded(&self) -> Result<Outcome, String> {
-        match tokio::time::timeout(RETRY_PERIOD, self.attempt()).await {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt()).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {RETRY_PERIOD:?}")),
+            Err(_) => Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
         }
     }
 
@@ -403,7 +408,7 @@ mod tests {
             ..held("b", 100, 0)
         };
         assert_eq!(
-            decide(Some(&undeclared), "a", at(111), LEASE_DURATION),
+            decide(Some(&undeclared), "a", at(116), LEASE_DURATION),
             Decision::Acquire
         );
     }
@@ -440,7 +445,7 @@ mod tests {
         assert_eq!(taken.lease_transitions, Some(4));
         assert_eq!(taken.acquire_time, Some(MicroTime(at(120))));
         assert_eq!(taken.renew_time, Some(MicroTime(at(120))));
-        assert_eq!(taken.lease_duration_seconds, Some(10));
+        assert_eq!(taken.lease_duration_seconds, Some(15));
 
         let renewed = next_spec(Some(&taken), "a", at(122), LEASE_DURATION);
         assert_eq!(renewed.lease_transitions, Some(4));
