@@ -1124,6 +1124,22 @@ impl Plan {
         }
     }
 
+    /// A fifth of the full sizes (the fan-out kept whole), for a quicker comparison.
+    pub fn medium(repeat: usize) -> Self {
+        Self {
+            workloads: vec![
+                Workload::OneStep { runs: 100 },
+                Workload::Sequential {
+                    runs: 10,
+                    steps: 10,
+                },
+                Workload::FanOut { width: 62 },
+                Workload::Gated { runs: 200 },
+            ],
+            ..Self::full(repeat)
+        }
+    }
+
     /// A few runs, no Argo: shows the bench still works (in `make test`).
     pub fn smoke() -> Self {
         Self {

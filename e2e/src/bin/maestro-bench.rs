@@ -1,7 +1,7 @@
 //! `make bench`: runs the benchmark's workloads on a kwok fake node against Maestro, Argo
 //! Workflows (at its defaults and tuned) and a bare client, and prints the tables.
 //! `--smoke` runs them tiny and without Argo (as `make test` does), to show the bench
-//! still works; `--repeat N` runs each measurement N times and keeps the median.
+//! still works; `--medium` runs a fifth of the sizes; `--repeat N` runs each measurement N times and keeps the median.
 
 use anyhow::{Context, Result};
 use maestro_e2e::bench::{self, Plan};
@@ -24,6 +24,8 @@ async fn main() -> Result<()> {
     }
     let plan = if smoke {
         Plan::smoke()
+    } else if args.iter().any(|a| a == "--medium") {
+        Plan::medium(repeat)
     } else {
         Plan::full(repeat)
     };
