@@ -185,7 +185,11 @@ async fn scenario(client: &Client, ns: &str) -> anyhow::Result<()> {
     );
     let lease = leases.get(LEASE).await?;
     let spec = lease.spec.clone().unwrap_or_default();
-    assert_eq!(spec.lease_duration_seconds, Some(15), "the lease lasts 15 s");
+    assert_eq!(
+        spec.lease_duration_seconds,
+        Some(15),
+        "the lease lasts 15 s"
+    );
     assert!(spec.acquire_time.is_some() && spec.renew_time.is_some());
     let transitions = spec.lease_transitions.unwrap_or(0);
     let follower_log = std::fs::read_to_string(&replicas[follower].log)?;
