@@ -694,6 +694,7 @@ pub async fn maestro(env: &Env, workload: Workload) -> Result<Figures> {
                 params: BTreeMap::new(),
                 cancel: false,
                 priority: 0,
+                started_by: None,
             },
             status: None,
         })
@@ -1221,10 +1222,18 @@ async fn once(client: &Client, system: System, workload: Workload) -> Result<Fig
     let prefix = format!("bench-{}-{}", system.name(), workload.label());
     let (figures, ns) = match system {
         System::Maestro => {
+            // One process and no election, as Argo runs here (LEADER_ELECTION_DISABLE):
+            // on a saturated 2-core machine a Lease renewal can take over 5 s, and a lost
+            // Lease stops the operator (in a cluster its container restarts; here the
+            // measurement would stall).
             let env = Env::with_options(
                 &prefix,
                 "restricted",
-                &["--workspace".to_string(), "emptyDir".to_string()],
+                &[
+                    "--workspace".to_string(),
+                    "emptyDir".to_string(),
+                    "--leader-elect=false".to_string(),
+                ],
             )
             .await?;
             (maestro(&env, workload).await, env.ns.name.clone())

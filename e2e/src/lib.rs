@@ -41,6 +41,15 @@ pub async fn client_as(user: &str) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// A client that acts as `user` in `groups` (like `kubectl --as USER --as-group G...`):
+/// the API server sees exactly those groups (and system:authenticated).
+pub async fn client_as_in(user: &str, groups: &[&str]) -> Result<Client> {
+    let mut config = cluster_config().await?;
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Ok(Client::try_from(config)?)
+}
+
 /// Waits until the API server's authorizer lets `user` `verb` the `resource` (of
 /// `group`) in `namespace`. RBAC writes reach the authorizer through its informers a
 /// moment later, so a test that grants a right and uses it at once would race.

@@ -180,6 +180,10 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
             ApiResource::from_gvk_with_plural(&gvk("", "v1"), &format!("{}s", kind.to_lowercase())),
             true,
         ),
+        "ResourceQuota" => (
+            ApiResource::from_gvk_with_plural(&gvk("", "v1"), "resourcequotas"),
+            true,
+        ),
         other => bail!("the e2e harness does not apply kind {other}"),
     })
 }
@@ -431,6 +435,7 @@ pub async fn start_run(
                 .collect(),
             cancel: false,
             priority: 0,
+            started_by: None,
         },
         status: None,
     };

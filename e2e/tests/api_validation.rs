@@ -664,16 +664,10 @@ async fn kubectl_explain_prints_the_doc_comments() -> Result<()> {
     Ok(())
 }
 
-/// The author-rights policies: writing a Composition needs the right to create pods in its
-/// namespace, and every Secret it hands its steps must be one the author may get. Each
-/// refusal names what is missing (the Secrets by name); with the rights, the same
-/// composition is admitted.
-#[tokio::test]
-async fn an_author_may_not_ask_for_more_than_they_may_have() -> Result<()> {
-    let env = Env::new("authors").await?;
-    let grant = |name: &str, rule: &str| {
-        format!(
-            r#"
+/// A Role with one `rule`, bound to `user`, as YAML.
+fn grant_to(user: &str, name: &str, rule: &str) -> String {
+    format!(
+        r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: {name}}}
@@ -681,12 +675,46 @@ rules: [{rule}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {{name: bob-{name}}}
+metadata: {{name: {user}-{name}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}
-subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]
 "#
-        )
-    };
+    )
+}
+
+/// Creates `object` until the refusal (403) says `expected`, and returns it. RBAC changes
+/// reach the API server's authorizer through its informers, a moment after the write, so
+/// after each grant the create is refused for the right before it for a while; a refusal
+/// for anything else after 90 s, any other error, or an admission fails at once.
+async fn refused_until<K>(api: &Api<K>, object: &K, expected: &str) -> Result<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let said = match api.create(&PostParams::default(), object).await {
+            Err(kube::Error::Api(status)) if status.code == 403 => status.message,
+            Err(other) => bail!("unexpected error: {other}"),
+            Ok(made) => bail!("admitted before: {expected}: {made:?}"),
+        };
+        if said.contains(expected) {
+            return Ok(said);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("still refused for another reason after 90s: {said}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The author-rights policies: writing a Composition needs the right to create pods in its
+/// namespace, and every Secret it hands its steps must be one the author may get. Each
+/// refusal names what is missing (the Secrets by name); with the rights, the same
+/// composition is admitted.
+#[tokio::test]
+async fn an_author_may_not_ask_for_more_than_they_may_have() -> Result<()> {
+    let env = Env::new("authors").await?;
+    let grant = |name: &str, rule: &str| grant_to("bob", name, rule);
     env.apply_yaml(&grant(
         "writer",
         "{apiGroups: [maestro.dev], resources: [compositions], verbs: [get, create]}",
@@ -705,31 +733,15 @@ spec:
     )?;
     let bob: Api<Composition> = Api::namespaced(maestro_e2e::client_as("bob").await?, &env.ns.name);
     let post = PostParams::default();
-    // RBAC changes reach the API server's authorizer through its informers, a moment after
-    // the write. So after each grant the create is retried until the refusal names the next
-    // missing right; a refusal for anything else, or an early admission, fails at once.
-    let refused_until = |expected: &'static str| {
-        let (bob, post, composition) = (bob.clone(), post.clone(), composition.clone());
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-            loop {
-                let said = match bob.create(&post, &composition).await {
-                    Err(kube::Error::Api(status)) if status.code == 403 => status.message,
-                    Err(other) => anyhow::bail!("unexpected error: {other}"),
-                    Ok(_) => anyhow::bail!("the composition was admitted before: {expected}"),
-                };
-                if said.contains(expected) {
-                    return Ok::<String, anyhow::Error>(said);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!("still refused for another reason after 90s: {said}");
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    };
 
-    let said = refused_until("needs the right to create pods there").await?;
+    // Without Secrets only the pods right can be missing. (With both missing, which of the
+    // two policies answers first is the API server's choice: CI saw either.)
+    let mut plain = composition.clone();
+    plain.metadata.name = Some("plain".into());
+    for step in &mut plain.spec.steps {
+        step.secret_env.clear();
+    }
+    let said = refused_until(&bob, &plain, "needs the right to create pods there").await?;
     assert!(said.contains("bob lacks"), "{said}");
     env.apply_yaml(&grant(
         "pods",
@@ -740,7 +752,7 @@ spec:
     // available to messages), so the progress is checked through the authorizer itself.
     let missing_secret =
         "spec.steps[].secretEnv names a Secret that bob may not get (of aws-creds, db-password)";
-    refused_until(missing_secret).await?;
+    refused_until(&bob, &composition, missing_secret).await?;
     env.apply_yaml(&grant(
         "aws",
         "{apiGroups: [''], resources: [secrets], resourceNames: [aws-creds], verbs: [get]}",
@@ -759,7 +771,7 @@ spec:
     };
     // Once the authorizer lets bob read aws-creds, db-password is still missing.
     allowed("aws-creds").await?;
-    refused_until(missing_secret).await?;
+    refused_until(&bob, &composition, missing_secret).await?;
     env.apply_yaml(&grant(
         "db",
         "{apiGroups: [''], resources: [secrets], resourceNames: [db-password], verbs: [get]}",
@@ -781,6 +793,114 @@ spec:
         },
     )
     .await?;
+    Ok(())
+}
+
+/// The author-rights policies cover Tasks and Agents as they do Compositions: a user who
+/// may write them but not create pods is refused, naming the kind; with the pods right, a
+/// Task handing its steps a Secret the user may not get is still refused, naming the
+/// field; without the Secret the same user's Task and Agent are admitted.
+#[tokio::test]
+async fn tasks_and_agents_need_the_authors_rights_too() -> Result<()> {
+    let env = Env::new("authors-kinds").await?;
+    let grant = |name: &str, rule: &str| grant_to("carol", name, rule);
+    env.apply_yaml(&grant(
+        "writer",
+        "{apiGroups: [maestro.dev], resources: [tasks, agents], verbs: [get, create]}",
+    ))
+    .await?;
+    let carol = maestro_e2e::client_as("carol").await?;
+    let tasks: Api<maestro_api::Task> = Api::namespaced(carol.clone(), &env.ns.name);
+    let agents: Api<maestro_api::Agent> = Api::namespaced(carol, &env.ns.name);
+    let task: maestro_api::Task = serde_yaml::from_str(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Task
+metadata: {name: lint}
+spec: {container: {image: "localhost/maestro/agent:dev", command: ["true"]}}
+"#,
+    )?;
+    let mut task_with_secret = task.clone();
+    task_with_secret.metadata.name = Some("publish".into());
+    task_with_secret.spec.secret_env = vec!["registry-token".into()];
+    let agent: maestro_api::Agent = serde_yaml::from_str(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Agent
+metadata: {name: builders}
+spec: {capacity: 1}
+"#,
+    )?;
+    let post = PostParams::default();
+    let ns = &env.ns.name;
+    let said = refused_until(
+        &tasks,
+        &task,
+        &format!("writing tasks in namespace {ns} needs the right to create pods there"),
+    )
+    .await?;
+    assert!(said.contains("carol lacks"), "{said}");
+    refused_until(
+        &agents,
+        &agent,
+        &format!("writing agents in namespace {ns} needs the right to create pods there"),
+    )
+    .await?;
+    env.apply_yaml(&grant(
+        "pods",
+        "{apiGroups: [''], resources: [pods], verbs: [create]}",
+    ))
+    .await?;
+    refused_until(
+        &tasks,
+        &task_with_secret,
+        "spec.secretEnv names a Secret that carol may not get (of registry-token)",
+    )
+    .await?;
+    tasks.create(&post, &task).await?;
+    agents.create(&post, &agent).await?;
+    Ok(())
+}
+
+/// A step pod the API server keeps refusing (here a quota of no pods) fails its step with
+/// the API's message after a few tries, instead of retrying for ever.
+#[tokio::test]
+async fn a_step_pod_the_api_server_keeps_refusing_fails_its_step_with_the_reason() -> Result<()> {
+    let env = Env::new("apival-quota").await?;
+    env.apply_yaml(
+        r#"
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: no-pods}
+spec: {hard: {pods: "0"}}
+---
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: blocked}
+spec:
+  steps:
+    - {name: build, task: shell, with: {script: "echo never"}}
+"#,
+    )
+    .await?;
+    env.wait_compositions_ready(&["blocked".to_string()])
+        .await?;
+    let name = env.start_run("blocked", &[]).await?;
+    let run = env.wait_finished(&name, RUN_TIMEOUT).await?;
+    let status = run.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Failed, "{status:#?}");
+    let build = status
+        .steps
+        .iter()
+        .find(|s| s.name == "build")
+        .context("no build step")?;
+    let message = build.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("the API server refused to create pod") && message.contains("quota"),
+        "{message}"
+    );
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    assert!(pods.list(&ListParams::default()).await?.items.is_empty());
     Ok(())
 }
 
@@ -828,7 +948,9 @@ spec:
     assert!(
         step.message
             .as_deref()
-            .is_some_and(|m| m.contains(&format!("at most {limit} may nest"))),
+            .is_some_and(|m| m.contains(&format!("at most {limit} may nest"))
+                // The message names the chain: the composition once per run, top first.
+                && m.contains(&vec!["again"; limit + 1].join(" -> "))),
         "{:?}",
         step.message
     );

@@ -247,7 +247,8 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
             "maestro-approval-identity",
             "maestro-author-rights",
             "maestro-author-secrets",
-            "maestro-reserved-labels"
+            "maestro-reserved-labels",
+            "maestro-run-identity"
         ]
     );
     assert!(names("ServiceMonitor").is_empty());
@@ -330,6 +331,7 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
         rules("maestro-operator"),
         expect(&[
             ("", "persistentvolumeclaims", "create"),
+            ("", "persistentvolumeclaims", "get"),
             ("", "persistentvolumeclaims", "list"),
             ("", "persistentvolumeclaims", "watch"),
             ("", "pods", "create"),
@@ -1177,6 +1179,8 @@ async fn installs_runs_upgrades_and_uninstalls(helm: &Path, major: &str) -> Resu
         &["create", "compositionruns.maestro.dev", "-n", runs],
         &["create", "events.events.k8s.io", "-n", runs],
         &["create", "persistentvolumeclaims", "-n", runs],
+        // A claim found there already, read to check its owner before it is mounted.
+        &["get", "persistentvolumeclaims", "-n", runs],
         &["watch", "agents.maestro.dev", "-n", runs],
         &[
             "patch",

@@ -662,6 +662,7 @@ async fn approval_gates_record_the_real_approver_and_time_out() -> anyhow::Resul
             step: "sign-off".into(),
             decision: Decision::Approve,
             approved_by: "mallory".into(),
+            approver_groups: Vec::new(),
             comment: None,
         },
     );

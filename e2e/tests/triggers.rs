@@ -141,6 +141,15 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
     )
     .to_string();
     let gitlab = gitlab_push(&payload_url, "refs/heads/main", &pushed).to_string();
+    // Another repository whose homepage (a field its owner sets to anything) names the
+    // triggered one: a payload's homepage never matches a trigger.
+    let mut homepage = github_push(
+        &format!("{}/other.git", sink.url),
+        "refs/heads/main",
+        &pushed,
+    );
+    homepage["repository"]["homepage"] = repo_url.clone().into();
+    let homepage = homepage.to_string();
     let payloads: Vec<(String, String)> = vec![
         ("push-main.json".into(), push_main.clone()),
         ("push-gitea.json".into(), push_gitea.clone()),
@@ -148,6 +157,7 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
         ("push-docs.json".into(), push_docs.clone()),
         ("other-repo.json".into(), other_repo.clone()),
         ("gitlab.json".into(), gitlab.clone()),
+        ("homepage.json".into(), homepage.clone()),
         (
             "malformed.json".into(),
             r#"{"ref": "refs/heads/main", "after": "#.into(),
@@ -199,6 +209,7 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
             body_key: Some("malformed.json".into()),
         },
         signed_github("unknown-repo", "d-other", &other_repo, "other-repo.json")?,
+        signed_github("homepage", "d-homepage", &homepage, "homepage.json")?,
         signed_github(
             "other-branch",
             "d-feature",
@@ -248,6 +259,7 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
     // Signed, but no trigger is for this repository: the same answer as a forgery, so
     // the endpoint does not tell which repositories have triggers.
     assert_answer(&results, "unknown-repo", 401, "bad signature");
+    assert_answer(&results, "homepage", 401, "bad signature");
     assert_answer(&results, "other-branch", 202, "no matching composition");
     assert_answer(&results, "docs-only", 202, "no changed file matches");
     assert_answer(&results, "gitlab-bad-token", 401, "bad signature");
@@ -406,9 +418,12 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         },
     )
     .await?;
+    // Missing and short alike, and no length: the operator reads the Secret with its own
+    // right, so the condition says no more than whether it can verify deliveries.
     assert!(
-        missing.contains("Secret app-webhook does not exist"),
-        "the condition names the missing Secret: {missing}"
+        missing
+            .contains("key \"secret\" of Secret app-webhook is missing, or shorter than 16 bytes"),
+        "the condition names the unusable Secret: {missing}"
     );
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
     let app_webhook: Secret = serde_json::from_value(json!({

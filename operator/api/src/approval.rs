@@ -41,6 +41,13 @@ pub struct ApprovalSpec {
     /// (`kubectl auth whoami`); checked at admission.
     #[schemars(length(min = 1, max = 253))]
     pub approved_by: String,
+    /// The approver's groups that the gate names (`approval.groups`), exactly as the API
+    /// server authenticated them; checked at admission: each must be one of the
+    /// request's groups. `kubectl maestro approve` fills it in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(length(min = 1, max = 253)))]
+    pub approver_groups: Vec<String>,
     /// A note from the approver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]

@@ -410,6 +410,58 @@ pub struct ApprovalGate {
     /// What the approver is asked, shown by `kubectl maestro describe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How many different users must approve (1 to 10, default 1). One rejection fails
+    /// the gate whatever the count; a user who approves twice counts once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub approvers: Option<u32>,
+    /// Whether the user who started the run (its `spec.startedBy`) may decide this gate.
+    /// Unset: allowed when one approver is needed, refused when several are (a
+    /// two-person rule where one of the two is the starter would be a one-person rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_self_approval: Option<bool>,
+    /// Only members of at least one of these groups may decide the gate, as the API
+    /// server authenticated them (recorded in the Approval's `approverGroups` and checked
+    /// at admission). Empty: anyone whom RBAC lets create Approvals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(length(min = 1, max = 253)))]
+    pub groups: Vec<String>,
+}
+
+impl ApprovalGate {
+    /// How many different users must approve.
+    pub fn required_approvals(&self) -> u32 {
+        self.approvers.unwrap_or(1).max(1)
+    }
+
+    /// Whether the run's starter may decide the gate (see `allowSelfApproval`).
+    pub fn self_approval_allowed(&self) -> bool {
+        self.allow_self_approval
+            .unwrap_or(self.required_approvals() == 1)
+    }
+
+    /// Why a decision by `user`, a member of `groups` (as recorded at admission), does
+    /// not count on this gate of a run started by `started_by`; `None` when it counts.
+    /// The operator and `kubectl maestro approve` ask the same question, so the CLI can
+    /// refuse early what the operator would ignore.
+    pub fn ineligible(
+        &self,
+        user: &str,
+        groups: &[String],
+        started_by: Option<&str>,
+    ) -> Option<String> {
+        if !self.self_approval_allowed() && started_by == Some(user) {
+            return Some(format!("{user} started the run and may not approve it"));
+        }
+        if !self.groups.is_empty() && !groups.iter().any(|g| self.groups.contains(g)) {
+            return Some(format!(
+                "{user} is in none of the groups {}",
+                self.groups.join(", ")
+            ));
+        }
+        None
+    }
 }
 
 /// A call of another composition.

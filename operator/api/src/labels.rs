@@ -24,12 +24,35 @@ pub const COMPOSITION: &str = "maestro.dev/composition";
 pub const PARENT_RUN: &str = "maestro.dev/parent-run";
 /// On an onFailure run: the failed run that started it.
 pub const FAILED_RUN: &str = "maestro.dev/failed-run";
+/// On an onFailure run: the UID of the failed run that started it. The onFailure run is
+/// not owned by the failed run (it outlives it), so this label, which only the operator
+/// may set (the reserved-labels policy), is what proves a run of that name is the handler
+/// and not a look-alike a runner created first.
+pub const FAILED_RUN_UID: &str = "maestro.dev/failed-run-uid";
 /// On a run another run started (a child, or an onFailure run): how many runs started
 /// each other to get here (1 for a child of a run a user or trigger started).
 pub const DEPTH: &str = "maestro.dev/depth";
 /// How deep runs may start runs: a composition that calls (or forks, or runs onFailure)
 /// itself stops here instead of starting runs without end.
 pub const MAX_RUN_DEPTH: u32 = 8;
+
+/// Annotation on a run another run started: the compositions of the runs that started it
+/// and its own, from the first, joined by ` -> `. Only read to name the chain when the
+/// depth limit stops it, so a forged value misleads that message and nothing else.
+pub const CHAIN: &str = "maestro.dev/chain";
+
+/// The chain of compositions that led to a run of `composition` with these annotations:
+/// its [`CHAIN`] annotation, or only its own composition when it has none.
+pub fn chain_of(
+    annotations: &std::collections::BTreeMap<String, String>,
+    composition: &str,
+) -> String {
+    annotations
+        .get(CHAIN)
+        .filter(|chain| !chain.is_empty())
+        .cloned()
+        .unwrap_or_else(|| composition.to_string())
+}
 
 /// A run's depth from its labels: 0 for a run without the label (started by a user or a
 /// trigger) and for an unreadable value.

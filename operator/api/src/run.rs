@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(
     validation = Rule::new("self.composition == oldSelf.composition && self.params == oldSelf.params && self.priority == oldSelf.priority").message("a run's composition, params and priority cannot change once created; start a new run instead"),
     validation = Rule::new("!oldSelf.cancel || self.cancel").message("a cancelled run cannot be resumed"),
+    validation = Rule::new("has(self.startedBy) == has(oldSelf.startedBy) && (!has(self.startedBy) || self.startedBy == oldSelf.startedBy)").message("a run's startedBy cannot change once created"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CompositionRunSpec {
@@ -44,6 +45,14 @@ pub struct CompositionRunSpec {
     /// (default 0).
     #[serde(default)]
     pub priority: i32,
+    /// Who started the run, exactly as the API server authenticated them (`kubectl auth
+    /// whoami`); `kubectl maestro run` sets it. Checked at admission: a user must name
+    /// themself. Runs the operator makes carry their trigger's: a child or onFailure run
+    /// its parent's, a scheduled or pushed run none (its `maestro.dev/trigger` label says
+    /// which trigger). An approval gate that forbids self-approval ignores this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub started_by: Option<String>,
 }
 
 /// The phase of a run.
@@ -217,15 +226,43 @@ pub struct StepStatus {
     /// The child runs this step started (call and fork steps).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub child_runs: Vec<String>,
-    /// Who approved or rejected the gate, as the API server authenticated them.
+    /// Who approved or rejected the gate, as the API server authenticated them. For a
+    /// gate that needs several approvers, their names joined by ", ".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// Each decision on this approval gate, oldest first: who, when, the comment, and
+    /// why it did not count, if it did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRecord>,
     /// Why the step is in its phase: an exit code, an error, a skip reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The exit code of the latest attempt's command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+}
+
+/// One decision on an approval gate, as the run's status shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// The Approval object.
+    pub name: String,
+    /// Who decided, as the API server authenticated them.
+    pub by: String,
+    /// Approve or Reject.
+    #[serde(default)]
+    pub decision: crate::Decision,
+    /// When the Approval was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// The approver's note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Why the decision does not count (the run's starter, a user outside the gate's
+    /// groups, a second decision of the same user); absent when it counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -4,6 +4,7 @@
 
 mod commands;
 mod connection;
+mod identity;
 mod loglines;
 mod lookup;
 mod params;

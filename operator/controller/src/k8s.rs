@@ -72,15 +72,39 @@ pub async fn holder_unless_owned<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
+    holder_unless(api, name, |existing| {
+        existing
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner_uid)
+    })
+    .await
+}
+
+/// After a create answered AlreadyExists: who holds the name (its owners, for the
+/// message), unless `is_ours` says the object there is the one the create meant. `None`
+/// too if it is gone meanwhile.
+pub async fn holder_unless<K>(
+    api: &Api<K>,
+    name: &str,
+    is_ours: impl Fn(&K) -> bool,
+) -> Result<Option<String>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
     let Some(existing) = api.get_opt(name).await? else {
         return Ok(None);
     };
-    let owners = existing.meta().owner_references.clone().unwrap_or_default();
-    if owners.iter().any(|o| o.uid == owner_uid) {
+    if is_ours(&existing) {
         return Ok(None);
     }
-    let holders: Vec<String> = owners
+    let holders: Vec<String> = existing
+        .meta()
+        .owner_references
         .iter()
+        .flatten()
         .map(|o| format!("{} {}", o.kind, o.name))
         .collect();
     Ok(Some(if holders.is_empty() {
@@ -167,6 +191,7 @@ impl RunBuilder {
                 params: BTreeMap::new(),
                 cancel: false,
                 priority: 0,
+                started_by: None,
             },
             status: None,
         };
@@ -180,6 +205,12 @@ impl RunBuilder {
 
     pub fn priority(mut self, priority: i32) -> Self {
         self.run.spec.priority = priority;
+        self
+    }
+
+    /// The user the run is started for (a child or onFailure run: its parent's starter).
+    pub fn started_by(mut self, user: Option<String>) -> Self {
+        self.run.spec.started_by = user;
         self
     }
 

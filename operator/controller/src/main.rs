@@ -112,9 +112,11 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format)?;
     maestro_operator::tls::install_crypto_provider();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), agent_image = %args.agent_image, "maestro-operator starting");
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;
+    let client =
+        kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
     let settings = Settings {
         pods: PodSettings {
             agent_image: args.agent_image,
@@ -163,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         (serving, Some(cache_tx))
     };
     tokio::select! {
-        result = controller::run(client, settings, metrics, ready, leader, compositions_for_webhook) => result?,
+        result = controller::run(config, client, settings, metrics, ready, leader, compositions_for_webhook) => result?,
         result = server => {
             result??;
         }

@@ -30,6 +30,10 @@ struct Fixture {
     /// The run's depth (label maestro.dev/depth); 0 if absent.
     #[serde(default)]
     depth: u32,
+    /// The compositions that led to the run (annotation maestro.dev/chain); absent: only
+    /// the run's own.
+    #[serde(default)]
+    chain: Option<String>,
     rounds: Vec<Round>,
 }
 
@@ -94,6 +98,13 @@ struct Expect {
     requeue: Option<String>,
     #[serde(default)]
     approved_by: BTreeMap<String, String>,
+    /// `startedBy` of runs created this round, by run name (`null`: none).
+    #[serde(default)]
+    started_by: BTreeMap<String, Option<String>>,
+    /// The decisions recorded in steps' status, each as `by Decision` and, when it does
+    /// not count, `(ignored: substring of why)`; exactly these, in order.
+    #[serde(default)]
+    approvals: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     ledger: Option<Vec<String>>,
     /// Phase of the cleanup of leftovers.
@@ -112,6 +123,7 @@ shell:
   inputs:
     - {name: script, required: true}
     - {name: shell, default: sh}
+    - {name: env, type: object}
 "#,
     )
     .expect("default tasks parse")
@@ -140,6 +152,7 @@ fn run_fixture(path: &Path) -> Result<(), String> {
             namespace: "ns",
             generation: Some(1),
             depth: fixture.depth,
+            chain: fixture.chain.as_deref().unwrap_or(&fixture.run.composition),
             spec: &spec,
             status: &status,
             composition: fixture.composition.as_ref(),
@@ -281,6 +294,37 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             .and_then(|s| s.approved_by.clone());
         if got.as_ref() != Some(want) {
             return Err(format!("approvedBy of {step}: want {want}, got {got:?}"));
+        }
+    }
+    for (run, want) in &expect.started_by {
+        let got = plan.actions.iter().find_map(|a| match a {
+            Action::CreateRun(r) if &r.name == run => Some(&r.started_by),
+            _ => None,
+        });
+        if got != Some(want) {
+            return Err(format!("startedBy of {run}: want {want:?}, got {got:?}"));
+        }
+    }
+    for (step, want) in &expect.approvals {
+        let got: Vec<&maestro_api::ApprovalRecord> = status
+            .steps
+            .iter()
+            .find(|s| &s.name == step)
+            .map(|s| s.approvals.iter().collect())
+            .unwrap_or_default();
+        let matches = got.len() == want.len()
+            && got.iter().zip(want).all(|(record, want)| {
+                let head = format!("{} {:?}", record.by, record.decision);
+                match (want.split_once(" (ignored: "), &record.ignored) {
+                    (None, None) => *want == head,
+                    (Some((w_head, w_why)), Some(why)) => {
+                        w_head == head && why.contains(w_why.trim_end_matches(')'))
+                    }
+                    _ => false,
+                }
+            });
+        if !matches {
+            return Err(format!("approvals of {step}: want {want:?}, got {got:#?}"));
         }
     }
     if let Some(want) = &expect.invalid {

@@ -181,7 +181,7 @@ fn check_step(
         if let Some(position) = shell_command_template(value) {
             problems.push(format!(
                 "{at}.with.{key}[{position}]: a {{{{ }}}} template in the command line of a \
-                 shell's -c would run a param or an output as code: pass the value through \
+                 shell's -c (or -ec, -xc...) would run a param or an output as code: pass the value through \
                  env and read it as $VALUE"
             ));
         }
@@ -189,10 +189,12 @@ fn check_step(
 }
 
 /// Whether `value`, given to `input` of `task`, is code: an input the Task marks as code,
-/// or the container task's command written as one shell command line (it runs as
-/// `sh -c`).
+/// the builtin shell's `script` (whatever the Task says: a namespace Task may declare it
+/// without the mark, and the shell still runs it), or the container task's command written
+/// as one shell command line (it runs as `sh -c`).
 fn is_code(task: &TaskSpec, input: &TaskInput, value: &serde_json::Value) -> bool {
     input.code
+        || (task.builtin == Some(BuiltinTask::Shell) && input.name == "script")
         || (task.builtin == Some(BuiltinTask::Container)
             && input.name == "command"
             && value.is_string())
@@ -208,15 +210,76 @@ fn holds_template(value: &serde_json::Value) -> bool {
     }
 }
 
-/// In a command given as a list (`[sh, -c, "..."]`), the position of a script after `-c`
-/// that holds a template. Other list elements reach the program as arguments, never
-/// through a shell, so a template there stays data.
+/// Programs that run their `-c` operand as shell code (matched by the file name, so
+/// `/bin/sh` and `/usr/bin/env bash` count too).
+const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ash", "ksh", "mksh", "busybox"];
+
+/// In a command given as a list (`[sh, -c, "..."]`), the position of a script that a shell
+/// runs as code and that holds a template. A shell runs its first operand as code when any
+/// of its option clusters holds `c` (`-c`, `-ec`, `-euxc`, `-o pipefail -c`); so does a
+/// list of a shell's options alone (`[-ec, "..."]`, arguments for a shell named
+/// elsewhere). A literal `-c` anywhere still counts, whatever the program (`python -c`).
+/// Other list elements reach the program as arguments, never through a shell, so a
+/// template there stays data.
 fn shell_command_template(value: &serde_json::Value) -> Option<usize> {
     let items = value.as_array()?;
-    items.windows(2).enumerate().find_map(|(i, pair)| {
-        let after_dash_c = pair[0].as_str().is_some_and(|flag| flag == "-c");
-        (after_dash_c && holds_template(&pair[1])).then_some(i + 1)
-    })
+    let words: Vec<Option<&str>> = items.iter().map(serde_json::Value::as_str).collect();
+    let shell_starts = words.iter().enumerate().filter_map(|(i, word)| {
+        let program = (*word)?.rsplit('/').next()?;
+        SHELLS.contains(&program).then_some(i + 1)
+    });
+    let starts_with_options = words
+        .first()
+        .copied()
+        .flatten()
+        .is_some_and(|w| w.len() > 1 && (w.starts_with('-') || w.starts_with('+')));
+    let script_positions = shell_starts
+        .chain(starts_with_options.then_some(0))
+        .filter_map(|start| shell_script_position(&words, start));
+    let after_dash_c = words
+        .windows(2)
+        .enumerate()
+        .filter(|(_, pair)| pair[0] == Some("-c"))
+        .map(|(i, _)| i + 1);
+    let mut candidates: Vec<usize> = script_positions.chain(after_dash_c).collect();
+    candidates.sort_unstable();
+    candidates
+        .into_iter()
+        .find(|&i| items.get(i).is_some_and(holds_template))
+}
+
+/// Reads a shell's options from `words[start..]`: the position of the operand it runs as
+/// code, if an option cluster holds `c`. `-o NAME`, `+o NAME`, `-O NAME` and `+O NAME`
+/// take the next word; a long option (`--login`) is skipped, `--rcfile` and `--init-file`
+/// with their file; `--` ends the options. A word that is not a string ends them too.
+fn shell_script_position(words: &[Option<&str>], start: usize) -> Option<usize> {
+    let mut runs_code = false;
+    let mut i = start;
+    while let Some(word) = words.get(i) {
+        let Some(word) = word else { return None };
+        if *word == "--" {
+            i += 1;
+            break;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            i += if matches!(long, "rcfile" | "init-file") {
+                2
+            } else {
+                1
+            };
+            continue;
+        }
+        let Some(cluster) = word.strip_prefix('-').or_else(|| word.strip_prefix('+')) else {
+            break;
+        };
+        if cluster.is_empty() {
+            break;
+        }
+        runs_code |= word.starts_with('-') && cluster.contains('c');
+        let takes_name = cluster.contains('o') || cluster.contains('O');
+        i += if takes_name { 2 } else { 1 };
+    }
+    (runs_code && i < words.len()).then_some(i)
 }
 
 /// Every `{{ }}` expression in the strings of a JSON value.
@@ -397,5 +460,88 @@ steps:
             )
             .is_empty()
         );
+    }
+
+    /// A namespace Task may declare the builtin shell's `script` without `code: true`:
+    /// the shell still runs it, so it is code all the same.
+    #[test]
+    fn the_builtin_shells_script_is_code_even_unmarked() {
+        let tasks: BTreeMap<String, TaskSpec> = serde_yaml::from_str(
+            r#"
+db-shell:
+  builtin: shell
+  inputs: [{name: script, required: true}]
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let refused = validate(
+            &spec(
+                r#"
+params: [{name: v}]
+steps:
+  - {name: s, task: db-shell, with: {script: 'psql -c "{{ params.v }}"'}}
+"#,
+            ),
+            Some(&tasks),
+            None,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            refused.iter().any(|p| p.starts_with(
+                "spec.steps[0].with.script: input \"script\" of task \"db-shell\" is code"
+            )),
+            "{refused:?}"
+        );
+    }
+
+    /// Every way of asking a shell to run its operand as code counts, not only a literal
+    /// `-c` right before it.
+    #[test]
+    fn every_shell_flag_cluster_with_c_makes_the_operand_code() {
+        let command = |line: &str| {
+            format!(
+                "params: [{{name: v}}]\nsteps:\n  - {{name: d, task: container, with: \
+                 {{image: i, command: {line}}}}}\n"
+            )
+        };
+        for (line, position) in [
+            (r#"[sh, -c, "x {{ params.v }}"]"#, 2),
+            (r#"[sh, -ec, "x {{ params.v }}"]"#, 2),
+            (r#"[bash, -xc, "x {{ params.v }}"]"#, 2),
+            (r#"[bash, -euxc, "x {{ params.v }}"]"#, 2),
+            (r#"[bash, -o, pipefail, -c, "x {{ params.v }}"]"#, 4),
+            (r#"[bash, -c, -e, "x {{ params.v }}"]"#, 3),
+            (r#"[bash, +o, posix, -ce, "x {{ params.v }}"]"#, 4),
+            (r#"[bash, --norc, -ec, "x {{ params.v }}"]"#, 3),
+            (r#"[/bin/sh, -ec, "x {{ params.v }}"]"#, 2),
+            (r#"[/usr/bin/env, bash, -ec, "x {{ params.v }}"]"#, 3),
+            (r#"[zsh, -ec, "x {{ params.v }}"]"#, 2),
+            (r#"[dash, -ec, "x {{ params.v }}"]"#, 2),
+            (r#"[ash, -ec, "x {{ params.v }}"]"#, 2),
+            (r#"[ksh, -ec, "x {{ params.v }}"]"#, 2),
+            (r#"[busybox, sh, -ec, "x {{ params.v }}"]"#, 3),
+            (r#"[timeout, "60", bash, -ec, "x {{ params.v }}"]"#, 4),
+            (r#"[-ec, "x {{ params.v }}"]"#, 1),
+            (r#"[python3, -c, "x {{ params.v }}"]"#, 2),
+        ] {
+            let found = problems(&command(line));
+            let expected = format!("spec.steps[0].with.command[{position}]: a {{{{ }}}} template");
+            assert!(
+                found.iter().any(|p| p.starts_with(&expected)),
+                "{line}: {found:?}"
+            );
+        }
+        // The arguments after the script are the script's $0, $1...: data, as are the
+        // arguments of a shell that runs a script file, not a -c operand.
+        for line in [
+            r#"[bash, -ec, 'echo "$1"', script, "{{ params.v }}"]"#,
+            r#"[bash, -e, deploy.sh, "{{ params.v }}"]"#,
+            r#"[sh, ./run.sh, -c, x]"#,
+            r#"[deploy, --cluster, "{{ params.v }}"]"#,
+        ] {
+            let found = problems(&command(line));
+            assert!(found.is_empty(), "{line}: {found:?}");
+        }
     }
 }

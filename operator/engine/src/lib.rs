@@ -40,6 +40,9 @@ pub struct PlanInput<'a> {
     /// How many runs started each other to start this one (`labels::depth_of`); a run
     /// at `labels::MAX_RUN_DEPTH` starts no more runs.
     pub depth: u32,
+    /// The compositions of the runs that started this one, and its own (`labels::chain_of`),
+    /// named when the depth limit stops it.
+    pub chain: &'a str,
     pub spec: &'a CompositionRunSpec,
     pub status: &'a CompositionRunStatus,
     /// The composition as it is now; the run keeps a snapshot of it once started, so a
@@ -124,6 +127,10 @@ pub struct TakenName {
     pub name: String,
     /// Who holds it, for the message: `"owned by Deployment web"`, `"owned by nobody"`.
     pub holder: String,
+    /// The object that is not this run's, when it is not the pod or run of that name
+    /// itself but one the pod needs: `"claim r-workspace"` (the run's workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// A step pod as observed.
@@ -176,6 +183,11 @@ pub struct ObservedApproval {
     pub step: String,
     pub decision: Decision,
     pub by: String,
+    /// The approver's groups, as recorded at admission (the Approval's `approverGroups`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
     #[serde(default)]
     pub created: Option<Timestamp>,
 }
@@ -253,6 +265,10 @@ pub struct NewRun {
     /// Whether this run owns the new one (children are deleted with their parent; the
     /// onFailure run outlives the failed run).
     pub owned: bool,
+    /// The new run's `startedBy`: this run's. A run another run starts is started by
+    /// whoever started that one, so calling a gated composition from another does not
+    /// get its starter past a gate that forbids self-approval.
+    pub started_by: Option<String>,
 }
 
 /// A Kubernetes Event to record about the run.

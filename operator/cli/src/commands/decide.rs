@@ -2,13 +2,15 @@
 
 use std::process::ExitCode;
 
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
-use kube::{Api, Client, Resource, ResourceExt};
-use maestro_api::{Approval, ApprovalSpec, CompositionRun, Decision, StepPhase};
+use kube::{Api, Resource, ResourceExt};
+use maestro_api::{
+    Approval, ApprovalGate, ApprovalSpec, CompositionRun, CompositionSpec, Decision, StepPhase,
+};
 
 use crate::Target;
+use crate::identity::whoami;
 use crate::lookup::{api_error, get_run};
 use crate::table::wire_name;
 
@@ -32,7 +34,28 @@ pub async fn run(
     check_waiting(&run, &args.step).map_err(anyhow::Error::msg)?;
     // The approver is whoever the API server authenticates, never a name from the
     // command line: the admission policy refuses an approvedBy that differs anyway.
-    let user = authenticated_user(&target.client).await?;
+    let caller = whoami(&target.client).await?;
+    let gate = gate_of(&run, &args.step);
+    // The operator would ignore this decision (and say why in the run's status); saying
+    // so now spares the approver a decision that silently changes nothing.
+    if let Some(gate) = &gate
+        && let Some(why) = gate.ineligible(
+            &caller.username,
+            &caller.groups,
+            run.spec.started_by.as_deref(),
+        )
+    {
+        anyhow::bail!(
+            "{}/{}: {why}; the gate would not count this decision{}",
+            args.run,
+            args.step,
+            if run.spec.started_by.as_deref() == Some(caller.username.as_str()) {
+                " (to stop your own run, kubectl maestro cancel it)"
+            } else {
+                ""
+            }
+        );
+    }
 
     let mut approval = Approval::new(
         "",
@@ -40,7 +63,8 @@ pub async fn run(
             run: args.run.clone(),
             step: args.step.clone(),
             decision,
-            approved_by: user.clone(),
+            approved_by: caller.username.clone(),
+            approver_groups: groups_to_record(gate.as_ref(), &caller.groups),
             comment: args.comment,
         },
     );
@@ -66,30 +90,47 @@ pub async fn run(
         Decision::Approve => "approved",
         Decision::Reject => "rejected",
     };
+    let user = caller.username;
     println!(
         "approval {}: {}/{} {verb} by {user}",
         created.metadata.name.unwrap_or_default(),
         args.run,
         args.step
     );
+    if let Some(gate) = gate.filter(|g| g.required_approvals() > 1 && decision == Decision::Approve)
+    {
+        println!(
+            "the gate needs {} different approvers; kubectl maestro describe {} shows how many it has",
+            gate.required_approvals(),
+            args.run
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The caller's user name as the API server sees it (`kubectl auth whoami`).
-async fn authenticated_user(client: &Client) -> anyhow::Result<String> {
-    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
-    let review = reviews
-        .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await
-        .map_err(|error| api_error(error, "asking the API server who you are"))?;
-    review
-        .status
-        .and_then(|status| status.user_info)
-        .and_then(|user| user.username)
-        .filter(|name| !name.is_empty())
-        .ok_or_else(|| {
-            anyhow::anyhow!("the API server did not say who you are (empty SelfSubjectReview)")
-        })
+/// The approval gate of `step`, from the composition snapshot the run follows; `None`
+/// when the run has no snapshot the CLI can read (the operator still judges).
+pub fn gate_of(run: &CompositionRun, step: &str) -> Option<ApprovalGate> {
+    let snapshot = run.status.as_ref()?.composition_spec.clone()?;
+    let spec: CompositionSpec = serde_json::from_value(snapshot).ok()?;
+    spec.steps
+        .into_iter()
+        .find(|candidate| candidate.name == step)?
+        .approval
+}
+
+/// The caller's groups an Approval records: those the gate names, which is all the
+/// operator needs, and keeps the Approval small however many groups the caller has.
+/// The admission policy checks each against the request's groups.
+pub fn groups_to_record(gate: Option<&ApprovalGate>, groups: &[String]) -> Vec<String> {
+    let Some(gate) = gate else {
+        return Vec::new();
+    };
+    groups
+        .iter()
+        .filter(|group| gate.groups.contains(group))
+        .cloned()
+        .collect()
 }
 
 /// Whether the run has a step of that name waiting for approval; if not, why not.
@@ -135,6 +176,7 @@ mod tests {
                 params: Default::default(),
                 cancel: false,
                 priority: 0,
+                started_by: None,
             },
         );
         run.status = Some(CompositionRunStatus {
@@ -163,6 +205,42 @@ mod tests {
             check_waiting(&run, "x").unwrap_err(),
             r#"step "x" of run "y" is not waiting for approval (phase Running)"#
         );
+    }
+
+    fn gated_run(gate: serde_json::Value) -> CompositionRun {
+        let mut run = run_with(&[("sign-off", StepPhase::WaitingApproval)]);
+        if let Some(status) = run.status.as_mut() {
+            status.composition_spec = Some(serde_json::json!({
+                "steps": [
+                    {"name": "build", "task": "shell"},
+                    {"name": "sign-off", "approval": gate},
+                ]
+            }));
+        }
+        run
+    }
+
+    #[test]
+    fn reads_the_gate_from_the_runs_snapshot() {
+        let run = gated_run(serde_json::json!({"approvers": 2, "groups": ["release-managers"]}));
+        let gate = gate_of(&run, "sign-off").expect("the gate");
+        assert_eq!(gate.required_approvals(), 2);
+        assert!(!gate.self_approval_allowed());
+        assert_eq!(gate_of(&run, "build"), None);
+        assert_eq!(gate_of(&run_with(&[]), "sign-off"), None);
+    }
+
+    #[test]
+    fn records_only_the_groups_the_gate_names() {
+        let run = gated_run(serde_json::json!({"groups": ["release-managers", "sre"]}));
+        let gate = gate_of(&run, "sign-off");
+        let mine = vec![
+            "system:authenticated".to_string(),
+            "sre".to_string(),
+            "developers".to_string(),
+        ];
+        assert_eq!(groups_to_record(gate.as_ref(), &mine), vec!["sre"]);
+        assert!(groups_to_record(None, &mine).is_empty());
     }
 
     #[test]

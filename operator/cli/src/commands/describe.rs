@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use k8s_openapi::jiff::Timestamp;
-use maestro_api::{CompositionRun, CompositionRunStatus, StepStatus};
+use maestro_api::{CompositionRun, CompositionRunStatus, StepPhase, StepStatus};
 
 use crate::Target;
 use crate::lookup::get_run;
@@ -46,6 +46,7 @@ pub fn describe(run: &CompositionRun, now: Timestamp) -> String {
         run.metadata.namespace.as_deref().unwrap_or_default(),
     );
     field("Composition", &run.spec.composition);
+    field("Started by", &started_by(run));
     field(
         "Phase",
         &if run.status.is_some() {
@@ -99,14 +100,7 @@ pub fn describe(run: &CompositionRun, now: Timestamp) -> String {
             .filter(|step| !step.child_runs.is_empty())
             .map(|step| (step.name.as_str(), step.child_runs.join(", "))),
     );
-    section_list(
-        &mut out,
-        "Approved by",
-        status.steps.iter().filter_map(|step| {
-            let by = step.approved_by.as_ref()?;
-            Some((step.name.as_str(), by.clone()))
-        }),
-    );
+    section_approvals(&mut out, &status.steps, now);
     section_resources(&mut out, status);
     out
 }
@@ -233,6 +227,69 @@ fn section_outputs(out: &mut String, steps: &[StepStatus]) {
     }
 }
 
+/// Who started the run: its `startedBy`, else the trigger the operator recorded (a
+/// scheduled or pushed run has no starter), else nothing.
+fn started_by(run: &CompositionRun) -> String {
+    if let Some(user) = &run.spec.started_by {
+        return user.clone();
+    }
+    match run
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(maestro_api::labels::TRIGGER))
+    {
+        Some(trigger) => format!("<the {trigger} trigger>"),
+        None => NONE.to_string(),
+    }
+}
+
+/// Every decision on the run's approval gates: who, what, when, whether it counts, and
+/// the comment.
+fn section_approvals(out: &mut String, steps: &[StepStatus], now: Timestamp) {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for step in steps {
+        for record in &step.approvals {
+            rows.push(vec![
+                step.name.clone(),
+                record.by.clone(),
+                wire_name(&record.decision),
+                moment(record.time.as_ref(), now),
+                match &record.ignored {
+                    None => "yes".into(),
+                    Some(why) => format!("no: {}", one_line(why)),
+                },
+                record.comment.as_deref().map(one_line).unwrap_or_default(),
+            ]);
+        }
+        // A status written before decisions were recorded one by one names only who
+        // decided.
+        if step.approvals.is_empty()
+            && let Some(by) = &step.approved_by
+        {
+            let decision = if step.phase == StepPhase::Failed {
+                "Reject"
+            } else {
+                "Approve"
+            };
+            rows.push(vec![
+                step.name.clone(),
+                by.clone(),
+                decision.into(),
+                "-".into(),
+                "yes".into(),
+                String::new(),
+            ]);
+        }
+    }
+    section_table(
+        out,
+        "Approvals",
+        &["STEP", "BY", "DECISION", "TIME", "COUNTS", "COMMENT"],
+        &rows,
+    );
+}
+
 fn section_resources(out: &mut String, status: &CompositionRunStatus) {
     let rows: Vec<Vec<String>> = status
         .resources
@@ -253,7 +310,7 @@ fn section_resources(out: &mut String, status: &CompositionRunStatus) {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use maestro_api::{CompositionRunSpec, LedgerEntry, RunPhase, StepPhase};
+    use maestro_api::{ApprovalRecord, CompositionRunSpec, Decision, LedgerEntry, RunPhase};
 
     fn at(text: &str) -> Time {
         Time(text.parse().unwrap())
@@ -268,6 +325,7 @@ mod tests {
                 params: BTreeMap::from([("version".into(), "1.4.3".into())]),
                 cancel: false,
                 priority: 0,
+                started_by: Some("carol".into()),
             },
         );
         run.metadata.namespace = Some("qa".into());
@@ -294,6 +352,24 @@ mod tests {
                     phase: StepPhase::WaitingApproval,
                     start_time: Some(at("2025-05-01T10:01:05Z")),
                     message: Some("waiting for\napproval".into()),
+                    approvals: vec![
+                        ApprovalRecord {
+                            name: "acceptance-tests-x7k2p-sign-off-abcde".into(),
+                            by: "alice".into(),
+                            decision: Decision::Approve,
+                            time: Some(at("2025-05-01T10:01:30Z")),
+                            comment: Some("tests are green".into()),
+                            ignored: None,
+                        },
+                        ApprovalRecord {
+                            name: "acceptance-tests-x7k2p-sign-off-fghij".into(),
+                            by: "carol".into(),
+                            decision: Decision::Approve,
+                            time: Some(at("2025-05-01T10:01:40Z")),
+                            comment: None,
+                            ignored: Some("carol started the run and may not approve it".into()),
+                        },
+                    ],
                     ..Default::default()
                 },
                 StepStatus {
@@ -322,6 +398,7 @@ mod tests {
 Name:         acceptance-tests-x7k2p
 Namespace:    qa
 Composition:  acceptance-tests
+Started by:   carol
 Phase:        WaitingApproval
 Progress:     2/3
 Started:      2025-05-01T10:00:00Z (2m ago)
@@ -343,7 +420,10 @@ Outputs:
     instanceId:  i-0d1e
     publicIp:    54.12.3.4
 Child runs:   <none>
-Approved by:  <none>
+Approvals:
+  STEP       BY      DECISION   TIME                             COUNTS                                             COMMENT
+  sign-off   alice   Approve    2025-05-01T10:01:30Z (30s ago)   yes                                                tests are green
+  sign-off   carol   Approve    2025-05-01T10:01:40Z (20s ago)   no: carol started the run and may not approve it
 Resources:
   KIND           ID       REGION      STEP
   ec2-instance   i-0d1e   eu-west-1   provision
@@ -360,6 +440,7 @@ Resources:
                 params: BTreeMap::new(),
                 cancel: false,
                 priority: 0,
+                started_by: None,
             },
         );
         run.status = Some(CompositionRunStatus {

@@ -96,6 +96,7 @@ mod tests {
                 params: Default::default(),
                 cancel: false,
                 priority: 0,
+                started_by: None,
             },
         );
         run.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));

@@ -9,6 +9,7 @@ use maestro_api::{
 };
 
 use crate::Target;
+use crate::identity::whoami;
 use crate::lookup::{self, POLL_INTERVAL, get_composition, retrying};
 use crate::params::{check_params, parse_param};
 use crate::table::wire_name;
@@ -38,6 +39,10 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
     let params = check_params(&args.composition, &composition.spec.params, &args.params)
         .map_err(anyhow::Error::msg)?;
 
+    // Who starts the run, as the API server authenticates them: the admission policy
+    // refuses a run that names anyone else, or nobody, and a gate that forbids
+    // self-approval ignores this user's decisions.
+    let caller = whoami(&target.client).await?;
     let mut new_run = CompositionRun::new(
         "",
         CompositionRunSpec {
@@ -45,6 +50,7 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
             params,
             cancel: false,
             priority: 0,
+            started_by: Some(caller.username),
         },
     );
     new_run.metadata.name = None;

@@ -172,9 +172,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, E
     }
     ctx.agent_counts.counted(new);
     let reference = agent.object_ref(&());
-    for note in changes(&old, &status, &made) {
-        publish(&ctx, &reference, "Reconcile", &note).await;
-    }
+    publish(&ctx, &reference, "Reconcile", changes(&old, &status, &made));
     ctx.succeeded(&key(agent.as_ref()));
     Ok(Action::requeue(RESYNC))
 }

@@ -126,7 +126,7 @@ const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Problems with the Secrets of the git triggers: missing, without the key, or shorter
 /// than a signature secret may be (deliveries for such a trigger would all be refused).
-async fn webhook_secret_problems(
+pub(super) async fn webhook_secret_problems(
     ctx: &Context,
     ns: &str,
     composition: &Composition,
@@ -136,20 +136,35 @@ async fn webhook_secret_problems(
     for (i, trigger) in git.enumerate() {
         let reference = &trigger.secret_ref;
         let at = format!("spec.triggers.git[{i}].secretRef");
-        match k8s::secret_key(&ctx.client, ns, &reference.name, &reference.key).await {
-            Ok(secret) if secret.len() < signature::MIN_SECRET_BYTES => problems.push(format!(
-                "{at}: key {:?} of Secret {} holds {} bytes; a webhook secret needs at least {} \
-                 (every delivery is refused until then)",
-                reference.key,
-                reference.name,
-                secret.len(),
-                signature::MIN_SECRET_BYTES
-            )),
-            Ok(_) => {}
-            Err(why) => problems.push(format!("{at}: {why}")),
+        // One message for a missing Secret, a missing key and a short value, without the
+        // length: the operator reads with its own right, and the author (whom the
+        // author-secrets policy lets name only Secrets they may read) must learn no more
+        // from the condition than from reading it. The detail goes to the operator's log.
+        let usable = match k8s::secret_key(&ctx.client, ns, &reference.name, &reference.key).await {
+            Ok(secret) if secret.len() >= signature::MIN_SECRET_BYTES => Ok(()),
+            Ok(secret) => Err(format!("{} bytes", secret.len())),
+            Err(why) => Err(why),
+        };
+        if let Err(why) = usable {
+            tracing::info!(composition = %composition.name_any(), secret = %reference.name, key = %reference.key, %why, "webhook secret unusable");
+            problems.push(unusable_webhook_secret(
+                &at,
+                &reference.name,
+                &reference.key,
+            ));
         }
     }
     problems
+}
+
+/// The Ready condition's words for a git trigger's Secret that cannot verify deliveries,
+/// the same whatever is wrong with it.
+fn unusable_webhook_secret(at: &str, secret: &str, key: &str) -> String {
+    format!(
+        "{at}: key {key:?} of Secret {secret} is missing, or shorter than {} bytes (every \
+         delivery is refused until then)",
+        signature::MIN_SECRET_BYTES
+    )
 }
 
 pub fn error_policy(

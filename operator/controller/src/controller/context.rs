@@ -8,7 +8,7 @@ use std::{
         Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -29,6 +29,11 @@ pub const RUN_FINALIZER: &str = "maestro.dev/cleanup";
 /// How many times in a row the API server may refuse a pod (other than AlreadyExists,
 /// throttling or a server error) before its step fails with the API's message.
 pub(super) const REFUSALS_BEFORE_FAILING: u32 = 3;
+
+/// How long a pod this replica created counts as there while the pod cache does not show
+/// it. A watch event takes milliseconds; this bounds the wait when the pod was deleted
+/// before the cache ever saw it.
+pub(super) const UNSEEN_POD_GRACE: Duration = Duration::from_secs(30);
 
 /// Operator settings.
 #[derive(Debug, Clone)]
@@ -130,6 +135,11 @@ pub struct Context {
     pub(super) taken: Mutex<HashMap<String, Vec<maestro_engine::TakenName>>>,
     /// Per run UID: its pods whose creates the API server refused, and how often.
     pub(super) refused: Mutex<HashMap<String, Vec<maestro_engine::RefusedCreate>>>,
+    /// Per run UID: step pods this replica created that the pod cache did not show yet,
+    /// with when. The run's own status write wakes its next reconcile before the pod's
+    /// watch event arrives; without this, that reconcile asks for the pod again (a 409
+    /// per step, measured in the bench).
+    pub(super) created: Mutex<HashMap<String, Vec<(Instant, maestro_engine::ObservedPod)>>>,
     /// Which runs' slot assignments the Agents' cache hit and miss counters include.
     pub(super) agent_counts: AssignmentCounts,
 }
@@ -151,15 +161,13 @@ impl Context {
             .min(Duration::from_secs(300))
     }
 
-    /// Notes that `name`, needed by the run with `run_uid`, is held by someone else.
-    pub(super) fn name_taken(&self, run_uid: &str, name: &str, holder: String) {
-        if let Ok(mut taken) = self.taken.lock() {
-            let names = taken.entry(run_uid.to_string()).or_default();
-            if !names.iter().any(|t| t.name == name) {
-                names.push(maestro_engine::TakenName {
-                    name: name.to_string(),
-                    holder,
-                });
+    /// Notes that `taken.name`, needed by the run with `run_uid`, is held by someone else
+    /// (or that an object that name needs is).
+    pub(super) fn name_taken(&self, run_uid: &str, taken: maestro_engine::TakenName) {
+        if let Ok(mut names) = self.taken.lock() {
+            let names = names.entry(run_uid.to_string()).or_default();
+            if !names.iter().any(|t| t.name == taken.name) {
+                names.push(taken);
             }
         }
     }
@@ -173,8 +181,44 @@ impl Context {
             .unwrap_or_default()
     }
 
+    /// Notes that this replica created `pod` for the run with `run_uid`.
+    pub(super) fn pod_created(&self, run_uid: &str, pod: maestro_engine::ObservedPod) {
+        if let Ok(mut created) = self.created.lock() {
+            let pods = created.entry(run_uid.to_string()).or_default();
+            pods.retain(|(_, p)| p.name != pod.name);
+            pods.push((Instant::now(), pod));
+        }
+    }
+
+    /// The pods created for the run with `run_uid` that `seen` (the cache) lacks, as
+    /// Pending. A pod the cache has shown, or one created over [`UNSEEN_POD_GRACE`] ago, is
+    /// forgotten: if the cache still lacks it then, it was deleted, and is made again.
+    pub(super) fn created_unseen(
+        &self,
+        run_uid: &str,
+        seen: &[maestro_engine::ObservedPod],
+    ) -> Vec<maestro_engine::ObservedPod> {
+        let Ok(mut created) = self.created.lock() else {
+            return Vec::new();
+        };
+        let Some(pods) = created.get_mut(run_uid) else {
+            return Vec::new();
+        };
+        pods.retain(|(at, p)| {
+            at.elapsed() < UNSEEN_POD_GRACE && !seen.iter().any(|s| s.name == p.name)
+        });
+        let unseen = pods.iter().map(|(_, p)| p.clone()).collect();
+        if pods.is_empty() {
+            created.remove(run_uid);
+        }
+        unseen
+    }
+
     /// Forgets a run's taken names and refused creates (it is going away).
     pub(super) fn forget_taken(&self, run_uid: &str) {
+        if let Ok(mut created) = self.created.lock() {
+            created.remove(run_uid);
+        }
         if let Ok(mut taken) = self.taken.lock() {
             taken.remove(run_uid);
         }
@@ -229,28 +273,40 @@ impl Context {
     }
 }
 
-/// Records `note` as an Event on the object `reference` names, from `action` (what the
-/// controller was doing). A failure is only logged: an Event tells, it never decides.
-pub(super) async fn publish(
+/// Records `notes` as Events on the object `reference` names, from `action` (what the
+/// controller was doing), in order, without making the reconcile wait: an Event tells, it
+/// never decides, so a failure is only logged, and the next step's pod need not wait for
+/// a run's Events to be written (the bench measured up to five per one-step run).
+pub(super) fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     action: &str,
-    note: &maestro_engine::EventNote,
+    notes: Vec<maestro_engine::EventNote>,
 ) {
-    let event = kube::runtime::events::Event {
-        type_: if note.warning {
-            kube::runtime::events::EventType::Warning
-        } else {
-            kube::runtime::events::EventType::Normal
-        },
-        reason: note.reason.into(),
-        note: Some(note.message.clone()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
-        tracing::debug!(error = %e, "event not recorded");
+    if notes.is_empty() {
+        return;
     }
+    let recorder = ctx.recorder.clone();
+    let reference = reference.clone();
+    let action = action.to_string();
+    tokio::spawn(async move {
+        for note in notes {
+            let event = kube::runtime::events::Event {
+                type_: if note.warning {
+                    kube::runtime::events::EventType::Warning
+                } else {
+                    kube::runtime::events::EventType::Normal
+                },
+                reason: note.reason.into(),
+                note: Some(note.message),
+                action: action.clone(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "event not recorded");
+            }
+        }
+    });
 }
 
 /// A key for per-object bookkeeping.

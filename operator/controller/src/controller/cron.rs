@@ -116,24 +116,43 @@ pub async fn tick(
                     tracing::info!(composition = %name, run = %old_run, "cancelled: replaced by the next scheduled run")
                 }
             }
-            let created = create_run(&runs, composition, cron_trigger, &run, &ns).await?;
-            tick.last_schedule_time = to_time(at);
-            // A run found already there (created before a restart) was counted then.
-            if created {
-                let result = if cancel.is_empty() {
-                    "started"
-                } else {
-                    "replaced"
-                };
-                ctx.metrics
-                    .cron_schedules
-                    .with_label_values(&[name.as_str(), result])
-                    .inc();
-                let mut note = format!("started run {run} for {at}");
-                if !cancel.is_empty() {
-                    note.push_str(&format!(", replacing {}", cancel.join(", ")));
+            let outcome = create_run(&runs, composition, cron_trigger, &run, &ns).await?;
+            match outcome {
+                Scheduled::Taken(holder) => {
+                    // Someone else's run holds the name: it is not the scheduled run and
+                    // must not stand in for it. The time counts as handled (skipped), so
+                    // the warning is said once, not on every look.
+                    tracing::warn!(composition = %name, %run, %holder, "schedule time skipped: its run name is taken");
+                    ctx.metrics
+                        .cron_schedules
+                        .with_label_values(&[name.as_str(), "skipped"])
+                        .inc();
+                    tick.last_skipped_time = to_time(at);
+                    let note = format!(
+                        "skipped the run of {at}: run {run} already exists and is not this \
+                         schedule's ({holder}); nothing was started under that name"
+                    );
+                    warn(ctx, composition, "ScheduleNameTaken", note).await;
                 }
-                record(ctx, composition, "ScheduleStarted", note).await;
+                // A run found already there (created before a restart) was counted then.
+                Scheduled::Existed => tick.last_schedule_time = to_time(at),
+                Scheduled::Created => {
+                    tick.last_schedule_time = to_time(at);
+                    let result = if cancel.is_empty() {
+                        "started"
+                    } else {
+                        "replaced"
+                    };
+                    ctx.metrics
+                        .cron_schedules
+                        .with_label_values(&[name.as_str(), result])
+                        .inc();
+                    let mut note = format!("started run {run} for {at}");
+                    if !cancel.is_empty() {
+                        note.push_str(&format!(", replacing {}", cancel.join(", ")));
+                    }
+                    record(ctx, composition, "ScheduleStarted", note).await;
+                }
             }
         }
     }
@@ -147,20 +166,44 @@ pub async fn tick(
     Ok(tick)
 }
 
-/// Creates the schedule's run; false when it exists already.
-async fn create_run(
+/// What creating a scheduled run found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Scheduled {
+    Created,
+    /// This schedule's run was there already (created before a restart, or by the previous
+    /// leader): the same time, once.
+    Existed,
+    /// A run of that name is there that this schedule did not make (a runner created it
+    /// first, or it is left from a deleted Composition of the same name); who owns it.
+    Taken(String),
+}
+
+/// Creates the schedule's run, owned by the Composition (as a CronJob owns its Jobs), so
+/// that a run of that name found there already proves by the owner's UID, and the reserved
+/// trigger label only the operator may set, that it is this schedule's.
+pub(super) async fn create_run(
     runs: &Api<CompositionRun>,
     composition: &Composition,
     cron_trigger: &CronTrigger,
     run: &str,
     ns: &str,
-) -> Result<bool, Error> {
+) -> Result<Scheduled, Error> {
     let composition_name = composition.name_any();
+    let Some(mut owner) = composition.controller_owner_ref(&()) else {
+        // No UID (never so for an object read from the API): nothing could prove the
+        // run is this schedule's.
+        return Ok(Scheduled::Taken("the Composition has no UID".into()));
+    };
+    // The run need not hold up the Composition's deletion (that would need the right to
+    // update compositions/finalizers); it only has to go with it.
+    owner.block_owner_deletion = None;
+    let composition_uid = owner.uid.clone();
     // The builder's priority 0: a scheduled run queues like a manual one.
     let new = RunBuilder::new(run, ns, &composition_name)
         .label(labels::COMPOSITION, &composition_name)
         .label(labels::TRIGGER, CRON)
         .params(cron_trigger.params.clone())
+        .owner(owner)
         .build();
     let created = k8s::create_or_existing(runs, &new)
         .await
@@ -168,11 +211,29 @@ async fn create_run(
             name: run.to_string(),
             source,
         })?;
-    // Existed: created before a restart, or by the previous leader: the same time, once.
     if created == Created::Created {
         tracing::info!(composition = %composition_name, %run, "schedule started a run");
+        return Ok(Scheduled::Created);
     }
-    Ok(created == Created::Created)
+    let is_scheduled = |existing: &CompositionRun| {
+        let marks = existing.labels();
+        existing
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == composition_uid)
+            && marks.get(labels::TRIGGER).map(String::as_str) == Some(CRON)
+            && marks.get(labels::COMPOSITION) == Some(&composition_name)
+    };
+    let holder = k8s::holder_unless(runs, run, is_scheduled)
+        .await
+        .map_err(|source| Error::ReadExisting {
+            name: run.to_string(),
+            source,
+        })?;
+    Ok(match holder {
+        Some(holder) => Scheduled::Taken(holder),
+        None => Scheduled::Existed,
+    })
 }
 
 /// An Event on the composition, so `kubectl describe comp` tells what the schedule did.
@@ -182,7 +243,17 @@ async fn record(ctx: &Context, composition: &Composition, reason: &'static str, 
         message: note,
         warning: false,
     };
-    publish(ctx, &composition.object_ref(&()), "Schedule", &note).await;
+    publish(ctx, &composition.object_ref(&()), "Schedule", vec![note]);
+}
+
+/// A Warning Event on the composition: the schedule could not do what it should.
+async fn warn(ctx: &Context, composition: &Composition, reason: &'static str, note: String) {
+    let note = maestro_engine::EventNote {
+        reason,
+        message: note,
+        warning: true,
+    };
+    publish(ctx, &composition.object_ref(&()), "Schedule", vec![note]);
 }
 
 fn to_chrono(t: &Timestamp) -> Option<DateTime<Utc>> {

@@ -23,6 +23,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use prometheus::IntGauge;
+use tokio::sync::oneshot;
 
 /// How long a Lease stays valid after its last renewal (client-go's default). The bench
 /// saw a 10 s lease lost on a loaded 2-core machine: 500 runs created at once kept the
@@ -39,6 +40,8 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How long one attempt to take or renew the Lease may wait for the API server's answer:
 /// two renewals fit in the deadline.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A renewal that takes longer than this is logged with its time.
+const SLOW_RENEWAL: Duration = Duration::from_secs(1);
 
 /// Where the Lease lives and who this replica is.
 #[derive(Debug, Clone)]
@@ -285,7 +288,17 @@ impl Elector {
             tokio::time::sleep(RENEW_PERIOD).await;
             // Measured before the request: the renewTime written is no earlier than this.
             let started = tokio::time::Instant::now();
-            match self.attempt_bounded().await {
+            let outcome = self.attempt_bounded().await;
+            // A slow renewal is the warning before a lost lease: say how slow, so a
+            // loaded API server (or a starved runtime) shows before the operator stops.
+            let took = started.elapsed();
+            if took > SLOW_RENEWAL {
+                tracing::warn!(
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    "renewing the lease was slow"
+                );
+            }
+            match outcome {
                 Ok(Outcome::Leading) => renewed = started,
                 Ok(Outcome::Following { holder, .. }) => {
                     self.gauge.set(0);
@@ -334,6 +347,107 @@ impl Elector {
             // It expires on its own; the successor only waits longer.
             Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease failed"),
             Err(_) => tracing::warn!("releasing the lease: no answer in time"),
+        }
+    }
+}
+
+/// The [`Elector`] on a thread and runtime of its own, with a client (and connections) of
+/// its own. The bench saw renewals of a shared runtime and client arrive seconds late while
+/// 500 runs were reconciled at once, and a lost Lease stops the operator: the Lease must not
+/// wait behind the work it guards.
+pub struct LeaseThread {
+    acquired: oneshot::Receiver<tokio::time::Instant>,
+    lost: oneshot::Receiver<String>,
+    release: Option<oneshot::Sender<oneshot::Sender<()>>>,
+}
+
+impl LeaseThread {
+    /// Starts the thread; it begins by waiting for the Lease.
+    pub fn spawn(
+        config: kube::Config,
+        settings: LeaseSettings,
+        gauge: IntGauge,
+    ) -> std::io::Result<Self> {
+        let (acquired_tx, acquired) = oneshot::channel();
+        let (lost_tx, lost) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<oneshot::Sender<()>>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("maestro-lease".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // The client's connection tasks run on this runtime, so it is made here.
+                    let client = match Client::try_from(config) {
+                        Ok(client) => client,
+                        Err(e) => {
+                            let _ = lost_tx.send(format!("no client for the lease: {e}"));
+                            return;
+                        }
+                    };
+                    let elector = Elector::new(client, settings, gauge);
+                    let mut release_rx = release_rx;
+                    let started = tokio::select! {
+                        started = elector.acquire() => started,
+                        // Asked to step down before leading: there is nothing to release.
+                        done = &mut release_rx => {
+                            if let Ok(done) = done {
+                                let _ = done.send(());
+                            }
+                            return;
+                        }
+                    };
+                    if acquired_tx.send(started).is_err() {
+                        // Nobody waits for leadership any more: hand the Lease back.
+                        elector.release().await;
+                        return;
+                    }
+                    tokio::select! {
+                        reason = elector.hold(started) => {
+                            let _ = lost_tx.send(reason);
+                        }
+                        done = release_rx => {
+                            elector.release().await;
+                            if let Ok(done) = done {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+            })?;
+        Ok(Self {
+            acquired,
+            lost,
+            release: Some(release_tx),
+        })
+    }
+
+    /// Waits until this replica leads; returns when the winning try started, or why the
+    /// thread ended without leading.
+    pub async fn acquired(&mut self) -> Result<tokio::time::Instant, String> {
+        match (&mut self.acquired).await {
+            Ok(at) => Ok(at),
+            Err(_) => Err(self.lost().await),
+        }
+    }
+
+    /// Waits until this replica no longer leads, with the reason.
+    pub async fn lost(&mut self) -> String {
+        match (&mut self.lost).await {
+            Ok(reason) => reason,
+            Err(_) => "the lease thread ended".into(),
+        }
+    }
+
+    /// Steps down (see [`Elector::release`]) and waits until it has.
+    pub async fn release(&mut self) {
+        let Some(release) = self.release.take() else {
+            return;
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        if release.send(done_tx).is_ok() {
+            let _ = done_rx.await;
         }
     }
 }

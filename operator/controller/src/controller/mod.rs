@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
@@ -143,6 +144,7 @@ where
 /// should exit) as soon as it loses the Lease. The compositions cache is handed to
 /// `webhook`, if given, so the webhook endpoint reads compositions without API calls.
 pub async fn run(
+    config: kube::Config,
     client: Client,
     settings: Settings,
     metrics: Metrics,
@@ -153,7 +155,6 @@ pub async fn run(
     // One listener for the whole life of the process: a follower must react to SIGTERM
     // too, and a signal must not fall between its listener and the controllers'.
     let shutdown = shutdown_signal();
-    let elector = leader.map(|l| leader::Elector::new(client.clone(), l, metrics.leader.clone()));
     let ns = settings.watch_namespace.clone();
     let ns = ns.as_deref();
     let reporter = Reporter {
@@ -206,6 +207,7 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
         taken: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
+        created: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(false),
         agent_counts: agent::AssignmentCounts::default(),
     });
@@ -329,17 +331,25 @@ pub async fn run(
     // operator's readiness, and a rolling update would stall if a new (follower) pod
     // could never become ready.
     ready.store(true, Ordering::Relaxed);
-    let mut renewed = tokio::time::Instant::now();
-    if let Some(elector) = &elector {
+    let mut elector = None;
+    if let Some(lease) = leader {
         tracing::info!("caches ready; waiting for leadership before writing");
+        let mut thread = leader::LeaseThread::spawn(config, lease, ctx.metrics.leader.clone())
+            .context("starting the lease thread")?;
         tokio::select! {
-            at = elector.acquire() => renewed = at,
+            acquired = thread.acquired() => {
+                acquired.map_err(|reason| {
+                    anyhow::anyhow!("could not take part in leader election: {reason}")
+                })?;
+            }
             () = signalled(shutdown.clone()) => {
                 tracing::info!("shutdown signal while following; nothing to release");
+                thread.release().await;
                 let _ = controllers.await;
                 return Ok(());
             }
         }
+        elector = Some(thread);
     } else {
         // Without election this process is the only writer: it leads.
         ctx.metrics.leader.set(1);
@@ -357,7 +367,7 @@ pub async fn run(
     // Only the leader reports the run gauges, so summing them over replicas still counts
     // each run once.
     tokio::spawn(gauges(ctx.clone()));
-    let Some(elector) = elector else {
+    let Some(mut elector) = elector else {
         let _ = controllers.await;
         return Ok(());
     };
@@ -368,7 +378,7 @@ pub async fn run(
             elector.release().await;
             Ok(())
         }
-        reason = elector.hold(renewed) => {
+        reason = elector.lost() => {
             // Stopping writes at once: the flag stops every reconcile that has not yet
             // begun, and exiting (the Deployment restarts the container as a follower)
             // stops those in flight at their next await. Simpler and safer than

@@ -148,6 +148,8 @@ pub fn approval(a: &Approval, run: &CompositionRun) -> Option<ObservedApproval> 
         step: a.spec.step.clone(),
         decision: a.spec.decision,
         by: a.spec.approved_by.clone(),
+        groups: a.spec.approver_groups.clone(),
+        comment: a.spec.comment.clone(),
         created,
     })
 }

@@ -15,6 +15,7 @@ use kube::{
     runtime::{
         controller::Action as Requeue,
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -27,11 +28,19 @@ use crate::metrics::Metrics;
 use maestro_api::labels;
 use maestro_api::{Agent, CompositionRun, CompositionRunStatus, CompositionSpec, RunAgent};
 use maestro_engine::routing::Decision;
-use maestro_engine::{self as engine, Action, Admission, NewRun, Observed, PlanInput};
+use maestro_engine::{
+    self as engine, Action, Admission, NewRun, Observed, ObservedPod, PlanInput, PodPhase,
+};
 
-/// How often an active run is looked at even when nothing it watches changes (waiting
-/// for another composition's run is polled, not watched).
-const ACTIVE_RESYNC: Duration = Duration::from_secs(5);
+/// How often a run with a waitFor step is looked at even when nothing it watches changes:
+/// runs of other compositions are polled, not watched.
+const WAITING_RESYNC: Duration = Duration::from_secs(5);
+/// How often any other active run is looked at when nothing changes. Its pods, child runs
+/// and approvals wake it, and the plan asks for its own deadlines; this is only a safety
+/// net. At 5 s, 500 active runs cost 100 idle reconciles a second (the bench's W1).
+const ACTIVE_RESYNC: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for the run cache to show its own status write.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
 /// How often a run queued for an Agent slot looks again (slots free when runs end).
 const QUEUED_RESYNC: Duration = Duration::from_secs(2);
 
@@ -138,6 +147,7 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         namespace: &ns,
         generation: run.metadata.generation,
         depth: labels::depth_of(run.labels()),
+        chain: &labels::chain_of(run.annotations(), &run.spec.composition),
         spec: &run.spec,
         status: &status,
         composition: composition.as_ref(),
@@ -149,6 +159,14 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         pod_budget: route.pod_budget,
     });
 
+    tracing::debug!(
+        read = ?run.resource_version(),
+        phase = ?status.phase,
+        steps = ?status.steps.iter().map(|s| (s.name.as_str(), s.phase)).collect::<Vec<_>>(),
+        pods = ?observed.pods.iter().map(|p| (p.name.as_str(), p.phase)).collect::<Vec<_>>(),
+        actions = plan.actions.len(),
+        "planned"
+    );
     // Act: every action is idempotent, so a crash between here and the status write
     // only repeats work that AlreadyExists.
     for action in &plan.actions {
@@ -161,6 +179,15 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     }
     drop(admissions);
 
+    // The onFailure run's name found held by a run that is not this run's handler: the
+    // plan believed it started. Write nothing and plan again at once, so that the engine,
+    // told the name is taken, records the run as failed without a handler and says why.
+    if let (Some(handler), Some(uid)) = (&plan.status.on_failure_run, run.uid())
+        && ctx.taken_names(&uid).iter().any(|t| &t.name == handler)
+    {
+        return Ok(Requeue::requeue(Duration::from_millis(100)));
+    }
+
     // Status, only when it changed.
     if plan.status != status {
         write_status(run, &ns, &plan.status, ctx).await?;
@@ -168,9 +195,7 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     record_transitions(&ctx.metrics, &run.spec.composition, &status, &plan.status);
     record_reports(&ctx.metrics, &run.spec.composition, &observed);
     let reference = run.object_ref(&());
-    for note in &plan.events {
-        publish(ctx, &reference, "Reconcile", note).await;
-    }
+    publish(ctx, &reference, "Reconcile", plan.events.clone());
 
     if deleting && !plan.status.phase.is_finished() {
         // The finalizer stays until the leftovers are gone; look again soon.
@@ -184,6 +209,11 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let resync = if matches!(route.admission, Admission::Queued(_)) {
         // A slot frees when another run ends: look again soon.
         QUEUED_RESYNC
+    } else if spec_for_tasks
+        .as_ref()
+        .is_some_and(|c| c.steps.iter().any(|s| s.wait_for.is_some()))
+    {
+        WAITING_RESYNC
     } else {
         ACTIVE_RESYNC
     };
@@ -310,29 +340,60 @@ async fn write_status(
 ) -> Result<(), Error> {
     let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
     let name = run.name_any();
-    k8s::apply_status(&api, &name, status)
+    let written = k8s::apply_status(&api, &name, status)
         .await
         .map_err(|source| Error::PatchStatus {
             kind: "CompositionRun",
-            name,
+            name: name.clone(),
             source,
         })?;
+    // The write wakes this run's next reconcile at once, and the controller never runs
+    // two of one run together: wait (briefly) until the cache shows this write, or that
+    // next pass plans from the old status and starts its steps again (the bench saw a 409
+    // and a repeated StepStarted per step; a metric counted a run started twice). Another
+    // write may land in between, so "moved past the object read" is not enough.
+    let Some(written) = written.resource_version() else {
+        return Ok(());
+    };
+    let key = ObjectRef::<DeserializeGuard<CompositionRun>>::new(&name).within(ns);
+    let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+    while tokio::time::Instant::now() < deadline {
+        let cached = ctx.runs.get(&key).and_then(|c| c.resource_version());
+        if cached.is_none_or(|c| shows_write(&c, &written)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok(())
 }
 
-fn observe_world(
+/// Whether a cached resourceVersion `cached` includes the write that returned `written`.
+/// resourceVersions are opaque to clients, but the API server's are etcd revisions, which
+/// only grow; when either does not parse, only the very version counts.
+fn shows_write(cached: &str, written: &str) -> bool {
+    match (cached.parse::<u64>(), written.parse::<u64>()) {
+        (Ok(c), Ok(w)) => c >= w,
+        _ => cached == written,
+    }
+}
+
+pub(super) fn observe_world(
     run: &CompositionRun,
     ns: &str,
     spec: Option<&CompositionSpec>,
     ctx: &Context,
 ) -> Observed {
     let name = run.name_any();
-    let pods = world::pods_of_run(ctx, ns, &name)
+    let mut pods: Vec<_> = world::pods_of_run(ctx, ns, &name)
         .iter()
         // Only pods this run owns: a pod left by an earlier run of the same name is not its.
         .filter(|p| observe::owned_by(&***p, run))
         .filter_map(|p| observe::pod(p))
         .collect();
+    if let Some(uid) = run.uid() {
+        let unseen = ctx.created_unseen(&uid, &pods);
+        pods.extend(unseen);
+    }
     let awaited: Vec<String> = spec
         .into_iter()
         .flat_map(|s| &s.steps)
@@ -386,12 +447,30 @@ pub(super) async fn act(
             if let (Some(claim), None) = (&ctx.settings.pods.workspace, placement) {
                 let pvc = pods::workspace_claim(&run_name, ns, owner.clone(), claim);
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-                k8s::create_or_existing(&api, &pvc)
+                let claim_name = pvc.name_any();
+                let created = k8s::create_or_existing(&api, &pvc)
                     .await
                     .map_err(|source| Error::CreateClaim {
-                        name: pvc.name_any(),
+                        name: claim_name.clone(),
                         source,
                     })?;
+                // Existed: made by an earlier pod of this run, or left by an earlier run of
+                // the same name (after `--cascade=orphan`), or a look-alike: only the run's
+                // own claim is mounted, a stranger's would hand this step their files.
+                if created == Created::Existed {
+                    let uid = run.uid().unwrap_or_default();
+                    let holder = k8s::holder_unless_owned(&api, &claim_name, &uid)
+                        .await
+                        .map_err(|source| Error::ReadExisting {
+                            name: claim_name.clone(),
+                            source,
+                        })?;
+                    if let Some(holder) = holder {
+                        let object = format!("claim {claim_name}");
+                        note_taken(ctx, run, &step.name, Some(object), holder);
+                        return Ok(());
+                    }
+                }
             }
             let pod = pods::step_pod(
                 step,
@@ -424,9 +503,25 @@ pub(super) async fn act(
             // the pod there is this run's; if not, the engine fails the step.
             match created {
                 Created::Created => {
-                    tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod")
+                    tracing::info!(pod = %step.name, step = %step.step, attempt = step.attempt, "created step pod");
+                    ctx.pod_created(
+                        &run_uid,
+                        ObservedPod {
+                            name: step.name.clone(),
+                            step: step.step.clone(),
+                            attempt: step.attempt,
+                            phase: PodPhase::Pending,
+                            created: None,
+                            node: None,
+                            result: None,
+                            message: None,
+                        },
+                    );
                 }
-                Created::Existed => note_if_taken(&api, &step.name, run, ctx).await?,
+                Created::Existed => {
+                    tracing::debug!(pod = %step.name, "step pod existed");
+                    note_if_taken(&api, &step.name, run, ctx).await?
+                }
             }
         }
         Action::DeletePod { name } => {
@@ -470,15 +565,26 @@ async fn create_run(
         .params(new.params.clone())
         // A child (or the onFailure run) keeps its parent's place in the queue.
         .priority(parent.spec.priority)
+        .started_by(new.started_by.clone())
         .label(
             labels::DEPTH,
             &(labels::depth_of(parent.labels()) + 1).to_string(),
+        )
+        .annotation(
+            labels::CHAIN,
+            &format!(
+                "{} -> {}",
+                labels::chain_of(parent.annotations(), &parent.spec.composition),
+                new.composition
+            ),
         );
     child = match &new.step {
         Some(step) => child
             .label(labels::PARENT_RUN, &parent_name)
             .label(labels::STEP, step),
-        None => child.label(labels::FAILED_RUN, &parent_name),
+        None => child
+            .label(labels::FAILED_RUN, &parent_name)
+            .label(labels::FAILED_RUN_UID, &parent.uid().unwrap_or_default()),
     };
     if new.owned
         && let Some(owner) = owner_of(parent)
@@ -496,9 +602,28 @@ async fn create_run(
         Created::Created => {
             tracing::info!(run = %new.name, composition = %new.composition, "created run")
         }
-        // The onFailure run is not owned: one of that name is taken as it is.
         Created::Existed if new.owned => note_if_taken(&api, &new.name, parent, ctx).await?,
-        Created::Existed => {}
+        // The onFailure run is not owned (it outlives the failed run): the reserved labels
+        // naming the failed run and its UID prove it is this run's handler.
+        Created::Existed => {
+            let Some(uid) = parent.uid() else {
+                return Ok(());
+            };
+            let is_handler = |existing: &CompositionRun| {
+                let marks = existing.labels();
+                marks.get(labels::FAILED_RUN_UID) == Some(&uid)
+                    && marks.get(labels::FAILED_RUN) == Some(&parent_name)
+            };
+            let holder = k8s::holder_unless(&api, &new.name, is_handler)
+                .await
+                .map_err(|source| Error::ReadExisting {
+                    name: new.name.clone(),
+                    source,
+                })?;
+            if let Some(holder) = holder {
+                note_taken(ctx, parent, &new.name, None, holder);
+            }
+        }
     }
     Ok(())
 }
@@ -538,10 +663,31 @@ where
             source,
         })?;
     if let Some(holder) = holder {
-        tracing::warn!(run = %run.name_any(), object = %name, %holder, "name taken by an object the run does not own");
-        ctx.name_taken(&uid, name, holder);
+        note_taken(ctx, run, name, None, holder);
     }
     Ok(())
+}
+
+/// Notes that `name`, which `run` needs, is not the run's (`object`: what holds it, when it
+/// is not the object of that name itself), so the engine fails what needs it.
+fn note_taken(
+    ctx: &Context,
+    run: &CompositionRun,
+    name: &str,
+    object: Option<String>,
+    holder: String,
+) {
+    let Some(uid) = run.uid() else { return };
+    let what = object.as_deref().unwrap_or(name);
+    tracing::warn!(run = %run.name_any(), object = %what, %holder, "name taken by an object the run does not own");
+    ctx.name_taken(
+        &uid,
+        maestro_engine::TakenName {
+            name: name.to_string(),
+            holder,
+            object,
+        },
+    );
 }
 
 /// Cleanup before a run object goes away: the engine stops what still runs and removes
@@ -661,5 +807,23 @@ fn record_reports(m: &Metrics, composition: &str, observed: &Observed) {
                     .set(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::shows_write;
+
+    #[test]
+    fn a_cache_shows_a_write_at_its_version_or_later_never_earlier() {
+        assert!(shows_write("120", "120"));
+        assert!(shows_write("121", "120"), "a later write includes ours");
+        assert!(
+            !shows_write("119", "120"),
+            "an update before ours is not ours"
+        );
+        // Versions that are not numbers: only the very one.
+        assert!(shows_write("a7", "a7"));
+        assert!(!shows_write("a8", "a7"));
     }
 }

@@ -25,7 +25,7 @@ use maestro_engine::{Action, Admission, StepPod, TaskRuns};
 use serde_json::json;
 
 use super::context::{Context, Error, FIELD_MANAGER, Settings};
-use super::{admission, agent, agents, pods, run, world};
+use super::{admission, agent, agents, composition, cron, pods, run, world};
 use crate::k8s::{self, Created};
 use crate::metrics::Metrics;
 
@@ -120,6 +120,7 @@ fn world(client: Client) -> World {
         failures: Mutex::new(HashMap::new()),
         taken: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
+        created: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(true),
         agent_counts: agent::AssignmentCounts::default(),
     };
@@ -358,9 +359,319 @@ async fn act_creates_the_step_pod_and_checks_the_owner_of_one_that_existed() {
         w.ctx.taken_names("uid-r"),
         vec![maestro_engine::TakenName {
             name: "r-greet-3".into(),
-            holder: "owned by nobody".into()
+            holder: "owned by nobody".into(),
+            object: None,
         }],
         "only the pod the run does not own is taken"
+    );
+}
+
+/// A workspace claim found there already is mounted only when it is the run's own (by
+/// UID): one left by an earlier run of the same name, or a look-alike, fails the step
+/// naming the claim, and no pod is created to mount it.
+#[tokio::test]
+async fn a_workspace_claim_that_existed_is_used_only_when_the_run_owns_it() {
+    for (claim_owner, pod_created) in [
+        (Some("uid-r"), true),
+        (Some("uid-old"), false),
+        (None, false),
+    ] {
+        let (client, seen) = mocked_client(move |method, path, body| match method {
+            "POST" if path.ends_with("/persistentvolumeclaims") => already_exists(),
+            "POST" => (201, body.clone()),
+            "GET" if path.ends_with("/persistentvolumeclaims/r-workspace") => {
+                let owners: Vec<serde_json::Value> = claim_owner
+                    .iter()
+                    .map(|uid| {
+                        json!({"apiVersion": "maestro.dev/v1alpha1",
+                        "kind": "CompositionRun", "name": "r", "uid": uid})
+                    })
+                    .collect();
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": {"name": "r-workspace", "ownerReferences": owners}}),
+                )
+            }
+            _ => (500, json!({})),
+        });
+        let mut w = world(client);
+        w.ctx.settings.pods.workspace = Some(pods::WorkspaceClaim {
+            storage_class: None,
+            size: "1Gi".into(),
+        });
+        let run = queued_run("r", "2026-01-01T00:00:00Z");
+        run::act(
+            &run,
+            NS,
+            &Action::CreatePod(Box::new(step_pod("r-greet-1"))),
+            None,
+            &w.ctx,
+        )
+        .await
+        .expect("acted");
+        let claims = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims");
+        let mut expected = vec![
+            format!("POST {claims}"),
+            format!("GET {claims}/r-workspace"),
+        ];
+        if pod_created {
+            expected.push(format!("POST /api/v1/namespaces/{NS}/pods"));
+        }
+        assert_eq!(
+            *seen.lock().expect("seen"),
+            expected,
+            "claim owner {claim_owner:?}"
+        );
+        let taken = w.ctx.taken_names("uid-r");
+        if pod_created {
+            assert!(taken.is_empty(), "{taken:?}");
+        } else {
+            let holder = match claim_owner {
+                Some(_) => "owned by CompositionRun r",
+                None => "owned by nobody",
+            };
+            assert_eq!(
+                taken,
+                vec![maestro_engine::TakenName {
+                    name: "r-greet-1".into(),
+                    holder: holder.into(),
+                    object: Some("claim r-workspace".into()),
+                }],
+                "the step's pod name is taken, the claim named"
+            );
+        }
+    }
+}
+
+/// The onFailure run carries the failed run's name and UID in reserved labels; one found
+/// there already without them (a runner made it first) is not the handler.
+#[tokio::test]
+async fn an_on_failure_run_that_existed_counts_only_with_the_failed_runs_uid() {
+    for (labels, counted) in [
+        (
+            json!({"maestro.dev/failed-run": "r", "maestro.dev/failed-run-uid": "uid-r"}),
+            true,
+        ),
+        (
+            json!({"maestro.dev/failed-run": "r", "maestro.dev/failed-run-uid": "uid-old"}),
+            false,
+        ),
+        (json!({}), false),
+    ] {
+        let posted: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+        let post_log = posted.clone();
+        let shown = labels.to_string();
+        let (client, _) = mocked_client(move |method, _, body| match method {
+            "POST" => {
+                *post_log.lock().expect("posted") = Some(body.clone());
+                already_exists()
+            }
+            "GET" => (
+                200,
+                json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "CompositionRun",
+                       "metadata": {"name": "r-onfailure", "namespace": NS, "labels": labels},
+                       "spec": {"composition": "notify"}}),
+            ),
+            _ => (500, json!({})),
+        });
+        let w = world(client);
+        let failed = queued_run("r", "2026-01-01T00:00:00Z");
+        let handler = maestro_engine::NewRun {
+            name: "r-onfailure".into(),
+            composition: "notify".into(),
+            params: Default::default(),
+            step: None,
+            owned: false,
+            started_by: None,
+        };
+        run::act(&failed, NS, &Action::CreateRun(handler), None, &w.ctx)
+            .await
+            .expect("acted");
+        let body = posted.lock().expect("posted").clone().unwrap_or_default();
+        assert_eq!(
+            body["metadata"]["labels"]["maestro.dev/failed-run-uid"],
+            "uid-r"
+        );
+        assert_eq!(body["metadata"]["ownerReferences"], serde_json::Value::Null);
+        // The handler names the chain of compositions that led to it.
+        assert_eq!(
+            body["metadata"]["annotations"]["maestro.dev/chain"],
+            "build -> notify"
+        );
+        let taken = w.ctx.taken_names("uid-r");
+        assert_eq!(taken.is_empty(), counted, "{shown}: {taken:?}");
+        if !counted {
+            assert_eq!(taken[0].name, "r-onfailure");
+            assert_eq!(taken[0].holder, "owned by nobody");
+        }
+    }
+}
+
+/// A scheduled run is owned by its Composition; a run of the scheduled name found there
+/// already counts as the schedule's only with that owner's UID and the reserved cron label.
+#[tokio::test]
+async fn a_scheduled_run_that_existed_counts_only_when_the_schedule_made_it() {
+    let composition: maestro_api::Composition = serde_json::from_value(json!({
+        "apiVersion": "maestro.dev/v1alpha1", "kind": "Composition",
+        "metadata": {"name": "nightly", "namespace": NS, "uid": "uid-nightly"},
+        "spec": {"steps": []},
+    }))
+    .expect("composition");
+    let trigger: maestro_api::CronTrigger =
+        serde_json::from_value(json!({"schedule": "0 3 * * *"})).expect("trigger");
+    let scheduled_labels =
+        json!({"maestro.dev/trigger": "cron", "maestro.dev/composition": "nightly"});
+    let ours = json!([{"apiVersion": "maestro.dev/v1alpha1", "kind": "Composition",
+                       "name": "nightly", "uid": "uid-nightly"}]);
+    let earlier = json!([{"apiVersion": "maestro.dev/v1alpha1", "kind": "Composition",
+                          "name": "nightly", "uid": "uid-deleted"}]);
+    for (existing, expected) in [
+        (None, cron::Scheduled::Created),
+        (
+            Some((scheduled_labels.clone(), ours.clone())),
+            cron::Scheduled::Existed,
+        ),
+        // A runner's run: no reserved labels, whatever owner it claims.
+        (
+            Some((json!({}), ours.clone())),
+            cron::Scheduled::Taken("owned by Composition nightly".into()),
+        ),
+        (
+            Some((json!({}), json!([]))),
+            cron::Scheduled::Taken("owned by nobody".into()),
+        ),
+        // Left by a deleted Composition of the same name.
+        (
+            Some((scheduled_labels.clone(), earlier)),
+            cron::Scheduled::Taken("owned by Composition nightly".into()),
+        ),
+    ] {
+        let posted: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+        let post_log = posted.clone();
+        let (client, _) = mocked_client(move |method, _, body| match (method, &existing) {
+            ("POST", None) => {
+                *post_log.lock().expect("posted") = Some(body.clone());
+                (201, body.clone())
+            }
+            ("POST", Some(_)) => already_exists(),
+            ("GET", Some((labels, owners))) => (
+                200,
+                json!({"apiVersion": "maestro.dev/v1alpha1", "kind": "CompositionRun",
+                       "metadata": {"name": "nightly-123", "namespace": NS, "labels": labels,
+                                    "ownerReferences": owners},
+                       "spec": {"composition": "nightly"}}),
+            ),
+            _ => (500, json!({})),
+        });
+        let runs: Api<CompositionRun> = Api::namespaced(client, NS);
+        let outcome = cron::create_run(&runs, &composition, &trigger, "nightly-123", NS)
+            .await
+            .expect("created or found");
+        assert_eq!(outcome, expected);
+        if let Some(body) = posted.lock().expect("posted").clone() {
+            let owner = &body["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["uid"], "uid-nightly");
+            assert_eq!(owner["kind"], "Composition");
+            assert_eq!(owner["blockOwnerDeletion"], serde_json::Value::Null);
+        }
+    }
+}
+
+/// The operator reads a git trigger's Secret with its own right: the condition says the
+/// same whether the Secret is missing, lacks the key or is short, and never its length.
+#[tokio::test]
+async fn an_unusable_webhook_secret_is_reported_the_same_whatever_is_wrong() {
+    // The Secrets' values as the API serves them, in base64: 20 bytes and 8 bytes.
+    let twenty_bytes = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM=";
+    let eight_bytes = "MTIzNDU2Nzg=";
+    let (client, _) = mocked_client(move |_, path, _| {
+        let secret = |data: serde_json::Value| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": data}),
+            )
+        };
+        match path.rsplit('/').next().unwrap_or_default() {
+            "no-key" => secret(json!({"other": twenty_bytes})),
+            "short" => secret(json!({"secret": eight_bytes})),
+            "good" => secret(json!({"secret": twenty_bytes})),
+            _ => (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "message": "not found", "code": 404}),
+            ),
+        }
+    });
+    let w = world(client);
+    for (secret, problem) in [
+        ("absent", true),
+        ("no-key", true),
+        ("short", true),
+        ("good", false),
+    ] {
+        let composition: maestro_api::Composition = serde_json::from_value(json!({
+            "apiVersion": "maestro.dev/v1alpha1", "kind": "Composition",
+            "metadata": {"name": "c", "namespace": NS, "uid": "uid-c"},
+            "spec": {"steps": [], "triggers": {"git": [
+                {"repository": "https://git.example/acme/app", "secretRef": {"name": secret}}]}},
+        }))
+        .expect("composition");
+        let problems = composition::webhook_secret_problems(&w.ctx, NS, &composition).await;
+        let expected: Vec<String> = problem
+            .then(|| {
+                format!(
+                    "spec.triggers.git[0].secretRef: key \"secret\" of Secret {secret} is \
+                     missing, or shorter than 16 bytes (every delivery is refused until then)"
+                )
+            })
+            .into_iter()
+            .collect();
+        assert_eq!(problems, expected, "{secret}");
+    }
+}
+
+#[tokio::test]
+async fn a_pod_just_created_counts_as_pending_until_the_cache_shows_it() {
+    use kube::Resource as _;
+    let (client, seen) = mocked_client(|method, _, body| match method {
+        "POST" => (201, body.clone()),
+        _ => (500, json!({})),
+    });
+    let mut w = world(client);
+    let run = queued_run("r", "2026-01-01T00:00:00Z");
+    let step = step_pod("r-greet-1");
+    run::act(
+        &run,
+        NS,
+        &Action::CreatePod(Box::new(step.clone())),
+        None,
+        &w.ctx,
+    )
+    .await
+    .expect("created");
+    // The cache does not show it yet: the next pass sees it Pending, and does not ask
+    // for it again.
+    let observed = run::observe_world(&run, NS, None, &w.ctx);
+    let pod = observed
+        .pod("r-greet-1")
+        .expect("the created pod is observed");
+    assert_eq!(pod.phase, maestro_engine::PodPhase::Pending);
+    assert_eq!(seen.lock().expect("seen").len(), 1, "one create only");
+    // Once the cache shows it, the cache's pod counts, and only once.
+    let owner = run.controller_owner_ref(&()).expect("owner");
+    let mut cached = pods::step_pod(&step, "r", NS, "build", owner, &w.ctx.settings.pods, None);
+    cached.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Running".into()),
+        ..Default::default()
+    });
+    apply(&mut w.pods, cached);
+    let observed = run::observe_world(&run, NS, None, &w.ctx);
+    assert_eq!(observed.pods.len(), 1);
+    assert_eq!(observed.pods[0].phase, maestro_engine::PodPhase::Running);
+    assert!(
+        w.ctx.created_unseen("uid-r", &[]).is_empty(),
+        "a pod the cache showed is forgotten, so a deleted one is made again"
     );
 }
 

@@ -18,7 +18,7 @@ use hyper::{
 };
 use kube::{Api, Client, ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 mod outcome;
 
@@ -39,6 +39,11 @@ use maestro_engine::triggers::{
 /// How long a delivery may take to send its body (at most 1 MiB).
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// At most this many delivery bodies are read or held at once (32 MiB at most, with 1 MiB
+/// each), well under the chart's memory limit. The connection cap alone would allow 256
+/// bodies (256 MiB, the whole limit) from senders that trickle them.
+const MAX_BODIES_IN_MEMORY: usize = 32;
+
 /// How long a delivery waits for the compositions cache while the operator starts.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -56,6 +61,23 @@ pub struct Webhook {
     client: Client,
     compositions: CompositionCache,
     metrics: Metrics,
+    /// One permit per body in memory: a delivery holds one from before its body is read
+    /// until it is answered.
+    bodies: Arc<Semaphore>,
+    /// How long a delivery waits for a permit before it is told to retry.
+    body_wait: std::time::Duration,
+}
+
+impl Webhook {
+    fn new(client: Client, compositions: CompositionCache, metrics: Metrics) -> Self {
+        Self {
+            client,
+            compositions,
+            metrics,
+            bodies: Arc::new(Semaphore::new(MAX_BODIES_IN_MEMORY)),
+            body_wait: BODY_READ_TIMEOUT,
+        }
+    }
 }
 
 /// Serves the endpoint on `addr` until the process ends, with the compositions cache the
@@ -78,15 +100,7 @@ pub async fn serve(
         .await
         .map_err(|_| std::io::Error::other("the controllers never made the compositions cache"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving git push webhooks on /hooks/github, /hooks/gitlab, /hooks/gitea");
-    serve_on(
-        listener,
-        Webhook {
-            client,
-            compositions,
-            metrics,
-        },
-    )
-    .await
+    serve_on(listener, Webhook::new(client, compositions, metrics)).await
 }
 
 /// Serves the endpoint on a bound listener.
@@ -135,6 +149,15 @@ impl Webhook {
         if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             return Outcome::TooLarge;
         }
+        // Senders that trickle their bodies fill these permits, not the memory; the
+        // others wait for one, or are told to retry (a 503, which senders retry).
+        let Ok(Ok(_body_permit)) =
+            tokio::time::timeout(self.body_wait, self.bodies.clone().acquire_owned()).await
+        else {
+            return Outcome::Error(
+                "too many deliveries are being read at once; retry later".into(),
+            );
+        };
         let (parts, body) = request.into_parts();
         // A sender that trickles its body does not hold the connection for ever.
         let reading = tokio::time::timeout(

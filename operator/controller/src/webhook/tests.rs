@@ -82,11 +82,7 @@ async fn answers_before_the_cluster_is_asked() {
         Ok(composition),
     )));
     writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
-    let webhook = Webhook {
-        client,
-        compositions,
-        metrics: metrics.clone(),
-    };
+    let webhook = Webhook::new(client, compositions, metrics.clone());
     tokio::spawn(serve_on(listener, webhook));
     let send = |head: String, body: Vec<u8>| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -207,6 +203,49 @@ async fn answers_before_the_cluster_is_asked() {
         );
         assert!(text.contains(&line), "{line} in\n{text}");
     }
+}
+
+/// Bodies in memory are capped apart from connections: while senders trickle bodies into
+/// every permit, another delivery is told to retry (503) instead of adding a body, and is
+/// served once a permit is free again.
+#[tokio::test]
+async fn trickled_bodies_hold_permits_not_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    crate::tls::install_crypto_provider();
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = Client::try_from(config).unwrap();
+    let (compositions, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut webhook = Webhook::new(client, compositions, Metrics::new().unwrap());
+    webhook.bodies = Arc::new(Semaphore::new(1));
+    webhook.body_wait = std::time::Duration::from_millis(200);
+    tokio::spawn(serve_on(listener, webhook));
+    let ping = || async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-GitHub-Event: ping\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // Headers and a promise of 100 bytes, none of which come: it holds the only permit.
+    let mut trickler = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickler
+        .write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = ping().await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("retry later"), "{refused}");
+    // The sender gives up: its permit is free, and the next delivery is served.
+    drop(trickler);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let served = ping().await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
 }
 
 #[test]

@@ -46,6 +46,7 @@ impl Planner<'_> {
                             params,
                             step: Some(step.name.clone()),
                             owned: true,
+                            started_by: self.input.spec.started_by.clone(),
                         }));
                     }
                 }

@@ -204,7 +204,7 @@ impl Planner<'_> {
             StepKind::Fork(many) => many.to_vec(),
         };
         if self.input.depth >= labels::MAX_RUN_DEPTH {
-            let message = too_deep(self.input.depth);
+            let message = too_deep(self.input.depth, self.input.chain);
             self.plan.events.push(warning(
                 "StepFailed",
                 format!("step {}: {message}", step.name),
@@ -230,6 +230,7 @@ impl Planner<'_> {
                     params: params.clone(),
                     step: Some(step.name.clone()),
                     owned: true,
+                    started_by: self.input.spec.started_by.clone(),
                 }));
             }
             self.plan.events.push(normal(
@@ -394,7 +395,7 @@ impl Planner<'_> {
                     format!(
                         "{} not started: {}",
                         call.composition,
-                        too_deep(self.input.depth)
+                        too_deep(self.input.depth, self.input.chain)
                     ),
                 ));
             }
@@ -426,6 +427,18 @@ impl Planner<'_> {
             params.insert("failedStep".into(), failed_step);
             params.insert("message".into(), message);
             let name = labels::on_failure_run_name(self.input.run_name);
+            if let Some(taken) = self.input.observed.taken(&name) {
+                // A run of that name that is not this run's onFailure run (a runner made
+                // it first): it is not the handler, and must not be reported as started.
+                return self.plan.events.push(warning(
+                    "OnFailureNotStarted",
+                    format!(
+                        "{} not started: run {name} already exists and is not this run's \
+                         onFailure run ({})",
+                        call.composition, taken.holder
+                    ),
+                ));
+            }
             self.plan.status.on_failure_run = Some(name.clone());
             self.plan.actions.push(Action::CreateRun(NewRun {
                 name: name.clone(),
@@ -433,6 +446,7 @@ impl Planner<'_> {
                 params,
                 step: None,
                 owned: false,
+                started_by: self.input.spec.started_by.clone(),
             }));
             self.plan.events.push(normal(
                 "OnFailureStarted",
@@ -442,10 +456,10 @@ impl Planner<'_> {
     }
 }
 
-/// Why a run at `depth` starts no other run.
-fn too_deep(depth: u32) -> String {
+/// Why a run at `depth`, reached through the compositions of `chain`, starts no other run.
+fn too_deep(depth: u32, chain: &str) -> String {
     format!(
-        "this run is {depth} runs deep (runs started by runs); at most {} may \
+        "this run is {depth} runs deep (runs started by runs: {chain}); at most {} may \
          nest, so it starts no more (does a composition call itself?)",
         labels::MAX_RUN_DEPTH
     )

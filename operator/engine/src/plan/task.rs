@@ -48,6 +48,15 @@ impl Planner<'_> {
             }
         };
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
+        if let Some(refused) = self.input.observed.refused(&name).cloned() {
+            // While the create is refused, the status that shows this step Running is
+            // never written (the controller writes status after acting), so a run's first
+            // pod meets its refusals here, on a step still Pending, not in watch_pod.
+            let st = &mut self.plan.status.steps[i];
+            st.attempts = attempt;
+            st.pod_name = Some(name.clone());
+            return self.fail_refused(i, &name, &refused);
+        }
         let pod = StepPod {
             name: name.clone(),
             step: step.name.clone(),
@@ -87,38 +96,62 @@ impl Planner<'_> {
         }
     }
 
+    /// The API server keeps refusing the step's pod `name`: creating it again would be
+    /// refused again, so the step fails, saying why, once.
+    fn fail_refused(&mut self, i: usize, name: &str, refused: &crate::RefusedCreate) {
+        let message = format!(
+            "the API server refused to create pod {name} ({} tries): {}",
+            refused.tries, refused.message
+        );
+        let step = &self.composition.steps[i].name;
+        self.plan
+            .events
+            .push(warning("StepFailed", format!("step {step}: {message}")));
+        self.finish_step(i, StepPhase::Failed, message);
+    }
+
     pub(super) fn watch_pod(&mut self, i: usize, task: &str) {
         let step = &self.composition.steps[i];
         let attempt = self.plan.status.steps[i].attempts.max(1);
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
         let Some(pod) = self.input.observed.pod(&name).cloned() else {
-            if let Some(refused) = self.input.observed.refused(&name) {
-                // Creating it again would be refused again: say why, once, and stop.
-                let message = format!(
-                    "the API server refused to create pod {name} ({} tries): {}",
-                    refused.tries, refused.message
-                );
-                self.plan.events.push(warning(
-                    "StepFailed",
-                    format!("step {}: {message}", step.name),
-                ));
-                return self.finish_step(i, StepPhase::Failed, message);
+            if let Some(refused) = self.input.observed.refused(&name).cloned() {
+                return self.fail_refused(i, &name, &refused);
             }
             if let Some(taken) = self.input.observed.taken(&name) {
                 // Another object holds the pod's name: waiting would never end, and
                 // using that pod would run a stranger's work as this step.
-                let message = format!(
-                    "pod {name} already exists and is not this run's ({}); delete it or \
-                     rename the run",
-                    taken.holder
-                );
+                let message = match &taken.object {
+                    // Mounting a stranger's workspace would hand this step their files
+                    // (and them this step's).
+                    Some(object) => format!(
+                        "{object}, which pod {name} needs, already exists and is not this \
+                         run's ({}); delete it or rename the run",
+                        taken.holder
+                    ),
+                    None => format!(
+                        "pod {name} already exists and is not this run's ({}); delete it or \
+                         rename the run",
+                        taken.holder
+                    ),
+                };
                 self.plan.events.push(warning(
                     "StepFailed",
                     format!("step {}: {message}", step.name),
                 ));
                 return self.finish_step(i, StepPhase::Failed, message);
             }
-            // Not seen yet (just created, or the cache lags): creating again is harmless.
+            // Started in this very pass: its create is already planned. Asking twice
+            // cost a 409 per step (the bench's W1).
+            let planned = self
+                .plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::CreatePod(p) if p.name == name));
+            if planned {
+                return;
+            }
+            // Not seen yet (the cache lags): creating again is harmless.
             return self.recreate_attempt(i, task, attempt);
         };
         if pod.node.is_some() {
