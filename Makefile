@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(MAESTRO_CACHE)/target
 export CARGO_TERM_COLOR ?= never
 CLUSTER := e2e/cluster
 
-.PHONY: help deps tools build lint unit crds chart e2e test cluster-up cluster-down images demo bench
+.PHONY: help deps tools build lint unit crds chart e2e test cluster-up cluster-down images demo bench chaos
 
 help:
 	@echo "make demo          bring up the local cluster, build and import the images, run the demo"
@@ -20,6 +20,7 @@ help:
 	@echo "make images        build the agent, operator and pause images without Docker"
 	@echo "make chart         sync crds/ into the Helm chart, render its kustomize bases, lint it"
 	@echo "make bench         the benchmark on kwok fake nodes (prints a table; docs/benchmarks.md)"
+	@echo "make chaos         the chaos suite on kwok fake nodes (prints a table; docs/reliability.md)"
 
 deps:
 	@bash $(CLUSTER)/install-deps.sh
@@ -70,3 +71,8 @@ demo:
 # The benchmark: Maestro against a bare client on a kwok fake node (release build).
 bench:
 	@bash e2e/run.sh bench
+
+# The chaos suite: 200 runs through each fault kind (CHAOS_ARGS=--smoke: the 50-run version
+# `make test` runs).
+chaos:
+	@bash e2e/run.sh chaos

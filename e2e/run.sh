@@ -5,6 +5,7 @@
 #   run.sh tests  e2e tests against the running cluster
 #   run.sh demo   cluster-up (left running), images, the demo
 #   run.sh bench  cluster-up (left running), images, the benchmark (BENCH_ARGS=--smoke: tiny)
+#   run.sh chaos  cluster-up (left running), images, the chaos suite (CHAOS_ARGS=--smoke: short)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -55,6 +56,10 @@ case "$mode" in
     # A release build of the operator, as users run it; the bench drives it from beside.
     cargo build --release -p maestro-operator -p maestro-e2e --bins
     MAESTRO_E2E_OPERATOR_LOG_LEVEL=info "${CARGO_TARGET_DIR:-$top/target}/release/maestro-bench" ${BENCH_ARGS:-}
+    ;;
+  chaos)
+    bash "$here/bench/build.sh"
+    "${CARGO_TARGET_DIR:-$top/target}/debug/maestro-chaos" ${CHAOS_ARGS:-}
     ;;
   demo)
     bash "$here/demo.sh"

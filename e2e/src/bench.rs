@@ -46,15 +46,20 @@ pub struct Kwok {
 impl Kwok {
     /// Starts kwok (built by e2e/bench/build.sh) managing the nodes annotated as fake.
     pub async fn start() -> Result<Self> {
+        Self::start_with(&crate::maestro::repo_root().join("e2e/bench/stages.yaml")).await
+    }
+
+    /// Starts kwok playing the pod lifecycle of the `stages` file (the chaos suite's
+    /// pods take seconds, so faults find steps in flight).
+    pub async fn start_with(stages: &std::path::Path) -> Result<Self> {
         let bin = bench_path("KWOK_BIN")?;
         let kubeconfig = std::env::var("KUBECONFIG").context("KUBECONFIG is not set")?;
-        let stages = crate::maestro::repo_root().join("e2e/bench/stages.yaml");
         let log = std::env::temp_dir().join("maestro-bench-kwok.log");
         let file = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(&bin)
             .args(["--kubeconfig", &kubeconfig])
             .arg("--config")
-            .arg(&stages)
+            .arg(stages)
             .args(["--manage-all-nodes=false"])
             .args([&format!(
                 "--manage-nodes-with-annotation-selector={FAKE_TAINT}=fake"
@@ -125,7 +130,7 @@ pub async fn fake_node(client: &Client) -> Result<()> {
 }
 
 /// What a pod on the fake node needs: the node selector and the toleration.
-fn placement_json() -> (serde_json::Value, serde_json::Value) {
+pub(crate) fn placement_json() -> (serde_json::Value, serde_json::Value) {
     (
         json!({FAKE_LABEL.0: FAKE_LABEL.1}),
         json!([{"key": FAKE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]),
@@ -631,7 +636,7 @@ fn composition_yaml(name: &str, workload: Workload) -> String {
 }
 
 /// Creates objects 32 at a time.
-async fn create_all<K>(api: &Api<K>, objects: Vec<K>) -> Result<()>
+pub(crate) async fn create_all<K>(api: &Api<K>, objects: Vec<K>) -> Result<()>
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -1172,7 +1177,7 @@ pub async fn run_all(plan: &Plan) -> Result<Vec<Figures>> {
 }
 
 /// Deletes the fake node and its lease, if there.
-async fn remove_fake_node(client: &Client) {
+pub(crate) async fn remove_fake_node(client: &Client) {
     let nodes: Api<Node> = Api::all(client.clone());
     let _ = nodes.delete(FAKE_NODE, &DeleteParams::default()).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");

@@ -2,6 +2,7 @@
 //! names, throwaway namespaces, polling with a deadline that says what it waited for.
 
 pub mod bench;
+pub mod chaos;
 pub mod maestro;
 pub mod world;
 

@@ -518,3 +518,131 @@ spec:
     assert!(assignment(&second_run)?.cache_hit);
     Ok(())
 }
+
+const PLANT_AND_LOOK: &str = r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Agent
+metadata: {name: shared}
+spec:
+  capacity: 1
+  slots: 1
+  cache:
+    persistentVolumeClaim: {size: 1Gi}
+---
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: plant}
+spec:
+  params: [{name: repo}]
+  steps:
+    - name: checkout
+      task: git
+      with: {repo: "{{ params.repo }}", path: src}
+    - name: plant
+      task: shell
+      with:
+        script: |
+          set -eu
+          marker="$PWD/hook-ran"
+          mkdir -p planted
+          for hook in post-checkout reference-transaction; do
+            for dir in src/.git/hooks planted; do
+              printf '#!/bin/sh\necho planted hook ran >&2\ntouch %s\n' "$marker" > "$dir/$hook"
+              chmod +x "$dir/$hook"
+            done
+          done
+          cp planted/post-checkout planted/fsmonitor
+          git -C src config core.hooksPath "$PWD/planted"
+          git -C src config core.fsmonitor "$PWD/planted/fsmonitor"
+          # Plain git in this slot runs them: the plant works.
+          git -C src checkout -q --detach HEAD
+          if [ -e hook-ran ]; then echo yes; else echo no; fi > "$MAESTRO_OUTPUTS/plainGitRanIt"
+          rm -f hook-ran
+---
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: victim}
+spec:
+  params: [{name: repo}]
+  steps:
+    - name: checkout
+      task: git
+      with: {repo: "{{ params.repo }}", path: src}
+    - name: look
+      task: shell
+      with:
+        script: |
+          if [ -e hook-ran ]; then echo yes; else echo no; fi > "$MAESTRO_OUTPUTS/hookRan"
+          git -C src config --local --get-regexp '^core[.](hookspath|fsmonitor)$' | wc -l | tr -d ' ' > "$MAESTRO_OUTPUTS/plantedSettings"
+"#;
+
+/// An Agent slot is shared by every composition routed to it, whatever its trust: a run
+/// plants git hooks (in `.git/hooks`, in a `core.hooksPath` of its own, and as
+/// `core.fsmonitor`) in the clone its slot keeps. The next run on that slot checks out into
+/// the same clone, fetching into it, and none of them runs: its git step runs with hooks and
+/// fsmonitor off, and scrubs the planted settings from the clone.
+#[tokio::test]
+async fn hooks_a_run_plants_in_its_slots_clone_never_run_in_the_next_run() -> Result<()> {
+    let env = Env::new("agents-hooks").await?;
+    let dir = TempDir::new("maestro-agents-hooks")?;
+    let work = dir.0.join("work");
+    std::fs::create_dir_all(&work)?;
+    run(&work, "git", &["init", "-q", "-b", "main"])?;
+    run(&work, "git", &["config", "user.email", "e2e@example.com"])?;
+    run(&work, "git", &["config", "user.name", "Maestro e2e"])?;
+    std::fs::write(work.join("README"), "one\n")?;
+    run(&work, "git", &["add", "."])?;
+    run(&work, "git", &["commit", "-q", "-m", "one"])?;
+    run(&dir.0, "git", &["clone", "-q", "--bare", "work", "app.git"])?;
+    run(&dir.0.join("app.git"), "git", &["update-server-info"])?;
+    let sink = Sink::start(&dir.0).await?;
+    let repo = format!("{}/app.git", sink.url);
+    let compositions = env.apply_yaml(PLANT_AND_LOOK).await?;
+    let compositions: Vec<String> = compositions
+        .into_iter()
+        .filter(|c| c != "shared")
+        .collect();
+    env.wait_compositions_ready(&compositions).await?;
+
+    let planted = env.start_run("plant", &[("repo", &repo)]).await?;
+    let planted = env.wait_finished(&planted, RUN_TIMEOUT).await?;
+    succeeded(&planted)?;
+    assert_eq!(
+        step(&planted, "plant")?.outputs["plainGitRanIt"],
+        "yes",
+        "the planted hooks run for plain git, so the test can tell"
+    );
+
+    // A new commit upstream, so the next checkout fetches and moves HEAD (what fires
+    // reference-transaction and post-checkout).
+    std::fs::write(work.join("README"), "two\n")?;
+    run(&work, "git", &["commit", "-q", "-am", "two"])?;
+    run(&work, "git", &["push", "-q", &dir.0.join("app.git").display().to_string(), "main"])?;
+    run(&dir.0.join("app.git"), "git", &["update-server-info"])?;
+    let head = run(&work, "git", &["rev-parse", "HEAD"])?;
+
+    let victim = env.start_run("victim", &[("repo", &repo)]).await?;
+    let victim = env.wait_finished(&victim, RUN_TIMEOUT).await?;
+    succeeded(&victim)?;
+    assert_eq!(
+        (assignment(&victim)?.name, assignment(&victim)?.slot),
+        (assignment(&planted)?.name, assignment(&planted)?.slot),
+        "the victim lands on the planted slot"
+    );
+    let checkout = step(&victim, "checkout")?;
+    assert_eq!(checkout.outputs["fetched"], "true", "it reused the planted clone");
+    assert_eq!(checkout.outputs["commit"], head.trim());
+    let look = step(&victim, "look")?;
+    assert_eq!(look.outputs["hookRan"], "no", "a planted hook ran in the next run");
+    assert_eq!(
+        look.outputs["plantedSettings"], "0",
+        "the clone still names the planted hooks"
+    );
+    let log = step_log(&env, checkout.pod_name.as_deref().unwrap_or_default()).await?;
+    assert!(!log.contains("planted hook ran"), "{log}");
+    assert!(
+        log.contains("setting(s) from the existing clone's .git/config"),
+        "the checkout says it scrubbed the clone: {log}"
+    );
+    Ok(())
+}

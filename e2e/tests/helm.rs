@@ -488,6 +488,93 @@ fn files(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// The operator's metrics port serves every run's figures: its NetworkPolicy lets only the
+/// release's own namespace, and the peers an administrator names, reach it, while git hosts
+/// reach the webhook port from anywhere. (The local cluster's bridge network plugin does not
+/// enforce NetworkPolicy, so the render is what can be checked; the install tests have the
+/// API server admit it.)
+#[tokio::test]
+async fn network_policy_opens_metrics_to_the_release_namespace_only() -> Result<()> {
+    let docs = render("maestro", &[]).await?;
+    let policies: Vec<&serde_yaml::Value> = docs
+        .iter()
+        .filter(|d| kind_of(d) == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy by default");
+    let policy = &policies[0]["spec"];
+    let deployment = docs
+        .iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .context("no Deployment")?;
+    assert_eq!(
+        policy["podSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
+        "the policy selects the operator's pods"
+    );
+    assert_eq!(strings(&policy["policyTypes"]), ["Ingress"]);
+    // The ports it names are the container's named ports.
+    let ports: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let ingress = policy["ingress"].as_sequence().context("no ingress rules")?;
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    let port_of = |rule: &serde_yaml::Value| -> Vec<String> {
+        rule["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(port_of(&ingress[0]), ["http-metrics"]);
+    assert_eq!(port_of(&ingress[1]), ["http-webhook"]);
+    for rule in ingress {
+        for port in port_of(rule) {
+            assert!(ports.contains(&port.as_str()), "{port} is not a container port: {ports:?}");
+        }
+    }
+    // Metrics: pods of the policy's own namespace only (a podSelector without a
+    // namespaceSelector), so another tenant's pod cannot scrape it.
+    let from = ingress[0]["from"].as_sequence().context("metrics rule has no from")?;
+    assert_eq!(from.len(), 1, "{from:?}");
+    assert!(from[0]["namespaceSelector"].is_null(), "{from:?}");
+    assert_eq!(from[0]["podSelector"], serde_yaml::Value::Mapping(Default::default()));
+    // Webhook: anyone (no from); every delivery is verified by its signature.
+    assert!(ingress[1]["from"].is_null(), "{:?}", ingress[1]);
+
+    // The administrator's Prometheus namespace is added, nothing else opens.
+    let docs = render(
+        "maestro",
+        &[
+            "--set",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+        ],
+    )
+    .await?;
+    let policy = docs
+        .iter()
+        .find(|d| kind_of(d) == "NetworkPolicy")
+        .context("no NetworkPolicy with metricsFrom")?;
+    let from = &policy["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_sequence().map(Vec::len), Some(2), "{from:?}");
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+        Some("monitoring")
+    );
+    // Without the webhook, its port is not opened either.
+    let docs = render("maestro", &["--set", "webhook.enabled=false"]).await?;
+    let policy = docs
+        .iter()
+        .find(|d| kind_of(d) == "NetworkPolicy")
+        .context("no NetworkPolicy without the webhook")?;
+    assert_eq!(policy["spec"]["ingress"].as_sequence().map(Vec::len), Some(1));
+    let docs = render("maestro", &["--set", "networkPolicy.enabled=false"]).await?;
+    assert!(!docs.iter().any(|d| kind_of(d) == "NetworkPolicy"));
+    Ok(())
+}
+
 #[tokio::test]
 async fn kustomize_bases_equal_a_fresh_render() -> Result<()> {
     let started = Instant::now();

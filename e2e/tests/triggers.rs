@@ -545,6 +545,66 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         "the second run was created {} s after the first's minute",
         second_created - minute
     );
+
+    // Someone who may create runs (a runner) takes the name of the minute after, with
+    // params of their own, before the schedule gets there. The schedule must not count the
+    // squatter as its run: it skips that minute, says so on the composition, and leaves
+    // the squatter as it was (not owned, not labelled as scheduled).
+    let third = format!("every-minute-{}", minute / 60 + 2);
+    let squatter: CompositionRun = serde_json::from_value(json!({
+        "metadata": {"name": third},
+        "spec": {"composition": "every-minute", "params": {"who": "squatter"}}
+    }))?;
+    api.create(&PostParams::default(), &squatter).await?;
+    let skipped = wait_for(
+        "status.lastSkippedTime of the squatted minute",
+        Duration::from_secs(90),
+        || async {
+            let c = compositions
+                .get("every-minute")
+                .await
+                .map_err(|e| e.to_string())?;
+            c.status
+                .and_then(|s| s.last_skipped_time)
+                .map(|t| t.0.as_second())
+                .ok_or_else(|| "not set".to_string())
+        },
+    )
+    .await?;
+    assert_eq!(skipped, minute + 120, "the squatted minute counts as skipped");
+    let note = wait_for(
+        "a ScheduleNameTaken Event on the composition",
+        Duration::from_secs(30),
+        || async {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("ScheduleNameTaken")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some("every-minute")
+                })
+                .and_then(|e| e.note.clone())
+                .ok_or_else(|| "no ScheduleNameTaken Event yet".to_string())
+        },
+    )
+    .await?;
+    assert!(
+        note.contains(&format!("run {third} already exists and is not this schedule's")),
+        "the warning names the squatted run: {note}"
+    );
+    let squatter = api.get(&third).await?;
+    assert!(
+        squatter.owner_references().is_empty(),
+        "the schedule adopted the squatter: {:?}",
+        squatter.owner_references()
+    );
+    assert_eq!(squatter.labels().get(labels::TRIGGER), None);
+    assert_eq!(squatter.spec.params["who"], "squatter");
     eprintln!("cron test: {:?}", started.elapsed());
     Ok(())
 }

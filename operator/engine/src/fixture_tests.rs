@@ -92,6 +92,10 @@ struct Expect {
     reason: Option<String>,
     /// Substring of the Succeeded condition's message.
     condition_message: Option<String>,
+    /// Conditions other than Succeeded, by type, each as a substring of
+    /// `STATUS REASON: message`.
+    #[serde(default)]
+    conditions: BTreeMap<String, String>,
     /// Reasons of the events recorded this round (exactly these, in order).
     events: Option<Vec<String>>,
     /// Whether the engine asks to be called again after a delay, and the delay.
@@ -360,6 +364,18 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
         if !got.contains(want.as_str()) {
             return Err(format!(
                 "Succeeded message: want it to contain {want:?}, got {got:?}"
+            ));
+        }
+    }
+    for (type_, want) in &expect.conditions {
+        let got = status
+            .conditions
+            .iter()
+            .find(|c| &c.type_ == type_)
+            .map(|c| format!("{} {}: {}", c.status, c.reason, c.message));
+        if !got.as_deref().is_some_and(|g| g.contains(want.as_str())) {
+            return Err(format!(
+                "{type_} condition: want it to contain {want:?}, got {got:?}"
             ));
         }
     }

@@ -359,6 +359,23 @@ impl Planner<'_> {
         }
     }
 
+    /// The run failed and its onFailure handler could not start: said as a Warning Event
+    /// and, because Events expire, as the run's `OnFailureStarted=False` condition, so
+    /// `kubectl describe` shows why nobody was notified for as long as the run exists.
+    fn on_failure_not_started(&mut self, reason: &str, why: String) {
+        set_condition(
+            &mut self.plan.status.conditions,
+            "OnFailureStarted",
+            "False",
+            reason,
+            &why,
+            self.input.now,
+        );
+        self.plan
+            .events
+            .push(warning("OnFailureNotStarted", why));
+    }
+
     pub(super) fn end_run(&mut self, outcome: Outcome) {
         let Outcome {
             phase,
@@ -390,14 +407,12 @@ impl Planner<'_> {
         self.plan.events.push(warning("RunFailed", message.clone()));
         if let Some(call) = &self.composition.on_failure {
             if self.input.depth >= labels::MAX_RUN_DEPTH {
-                return self.plan.events.push(warning(
-                    "OnFailureNotStarted",
-                    format!(
-                        "{} not started: {}",
-                        call.composition,
-                        too_deep(self.input.depth, self.input.chain)
-                    ),
-                ));
+                let why = format!(
+                    "{} not started: {}",
+                    call.composition,
+                    too_deep(self.input.depth, self.input.chain)
+                );
+                return self.on_failure_not_started("ChainTooDeep", why);
             }
             let failed_step = self
                 .plan
@@ -430,14 +445,12 @@ impl Planner<'_> {
             if let Some(taken) = self.input.observed.taken(&name) {
                 // A run of that name that is not this run's onFailure run (a runner made
                 // it first): it is not the handler, and must not be reported as started.
-                return self.plan.events.push(warning(
-                    "OnFailureNotStarted",
-                    format!(
-                        "{} not started: run {name} already exists and is not this run's \
-                         onFailure run ({})",
-                        call.composition, taken.holder
-                    ),
-                ));
+                let why = format!(
+                    "{} not started: run {name} already exists and is not this run's \
+                     onFailure run ({})",
+                    call.composition, taken.holder
+                );
+                return self.on_failure_not_started("NameTaken", why);
             }
             self.plan.status.on_failure_run = Some(name.clone());
             self.plan.actions.push(Action::CreateRun(NewRun {

@@ -77,6 +77,9 @@ impl Planner<'_> {
         st.phase = StepPhase::Running;
         st.attempts = attempt;
         st.pod_name = Some(name.clone());
+        // The node is the new pod's, once it is seen on one (a missing pod that was on a
+        // node was deleted, see watch_pod).
+        st.node_name = None;
         st.next_attempt_time = None;
         st.message = None;
         self.plan.actions.push(Action::CreatePod(Box::new(pod)));
@@ -140,6 +143,18 @@ impl Planner<'_> {
                     format!("step {}: {message}", step.name),
                 ));
                 return self.finish_step(i, StepPhase::Failed, message);
+            }
+            if self.plan.status.steps[i].node_name.is_some() {
+                // This attempt's pod was seen on a node, and the run's pods are all in the
+                // cache: it was deleted before it ended (by a user, an eviction through the
+                // API, the loss of its node). Creating it again under this attempt's name
+                // would run the step twice as one attempt; the attempt fails instead, and
+                // the step's retries decide.
+                let message = format!(
+                    "pod {name} was deleted before the step ended (by a user, an eviction \
+                     or the loss of its node)"
+                );
+                return self.attempt_failed(i, message, None);
             }
             // Started in this very pass: its create is already planned. Asking twice
             // cost a 409 per step (the bench's W1).
@@ -310,4 +325,39 @@ pub(super) fn secrets_of(steps: &[(&maestro_api::Step, &maestro_api::TaskSpec)])
         }
     }
     secrets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secrets_of;
+
+    fn step(yaml: &str) -> maestro_api::Step {
+        serde_yaml::from_str(yaml).expect("a valid step")
+    }
+
+    fn task(yaml: &str) -> maestro_api::TaskSpec {
+        serde_yaml::from_str(yaml).expect("a valid task")
+    }
+
+    // A pod (a step's, or the cleanup's that acts for several steps) gets exactly the
+    // Secrets its Task declares and its steps name: none of another step's.
+    #[test]
+    fn a_pod_gets_its_tasks_and_steps_secrets_once_each_in_order() {
+        let deploy = step("{name: deploy, task: ec2, secretEnv: [aws, deploy-key]}");
+        let notify = step("{name: notify, task: http, secretEnv: [slack, aws]}");
+        let ec2 = task("{builtin: ec2, secretEnv: [aws-region, aws]}");
+        let http = task("{builtin: http}");
+        assert_eq!(
+            secrets_of(&[(&deploy, &ec2)]),
+            ["aws-region", "aws", "deploy-key"]
+        );
+        assert_eq!(
+            secrets_of(&[(&deploy, &ec2), (&notify, &http)]),
+            ["aws-region", "aws", "deploy-key", "slack"]
+        );
+        assert_eq!(secrets_of(&[(&notify, &http)]), ["slack", "aws"]);
+        assert!(secrets_of(&[]).is_empty());
+        let plain = step("{name: plain, task: http}");
+        assert!(secrets_of(&[(&plain, &http)]).is_empty());
+    }
 }

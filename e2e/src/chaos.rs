@@ -1,0 +1,553 @@
+//! The chaos suite (`make chaos`, and its smoke mode in `make test`): a mix of runs (one
+//! step, ten sequential steps, a fan-out and join, a fork of child runs, an approval gate
+//! approved during the chaos), every step with retries, on a node faked by kwok whose pods
+//! take 2 to 4 s, while a fault is injected. Afterwards it checks what users rely on:
+//! every run reaches a final phase, and the one its composition implies; no pod name (one
+//! run, step and attempt) was ever created twice, nor any child run; every approval made
+//! during the chaos counted exactly once. Creations are counted from watches started before
+//! the first run, so a pod or run created and gone again still counts.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta},
+    runtime::{WatchStreamExt, watcher},
+};
+use maestro_api::{CompositionRun, CompositionRunSpec, RunPhase, StepPhase, labels};
+use serde_json::json;
+
+use crate::{
+    bench::{self, Kwok},
+    maestro::Env,
+};
+
+/// What goes wrong while the runs are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The operator is SIGKILLed every `every` and started again at once, for `during`.
+    OperatorKilled { every: Duration, during: Duration },
+    /// Someone deletes running step pods, `per_second` a second, for `during`.
+    StepPodsDeleted {
+        per_second: usize,
+        during: Duration,
+    },
+}
+
+impl Fault {
+    pub fn label(self) -> String {
+        match self {
+            Self::OperatorKilled { every, during } => format!(
+                "operator SIGKILLed every {} s for {} s",
+                every.as_secs(),
+                during.as_secs()
+            ),
+            Self::StepPodsDeleted { per_second, during } => format!(
+                "{per_second} running step pod(s) deleted a second for {} s",
+                during.as_secs()
+            ),
+        }
+    }
+
+    fn during(self) -> Duration {
+        match self {
+            Self::OperatorKilled { during, .. } | Self::StepPodsDeleted { during, .. } => during,
+        }
+    }
+}
+
+/// How many runs of each composition a scenario starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    pub one_step: usize,
+    pub sequential: usize,
+    pub fan_out: usize,
+    pub forks: usize,
+    pub gated: usize,
+}
+
+impl Mix {
+    /// The issue's 200 runs in flight.
+    pub fn full() -> Self {
+        Self {
+            one_step: 80,
+            sequential: 30,
+            fan_out: 30,
+            forks: 30,
+            gated: 30,
+        }
+    }
+
+    /// 50 runs, for `make test`.
+    pub fn smoke() -> Self {
+        Self {
+            one_step: 20,
+            sequential: 8,
+            fan_out: 8,
+            forks: 7,
+            gated: 7,
+        }
+    }
+
+    pub fn runs(self) -> usize {
+        self.one_step + self.sequential + self.fan_out + self.forks + self.gated
+    }
+
+    /// (composition, how many runs) in creation order.
+    fn by_composition(self) -> [(&'static str, usize); 5] {
+        [
+            (ONE_STEP, self.one_step),
+            (SEQUENTIAL, self.sequential),
+            (FAN_OUT, self.fan_out),
+            (FORK, self.forks),
+            (GATED, self.gated),
+        ]
+    }
+}
+
+const ONE_STEP: &str = "chaos-one";
+const SEQUENTIAL: &str = "chaos-sequential";
+const FAN_OUT: &str = "chaos-fan-out";
+const FORK: &str = "chaos-fork";
+const GATED: &str = "chaos-gated";
+/// The fork's children, each a run of ONE_STEP.
+const FORK_WIDTH: usize = 2;
+
+/// A scenario: one fault over one mix of runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub fault: Fault,
+    pub mix: Mix,
+}
+
+/// The suite: one scenario per fault kind.
+pub fn suite(mix: Mix, during: Duration) -> Vec<Scenario> {
+    vec![
+        Scenario {
+            fault: Fault::OperatorKilled {
+                every: Duration::from_secs(10),
+                during,
+            },
+            mix,
+        },
+        Scenario {
+            fault: Fault::StepPodsDeleted {
+                per_second: 2,
+                during,
+            },
+            mix,
+        },
+    ]
+}
+
+/// What a scenario found.
+#[derive(Debug, Clone)]
+pub struct Findings {
+    pub fault: Fault,
+    /// Runs started by the suite (children not counted).
+    pub runs: usize,
+    /// Final phases of those runs, and of the children, by phase.
+    pub phases: BTreeMap<String, usize>,
+    /// Runs, children included, not in a final phase when the suite gave up waiting.
+    pub stuck: Vec<String>,
+    /// Runs, children included, that ended other than Succeeded, with what they say.
+    pub unexpected: Vec<String>,
+    /// Pod names created more than once (each is one run, step and attempt).
+    pub duplicate_pods: Vec<String>,
+    /// Child run names created more than once.
+    pub duplicate_children: Vec<String>,
+    /// Pods created in all, and child runs created in all.
+    pub pods_created: usize,
+    pub children_created: usize,
+    /// Faults injected: operator kills, or pods deleted.
+    pub injected: usize,
+    /// Approval gates whose status does not show exactly one counted approval.
+    pub approvals_not_once: Vec<String>,
+    /// From the end of the faults until every run had ended.
+    pub settle: Duration,
+}
+
+impl Findings {
+    /// Whether everything held.
+    pub fn held(&self) -> bool {
+        self.stuck.is_empty()
+            && self.unexpected.is_empty()
+            && self.duplicate_pods.is_empty()
+            && self.duplicate_children.is_empty()
+            && self.approvals_not_once.is_empty()
+    }
+}
+
+/// The suite's table, one row per scenario.
+pub fn table(all: &[Findings]) -> String {
+    let mut out = String::from(
+        "| fault | runs | injected | final phases (children included) | stuck | not as expected | pods created | duplicate pods | children created | duplicate children | approvals not once | settle |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for f in all {
+        let phases: Vec<String> = f.phases.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |\n",
+            f.fault.label(),
+            f.runs,
+            f.injected,
+            phases.join(", "),
+            f.stuck.len(),
+            f.unexpected.len(),
+            f.pods_created,
+            f.duplicate_pods.len(),
+            f.children_created,
+            f.duplicate_children.len(),
+            f.approvals_not_once.len(),
+            f.settle.as_secs_f64(),
+        ));
+    }
+    out
+}
+
+/// The compositions, all on the fake node, every task step retried twice 1 s apart (a
+/// deleted pod fails its attempt; the retry must carry the run to success).
+fn compositions_yaml() -> String {
+    let (selector, tolerations) = bench::placement_json();
+    let retried = |name: &str, depends_on: Option<Vec<String>>| {
+        let mut step = json!({
+            "name": name,
+            "task": "shell",
+            "with": {"script": "true"},
+            "retries": {"limit": 2, "backoff": "1s"},
+        });
+        if let Some(deps) = depends_on {
+            step["dependsOn"] = json!(deps);
+        }
+        step
+    };
+    let composition = |name: &str, steps: Vec<serde_json::Value>| {
+        json!({
+            "apiVersion": "maestro.dev/v1alpha1",
+            "kind": "Composition",
+            "metadata": {"name": name},
+            "spec": {"nodeSelector": selector, "tolerations": tolerations, "steps": steps},
+        })
+    };
+    let fanned: Vec<String> = (0..6).map(|i| format!("part-{i}")).collect();
+    let mut fan_out = vec![retried("first", None)];
+    fan_out.extend(
+        fanned
+            .iter()
+            .map(|name| retried(name, Some(vec!["first".into()]))),
+    );
+    fan_out.push(retried("join", Some(fanned.clone())));
+    let all = [
+        composition(ONE_STEP, vec![retried("only", None)]),
+        composition(
+            SEQUENTIAL,
+            (0..10).map(|i| retried(&format!("s{i}"), None)).collect(),
+        ),
+        composition(FAN_OUT, fan_out),
+        composition(
+            FORK,
+            vec![
+                json!({"name": "tests", "compositions": vec![ONE_STEP; FORK_WIDTH]}),
+                retried("after", None),
+            ],
+        ),
+        composition(
+            GATED,
+            vec![
+                json!({"name": "gate", "approval": {"message": "chaos"}}),
+                retried("after", None),
+            ],
+        ),
+    ];
+    all.iter()
+        .map(|c| serde_json::to_string(c).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Every distinct UID seen under each name, from a watch started before the first create.
+type Creations = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
+
+fn record_creations<K>(api: Api<K>, selector: &str) -> (Creations, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let seen: Creations = Arc::default();
+    let into = seen.clone();
+    let config = watcher::Config::default().labels(selector);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+        while let Some(item) = stream.next().await {
+            let Ok(object) = item else { continue };
+            let (Some(name), Some(uid)) = (object.meta().name.clone(), object.meta().uid.clone())
+            else {
+                continue;
+            };
+            if let Ok(mut seen) = into.lock() {
+                seen.entry(name).or_default().insert(uid);
+            }
+        }
+    });
+    (seen, task)
+}
+
+fn duplicates(seen: &Creations) -> (usize, Vec<String>) {
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let twice = seen
+        .iter()
+        .filter(|(_, uids)| uids.len() > 1)
+        .map(|(name, uids)| format!("{name} ({} UIDs)", uids.len()))
+        .collect();
+    (seen.len(), twice)
+}
+
+/// Runs every scenario, each in a namespace of its own with its own operator, kwok playing
+/// the fake node; returns what each found.
+pub async fn run_all(scenarios: &[Scenario], settle_limit: Duration) -> Result<Vec<Findings>> {
+    let client = crate::client().await?;
+    bench::remove_fake_node(&client).await;
+    let kwok = Kwok::start_with(&crate::maestro::repo_root().join("e2e/chaos/stages.yaml")).await?;
+    let result = async {
+        bench::fake_node(&client).await?;
+        let mut all = Vec::new();
+        for (i, scenario) in scenarios.iter().enumerate() {
+            let findings = scenario_once(i, *scenario, settle_limit).await?;
+            eprint!("{}", table(std::slice::from_ref(&findings)));
+            all.push(findings);
+        }
+        Ok(all)
+    }
+    .await;
+    bench::remove_fake_node(&client).await;
+    drop(kwok);
+    result
+}
+
+async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> Result<Findings> {
+    // One operator without election: a SIGKILLed leader keeps its Lease until it expires,
+    // and the election is its own scenario (2 replicas).
+    let mut env = Env::with_options(
+        &format!("chaos-{i}"),
+        "restricted",
+        &[
+            "--workspace".to_string(),
+            "emptyDir".to_string(),
+            "--leader-elect=false".to_string(),
+        ],
+    )
+    .await?;
+    let ns = env.ns.name.clone();
+    let names = env.apply_yaml(&compositions_yaml()).await?;
+    env.wait_compositions_ready(&names).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
+    let (pod_uids, pod_watch) = record_creations(pods.clone(), labels::RUN);
+    let (child_uids, child_watch) = record_creations(runs.clone(), labels::PARENT_RUN);
+    // The watches list first: let them start before the first create.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut started: Vec<(String, &'static str)> = Vec::new();
+    let mut objects = Vec::new();
+    for (composition, count) in scenario.mix.by_composition() {
+        for n in 0..count {
+            let name = format!("{}-{n}", composition.trim_start_matches("chaos-"));
+            objects.push(CompositionRun {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: CompositionRunSpec {
+                    composition: composition.to_string(),
+                    params: BTreeMap::new(),
+                    cancel: false,
+                    priority: 0,
+                    started_by: None,
+                },
+                status: None,
+            });
+            started.push((name, composition));
+        }
+    }
+    bench::create_all(&runs, objects).await?;
+    let gated: Vec<String> = started
+        .iter()
+        .filter(|(_, c)| *c == GATED)
+        .map(|(n, _)| n.clone())
+        .collect();
+
+    // The fault, with the gates approved as they come up, during it.
+    let mut approved: BTreeSet<String> = BTreeSet::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let mut injected = 0;
+    let fault_started = Instant::now();
+    let mut last_kill = Instant::now();
+    while fault_started.elapsed() < scenario.fault.during() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        approve_waiting(&env, &runs, &gated, &mut approved).await;
+        match scenario.fault {
+            Fault::OperatorKilled { every, .. } => {
+                if last_kill.elapsed() >= every {
+                    env.operator.restart().await?;
+                    injected += 1;
+                    last_kill = Instant::now();
+                }
+            }
+            Fault::StepPodsDeleted { per_second, .. } => {
+                let list = pods.list(&ListParams::default().labels(labels::RUN)).await?;
+                // Pods running for a second at least, as someone who deletes a pod finds
+                // it: the operator has seen it on its node by then. (A pod deleted before
+                // the operator ever saw it cannot be told from one its cache has not
+                // shown yet, and is created again under its name.)
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let running = list.items.into_iter().filter(|p| {
+                    let status = p.status.as_ref();
+                    let ran_a_second = status
+                        .and_then(|s| s.start_time.as_ref())
+                        .is_some_and(|t| now.duration_since(t.0).as_secs_f64() >= 1.0);
+                    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && ran_a_second
+                        && p.metadata.deletion_timestamp.is_none()
+                        && !deleted.contains(&p.name_any())
+                });
+                for pod in running.take(per_second) {
+                    let name = pod.name_any();
+                    if pods.delete(&name, &DeleteParams::default()).await.is_ok() {
+                        injected += 1;
+                    }
+                    deleted.insert(name);
+                }
+            }
+        }
+    }
+    let faults_ended = Instant::now();
+
+    // Settle: every run and child ends; late gates are approved too (the fault may end
+    // before a gate is reached).
+    let mut stuck;
+    loop {
+        approve_waiting(&env, &runs, &gated, &mut approved).await;
+        let list = runs.list(&ListParams::default()).await?;
+        stuck = list
+            .items
+            .iter()
+            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+            .map(|r| {
+                let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                format!("{} ({phase:?})", r.name_any())
+            })
+            .collect::<Vec<_>>();
+        let all_there = list.items.len() >= started.len();
+        if (stuck.is_empty() && all_there) || faults_ended.elapsed() > settle_limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let settle = faults_ended.elapsed();
+    // Let the watches catch up before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pod_watch.abort();
+    child_watch.abort();
+
+    let list = runs.list(&ListParams::default()).await?.items;
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+    let mut unexpected = Vec::new();
+    let mut approvals_not_once = Vec::new();
+    for run in &list {
+        let status = run.status.clone().unwrap_or_default();
+        *phases.entry(format!("{:?}", status.phase)).or_default() += 1;
+        if status.phase.is_finished() && status.phase != RunPhase::Succeeded {
+            let said: Vec<String> = status
+                .steps
+                .iter()
+                .filter_map(|s| Some(format!("{}: {}", s.name, s.message.clone()?)))
+                .collect();
+            unexpected.push(format!(
+                "{} {:?}: {}",
+                run.name_any(),
+                status.phase,
+                said.join("; ")
+            ));
+        }
+        if run.spec.composition == GATED {
+            let counted = status
+                .steps
+                .iter()
+                .find(|s| s.name == "gate")
+                .map(|s| {
+                    (
+                        s.phase,
+                        s.approvals.iter().filter(|a| a.ignored.is_none()).count(),
+                    )
+                });
+            if counted != Some((StepPhase::Succeeded, 1)) {
+                approvals_not_once.push(format!("{}: {counted:?}", run.name_any()));
+            }
+        }
+    }
+    let (pods_created, duplicate_pods) = duplicates(&pod_uids);
+    let (children_created, duplicate_children) = duplicates(&child_uids);
+    if pods_created == 0 {
+        bail!("the pod watch saw no pod: {}", env.operator.log_tail());
+    }
+    let findings = Findings {
+        fault: scenario.fault,
+        runs: started.len(),
+        phases,
+        stuck,
+        unexpected,
+        duplicate_pods,
+        duplicate_children,
+        pods_created,
+        children_created,
+        injected,
+        approvals_not_once,
+        settle,
+    };
+    if !findings.held() {
+        eprintln!(
+            "[chaos] {}: {findings:#?}\noperator log:\n{}",
+            scenario.fault.label(),
+            env.operator.log_tail()
+        );
+    }
+    drop(env);
+    Ok(findings)
+}
+
+/// Approves (with `kubectl maestro approve`, once each) the gated runs waiting at their gate.
+async fn approve_waiting(
+    env: &Env,
+    runs: &Api<CompositionRun>,
+    gated: &[String],
+    approved: &mut BTreeSet<String>,
+) {
+    let Ok(list) = runs.list(&ListParams::default()).await else {
+        return;
+    };
+    for run in list.items {
+        let name = run.name_any();
+        let waiting = run
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == RunPhase::WaitingApproval);
+        if waiting && gated.contains(&name) && !approved.contains(&name) {
+            let said = env
+                .cli(&["approve", &name, "gate", "--comment", "chaos"])
+                .await
+                .context("kubectl maestro approve");
+            match said {
+                Ok(_) => {
+                    approved.insert(name);
+                }
+                Err(e) => eprintln!("[chaos] approving {name}: {e:#} (tried again)"),
+            }
+        }
+    }
+}

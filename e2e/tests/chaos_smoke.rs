@@ -1,0 +1,57 @@
+//! The chaos suite's smoke mode: 50 runs through each fault kind, on the kwok fake node
+//! (`make chaos` runs 200 for longer). It asserts what users rely on after each fault, from
+//! counts the suite takes itself: every run ends, Succeeded as its composition implies; no
+//! pod name (one run, step and attempt) nor child run was ever created twice; every gate
+//! approved during the chaos counted its approval once.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use maestro_e2e::chaos::{self, Mix};
+
+#[tokio::test]
+async fn runs_survive_operator_kills_and_deleted_pods_with_nothing_run_twice() -> Result<()> {
+    let mix = Mix::smoke();
+    let scenarios = chaos::suite(mix, Duration::from_secs(30));
+    let all = chaos::run_all(&scenarios, Duration::from_secs(240)).await?;
+    println!("{}", chaos::table(&all));
+    // Pods each mix needs at the least: one, ten, 1+6+1, two children and one after the
+    // fork, one after the gate.
+    let least = mix.one_step + 10 * mix.sequential + 8 * mix.fan_out + 3 * mix.forks + mix.gated;
+    for findings in &all {
+        let fault = findings.fault.label();
+        assert!(findings.injected > 0, "{fault}: no fault was injected");
+        assert!(findings.stuck.is_empty(), "{fault}: stuck {:?}", findings.stuck);
+        assert!(
+            findings.unexpected.is_empty(),
+            "{fault}: not Succeeded {:#?}",
+            findings.unexpected
+        );
+        assert!(
+            findings.duplicate_pods.is_empty(),
+            "{fault}: pods created twice {:?}",
+            findings.duplicate_pods
+        );
+        assert!(
+            findings.duplicate_children.is_empty(),
+            "{fault}: child runs created twice {:?}",
+            findings.duplicate_children
+        );
+        assert!(
+            findings.approvals_not_once.is_empty(),
+            "{fault}: gates not approved exactly once {:?}",
+            findings.approvals_not_once
+        );
+        assert!(
+            findings.pods_created >= least,
+            "{fault}: {} pods seen, the runs need {least} at least",
+            findings.pods_created
+        );
+        assert_eq!(
+            findings.children_created,
+            2 * mix.forks,
+            "{fault}: child runs"
+        );
+    }
+    Ok(())
+}
