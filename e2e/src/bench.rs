@@ -700,6 +700,7 @@ pub async fn maestro(env: &Env, workload: Workload) -> Result<Figures> {
                 cancel: false,
                 priority: 0,
                 started_by: None,
+                rerun_of: None,
             },
             status: None,
         })

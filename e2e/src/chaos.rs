@@ -35,10 +35,7 @@ pub enum Fault {
     /// The operator is SIGKILLed every `every` and started again at once, for `during`.
     OperatorKilled { every: Duration, during: Duration },
     /// Someone deletes running step pods, `per_second` a second, for `during`.
-    StepPodsDeleted {
-        per_second: usize,
-        during: Duration,
-    },
+    StepPodsDeleted { per_second: usize, during: Duration },
 }
 
 impl Fault {
@@ -369,6 +366,7 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                     cancel: false,
                     priority: 0,
                     started_by: None,
+                    rerun_of: None,
                 },
                 status: None,
             });
@@ -400,7 +398,9 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                 }
             }
             Fault::StepPodsDeleted { per_second, .. } => {
-                let list = pods.list(&ListParams::default().labels(labels::RUN)).await?;
+                let list = pods
+                    .list(&ListParams::default().labels(labels::RUN))
+                    .await?;
                 // Pods running for a second at least, as someone who deletes a pod finds
                 // it: the operator has seen it on its node by then. (A pod deleted before
                 // the operator ever saw it cannot be told from one its cache has not
@@ -416,7 +416,8 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                         && p.metadata.deletion_timestamp.is_none()
                         && !deleted.contains(&p.name_any())
                 });
-                for pod in running.take(per_second) {
+                let chosen: Vec<Pod> = running.take(per_second).collect();
+                for pod in chosen {
                     let name = pod.name_any();
                     if pods.delete(&name, &DeleteParams::default()).await.is_ok() {
                         injected += 1;
@@ -476,16 +477,12 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
             ));
         }
         if run.spec.composition == GATED {
-            let counted = status
-                .steps
-                .iter()
-                .find(|s| s.name == "gate")
-                .map(|s| {
-                    (
-                        s.phase,
-                        s.approvals.iter().filter(|a| a.ignored.is_none()).count(),
-                    )
-                });
+            let counted = status.steps.iter().find(|s| s.name == "gate").map(|s| {
+                (
+                    s.phase,
+                    s.approvals.iter().filter(|a| a.ignored.is_none()).count(),
+                )
+            });
             if counted != Some((StepPhase::Succeeded, 1)) {
                 approvals_not_once.push(format!("{}: {counted:?}", run.name_any()));
             }

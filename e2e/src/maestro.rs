@@ -436,6 +436,7 @@ pub async fn start_run(
             cancel: false,
             priority: 0,
             started_by: None,
+            rerun_of: None,
         },
         status: None,
     };

@@ -598,10 +598,7 @@ async fn hooks_a_run_plants_in_its_slots_clone_never_run_in_the_next_run() -> Re
     let sink = Sink::start(&dir.0).await?;
     let repo = format!("{}/app.git", sink.url);
     let compositions = env.apply_yaml(PLANT_AND_LOOK).await?;
-    let compositions: Vec<String> = compositions
-        .into_iter()
-        .filter(|c| c != "shared")
-        .collect();
+    let compositions: Vec<String> = compositions.into_iter().filter(|c| c != "shared").collect();
     env.wait_compositions_ready(&compositions).await?;
 
     let planted = env.start_run("plant", &[("repo", &repo)]).await?;
@@ -617,7 +614,16 @@ async fn hooks_a_run_plants_in_its_slots_clone_never_run_in_the_next_run() -> Re
     // reference-transaction and post-checkout).
     std::fs::write(work.join("README"), "two\n")?;
     run(&work, "git", &["commit", "-q", "-am", "two"])?;
-    run(&work, "git", &["push", "-q", &dir.0.join("app.git").display().to_string(), "main"])?;
+    run(
+        &work,
+        "git",
+        &[
+            "push",
+            "-q",
+            &dir.0.join("app.git").display().to_string(),
+            "main",
+        ],
+    )?;
     run(&dir.0.join("app.git"), "git", &["update-server-info"])?;
     let head = run(&work, "git", &["rev-parse", "HEAD"])?;
 
@@ -630,10 +636,16 @@ async fn hooks_a_run_plants_in_its_slots_clone_never_run_in_the_next_run() -> Re
         "the victim lands on the planted slot"
     );
     let checkout = step(&victim, "checkout")?;
-    assert_eq!(checkout.outputs["fetched"], "true", "it reused the planted clone");
+    assert_eq!(
+        checkout.outputs["fetched"], "true",
+        "it reused the planted clone"
+    );
     assert_eq!(checkout.outputs["commit"], head.trim());
     let look = step(&victim, "look")?;
-    assert_eq!(look.outputs["hookRan"], "no", "a planted hook ran in the next run");
+    assert_eq!(
+        look.outputs["hookRan"], "no",
+        "a planted hook ran in the next run"
+    );
     assert_eq!(
         look.outputs["plantedSettings"], "0",
         "the clone still names the planted hooks"

@@ -183,6 +183,7 @@ async fn two_release_managers_other_than_the_starter_pass_the_gate_and_one_rejec
                 cancel: false,
                 priority: 0,
                 started_by: started_by.map(str::to_string),
+                rerun_of: None,
             },
         );
         forged.metadata.name = None;
@@ -447,6 +448,7 @@ spec:
                 cancel: false,
                 priority: 0,
                 started_by: None,
+                rerun_of: None,
             },
         );
         run.metadata.namespace = Some(env.ns.name.clone());

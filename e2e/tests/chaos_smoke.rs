@@ -21,7 +21,11 @@ async fn runs_survive_operator_kills_and_deleted_pods_with_nothing_run_twice() -
     for findings in &all {
         let fault = findings.fault.label();
         assert!(findings.injected > 0, "{fault}: no fault was injected");
-        assert!(findings.stuck.is_empty(), "{fault}: stuck {:?}", findings.stuck);
+        assert!(
+            findings.stuck.is_empty(),
+            "{fault}: stuck {:?}",
+            findings.stuck
+        );
         assert!(
             findings.unexpected.is_empty(),
             "{fault}: not Succeeded {:#?}",

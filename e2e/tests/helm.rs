@@ -333,6 +333,7 @@ async fn chart_lints_and_renders_least_privilege_rbac() -> Result<()> {
             ("", "persistentvolumeclaims", "create"),
             ("", "persistentvolumeclaims", "get"),
             ("", "persistentvolumeclaims", "list"),
+            ("", "persistentvolumeclaims", "patch"),
             ("", "persistentvolumeclaims", "watch"),
             ("", "pods", "create"),
             ("", "pods", "delete"),
@@ -518,7 +519,9 @@ async fn network_policy_opens_metrics_to_the_release_namespace_only() -> Result<
         .flatten()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    let ingress = policy["ingress"].as_sequence().context("no ingress rules")?;
+    let ingress = policy["ingress"]
+        .as_sequence()
+        .context("no ingress rules")?;
     assert_eq!(ingress.len(), 2, "{ingress:?}");
     let port_of = |rule: &serde_yaml::Value| -> Vec<String> {
         rule["ports"]
@@ -532,15 +535,23 @@ async fn network_policy_opens_metrics_to_the_release_namespace_only() -> Result<
     assert_eq!(port_of(&ingress[1]), ["http-webhook"]);
     for rule in ingress {
         for port in port_of(rule) {
-            assert!(ports.contains(&port.as_str()), "{port} is not a container port: {ports:?}");
+            assert!(
+                ports.contains(&port.as_str()),
+                "{port} is not a container port: {ports:?}"
+            );
         }
     }
     // Metrics: pods of the policy's own namespace only (a podSelector without a
     // namespaceSelector), so another tenant's pod cannot scrape it.
-    let from = ingress[0]["from"].as_sequence().context("metrics rule has no from")?;
+    let from = ingress[0]["from"]
+        .as_sequence()
+        .context("metrics rule has no from")?;
     assert_eq!(from.len(), 1, "{from:?}");
     assert!(from[0]["namespaceSelector"].is_null(), "{from:?}");
-    assert_eq!(from[0]["podSelector"], serde_yaml::Value::Mapping(Default::default()));
+    assert_eq!(
+        from[0]["podSelector"],
+        serde_yaml::Value::Mapping(Default::default())
+    );
     // Webhook: anyone (no from); every delivery is verified by its signature.
     assert!(ingress[1]["from"].is_null(), "{:?}", ingress[1]);
 
@@ -569,7 +580,10 @@ async fn network_policy_opens_metrics_to_the_release_namespace_only() -> Result<
         .iter()
         .find(|d| kind_of(d) == "NetworkPolicy")
         .context("no NetworkPolicy without the webhook")?;
-    assert_eq!(policy["spec"]["ingress"].as_sequence().map(Vec::len), Some(1));
+    assert_eq!(
+        policy["spec"]["ingress"].as_sequence().map(Vec::len),
+        Some(1)
+    );
     let docs = render("maestro", &["--set", "networkPolicy.enabled=false"]).await?;
     assert!(!docs.iter().any(|d| kind_of(d) == "NetworkPolicy"));
     Ok(())

@@ -571,7 +571,11 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         },
     )
     .await?;
-    assert_eq!(skipped, minute + 120, "the squatted minute counts as skipped");
+    assert_eq!(
+        skipped,
+        minute + 120,
+        "the squatted minute counts as skipped"
+    );
     let note = wait_for(
         "a ScheduleNameTaken Event on the composition",
         Duration::from_secs(30),
@@ -594,7 +598,9 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
     )
     .await?;
     assert!(
-        note.contains(&format!("run {third} already exists and is not this schedule's")),
+        note.contains(&format!(
+            "run {third} already exists and is not this schedule's"
+        )),
         "the warning names the squatted run: {note}"
     );
     let squatter = api.get(&third).await?;

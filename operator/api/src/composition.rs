@@ -81,6 +81,15 @@ pub struct CompositionSpec {
     #[serde(default)]
     pub cleanup: CleanupPolicy,
 
+    /// How long a failed run holds its ledger's cleanup, like `30m`, so that a rerun
+    /// (`kubectl maestro rerun`) can take over what it made (an EC2 instance, the
+    /// workspace) instead of making it again. The first rerun started in that time takes
+    /// it over; without one the cleanup policy applies when the time is up. Default: no
+    /// hold, so a rerun makes again what the run's cleanup removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub rerun_window: Option<String>,
+
     /// The longest a run may take, like `2h`; then its running steps are stopped and it
     /// fails with reason Timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]

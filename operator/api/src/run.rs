@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("self.composition == oldSelf.composition && self.params == oldSelf.params && self.priority == oldSelf.priority").message("a run's composition, params and priority cannot change once created; start a new run instead"),
     validation = Rule::new("!oldSelf.cancel || self.cancel").message("a cancelled run cannot be resumed"),
     validation = Rule::new("has(self.startedBy) == has(oldSelf.startedBy) && (!has(self.startedBy) || self.startedBy == oldSelf.startedBy)").message("a run's startedBy cannot change once created"),
+    validation = Rule::new("has(self.rerunOf) == has(oldSelf.rerunOf) && (!has(self.rerunOf) || self.rerunOf == oldSelf.rerunOf)").message("a run's rerunOf cannot change once created"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CompositionRunSpec {
@@ -53,6 +54,30 @@ pub struct CompositionRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub started_by: Option<String>,
+    /// The run this one reruns (`kubectl maestro rerun`): it follows that run's
+    /// composition and Task snapshots, not today's; the steps it does not rerun keep that
+    /// run's outcome and outputs ("reused"), and it takes over that run's ledger and
+    /// workspace when that run holds them for it (the composition's `rerunWindow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RerunOf>,
+}
+
+/// Which run a rerun reruns, and from where.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RerunOf {
+    /// The run, in this namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub run: String,
+    /// Its UID: only that very run is taken over, never a later run of the same name.
+    #[schemars(length(min = 1, max = 64))]
+    pub uid: String,
+    /// The step to rerun from: it, every step after it in the graph, and every step
+    /// that did not succeed rerun. Absent: the steps that did not succeed, and those
+    /// after them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub from: Option<String>,
 }
 
 /// The phase of a run.
@@ -151,9 +176,17 @@ pub struct CompositionRunStatus {
     /// composition's `cleanup` policy), and its outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<CleanupStatus>,
+    /// Where this run's ledger went when a rerun took it over (see the composition's
+    /// `rerunWindow`): the rerun, which removes those resources from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over: Option<Handover>,
     /// The run started by `onFailure`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure_run: Option<String>,
+    /// The run whose workspace this run works in, when not its own: a rerun works in the
+    /// workspace of the run it reruns (and a rerun of a rerun in the first run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_of: Option<String>,
     /// The Agent slot the run holds; its steps share that slot's cache volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<RunAgent>,
@@ -284,6 +317,22 @@ pub struct CleanupStatus {
     /// What happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// While the cleanup is held for a rerun (phase Pending): until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<Time>,
+}
+
+/// A run's ledger as it was handed to a rerun.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    /// The rerun that took it over.
+    pub run: String,
+    /// Its UID.
+    pub uid: String,
+    /// The resources it took over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<LedgerEntry>,
 }
 
 /// An external resource a run created: an entry of its ledger.
@@ -299,4 +348,8 @@ pub struct LedgerEntry {
     pub region: Option<String>,
     /// The step that created it.
     pub step: String,
+    /// The run that created it, when that is not the run whose ledger holds it (a rerun
+    /// took it over): its `maestro.dev/run` tag names that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }

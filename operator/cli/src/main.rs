@@ -37,6 +37,8 @@ struct Cli {
 enum Command {
     /// Start a run of a composition.
     Run(commands::run::RunArgs),
+    /// Rerun an ended run from its failed step (or --from a step), reusing the rest.
+    Rerun(commands::rerun::RerunArgs),
     /// List runs, or show one run, as a table.
     Get(commands::get::GetArgs),
     /// Show a run in detail: params, conditions, steps, outputs and its resource ledger.
@@ -86,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let target = Target { client, namespace };
     match cli.command {
         Command::Run(args) => commands::run::run(&target, args).await,
+        Command::Rerun(args) => commands::rerun::run(&target, args).await,
         Command::Get(args) => commands::get::run(&target, args).await,
         Command::Describe(args) => commands::describe::run(&target, args).await,
         Command::Approve(args) => {

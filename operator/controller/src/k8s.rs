@@ -192,6 +192,7 @@ impl RunBuilder {
                 cancel: false,
                 priority: 0,
                 started_by: None,
+                rerun_of: None,
             },
             status: None,
         };

@@ -113,6 +113,15 @@ struct Expect {
     ledger: Option<Vec<String>>,
     /// Phase of the cleanup of leftovers.
     cleanup: Option<String>,
+    /// Workspace hand-overs asked for this round, as `CLAIM_OF -> RUN (UID)`.
+    shares: Option<Vec<String>>,
+    /// Pods created this round, by name: `workspace of RUN; ledger runs [A, B]`.
+    #[serde(default)]
+    pods: BTreeMap<String, String>,
+    /// The rerun the ledger was handed to, as `RUN (UID)`.
+    handed_over: Option<String>,
+    /// The ledger with the run each entry came from, as `KIND/ID of RUN`.
+    ledger_of: Option<Vec<String>>,
 }
 
 fn base_time() -> Timestamp {
@@ -153,6 +162,7 @@ fn run_fixture(path: &Path) -> Result<(), String> {
         }
         let input = PlanInput {
             run_name: "r",
+            uid: "uid-r",
             namespace: "ns",
             generation: Some(1),
             depth: fixture.depth,
@@ -227,6 +237,54 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             Action::DeletePod { name } | Action::CancelRun { name } => {
                 deletes.insert(name.clone());
             }
+            Action::ShareWorkspace { .. } => {}
+        }
+    }
+    if let Some(want) = &expect.shares {
+        let got: Vec<String> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ShareWorkspace {
+                    claim_of, run, uid, ..
+                } => Some(format!("{claim_of} -> {run} ({uid})")),
+                _ => None,
+            })
+            .collect();
+        if &got != want {
+            return Err(format!("shares: want {want:?}, got {got:?}"));
+        }
+    }
+    for (pod, want) in &expect.pods {
+        let got = plan.actions.iter().find_map(|a| match a {
+            Action::CreatePod(p) if &p.name == pod => Some(format!(
+                "workspace of {}; ledger runs [{}]",
+                p.workspace_of.as_deref().unwrap_or("its run"),
+                p.ledger_runs.join(", ")
+            )),
+            _ => None,
+        });
+        if got.as_ref() != Some(want) {
+            return Err(format!("pod {pod}: want {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.handed_over {
+        let got = status
+            .handed_over
+            .as_ref()
+            .map(|h| format!("{} ({})", h.run, h.uid));
+        if got.as_ref() != Some(want) {
+            return Err(format!("handedOver: want {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &expect.ledger_of {
+        let got: Vec<String> = status
+            .resources
+            .iter()
+            .map(|r| format!("{}/{} of {}", r.kind, r.id, r.run.as_deref().unwrap_or("r")))
+            .collect();
+        if &got != want {
+            return Err(format!("ledger (with runs): want {want:?}, got {got:?}"));
         }
     }
     if let Some(want) = &expect.creates {

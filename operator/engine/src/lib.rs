@@ -28,12 +28,14 @@ use serde_json::{Map, Value as Json};
 /// The step result the agent writes, as the engine reads it (one definition, in the protocol).
 pub use maestro_protocol::{ExternalResource, ReportValue, StepResult};
 
-pub use plan::plan;
+pub use plan::{after_end_work, plan};
 
 /// Everything the engine plans from.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
     pub run_name: &'a str,
+    /// The run object's UID (a rerun proves by it that a ledger was handed to it).
+    pub uid: &'a str,
     pub namespace: &'a str,
     /// The run object's metadata.generation.
     pub generation: Option<i64>,
@@ -90,6 +92,22 @@ pub struct Observed {
     /// will not change (Pod Security, a quota, a webhook): the engine fails their steps.
     #[serde(default)]
     pub refused: Vec<RefusedCreate>,
+    /// For a rerun: the status of the run `spec.rerunOf` names, found under that name with
+    /// that UID; `None` when it is gone.
+    #[serde(default)]
+    pub source: Option<CompositionRunStatus>,
+    /// Runs that rerun this one and have not started, oldest first: the first takes over
+    /// this run's ledger and workspace.
+    #[serde(default)]
+    pub reruns: Vec<ObservedRerun>,
+}
+
+/// A run that reruns the run being planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedRerun {
+    pub name: String,
+    pub uid: String,
 }
 
 impl Observed {
@@ -215,6 +233,14 @@ pub enum Action {
     CreateRun(NewRun),
     /// Cancel another run (a child of a cancelled run).
     CancelRun { name: String },
+    /// Make the rerun `run` (UID `uid`) an owner of the workspace claim of run
+    /// `claim_of` (this run's, or the one it works in), so that the claim outlives this
+    /// run while the rerun uses it. Nothing to do without workspace claims.
+    ShareWorkspace {
+        claim_of: String,
+        run: String,
+        uid: String,
+    },
 }
 
 /// A pod to create for one attempt of a step.
@@ -237,6 +263,12 @@ pub struct StepPod {
     pub secret_env: Vec<String>,
     /// The attempt's timeout, enforced by the engine and as the pod's activeDeadlineSeconds.
     pub timeout: Option<Duration>,
+    /// The run whose workspace claim the pod mounts, when not its own (a rerun works in
+    /// the workspace of the run it reruns).
+    pub workspace_of: Option<String>,
+    /// Runs other than this one whose `maestro.dev/run` tag the pod may release resources
+    /// of: those whose ledger this run took over.
+    pub ledger_runs: Vec<String>,
 }
 
 /// How a step's task runs.

@@ -135,6 +135,9 @@ impl BuiltinTask {
 pub mod env {
     /// The run's name.
     pub const RUN: &str = "MAESTRO_RUN";
+    /// Runs whose ledger this run took over (a rerun takes its source's), joined by
+    /// commas: what is tagged with one of them is this run's to release too.
+    pub const LEDGER_RUNS: &str = "MAESTRO_LEDGER_RUNS";
     /// The step's name.
     pub const STEP: &str = "MAESTRO_STEP";
     /// The attempt number, from 1.

@@ -43,6 +43,9 @@ pub struct DeprovisionInputs {
     pub wait: Duration,
     /// `MAESTRO_RUN`: only instances tagged with this run are terminated. None: no check.
     pub run: Option<String>,
+    /// `MAESTRO_LEDGER_RUNS`: the runs whose ledger this run took over (a rerun's source);
+    /// instances tagged with one of them are this run's too.
+    pub taken_over: Vec<String>,
 }
 
 pub async fn run_ec2_deprovision(inputs: &Inputs, _paths: &StepPaths) -> StepResult {
@@ -91,6 +94,13 @@ pub fn parse_deprovision_inputs(
             MAX_WAIT_SECONDS,
         )?),
         run: env("MAESTRO_RUN").filter(|run| !run.is_empty()),
+        taken_over: env("MAESTRO_LEDGER_RUNS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|run| !run.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -173,7 +183,12 @@ const NAMED_REFUSALS: usize = 3;
 
 /// Sorts `ids` by what `described` (DescribeInstances, by id) says about their run tag.
 /// An id EC2 does not list is not terminated: without its tags it cannot be known to be ours.
-fn screen(ids: &[String], described: &BTreeMap<String, Instance>, run: &str) -> Screened {
+fn screen(
+    ids: &[String],
+    described: &BTreeMap<String, Instance>,
+    run: &str,
+    taken_over: &[String],
+) -> Screened {
     let mut screened = Screened::default();
     for id in ids {
         let Some(instance) = described.get(id) else {
@@ -190,7 +205,7 @@ fn screen(ids: &[String], described: &BTreeMap<String, Instance>, run: &str) -> 
             .iter()
             .find(|tag| tag.key() == Some(RUN_TAG))
             .map(|tag| tag.value().unwrap_or_default());
-        if tag == Some(run) {
+        if tag.is_some_and(|tag| tag == run || taken_over.iter().any(|t| t == tag)) {
             screened.ours.push(id.clone());
             continue;
         }
@@ -258,7 +273,7 @@ async fn deprovision(
     let ids = &inputs.instance_ids;
     let screened = match &inputs.run {
         Some(run) => match describe_instances(client, ids).await {
-            Ok(described) => screen(ids, &described, run),
+            Ok(described) => screen(ids, &described, run, &inputs.taken_over),
             Err(message) => {
                 // Nothing was terminated and nothing is released: the next attempt checks again.
                 let report = Report {
@@ -481,6 +496,7 @@ mod tests {
                 },
                 wait: Duration::from_secs(300),
                 run: None,
+                taken_over: Vec::new(),
             })
         );
         assert_eq!(
@@ -491,7 +507,11 @@ mod tests {
                     "endpoint": "https://ec2.example",
                     "waitSeconds": "30",
                 })),
-                |name| (name == "MAESTRO_RUN").then(|| "build-42".to_owned())
+                |name| match name {
+                    "MAESTRO_RUN" => Some("build-42-rerun".to_owned()),
+                    "MAESTRO_LEDGER_RUNS" => Some("build-42, build-41,".to_owned()),
+                    _ => None,
+                }
             ),
             Ok(DeprovisionInputs {
                 instance_ids: vec!["i-1".to_owned()],
@@ -500,7 +520,8 @@ mod tests {
                     endpoint: Some("https://ec2.example".to_owned()),
                 },
                 wait: Duration::from_secs(30),
-                run: Some("build-42".to_owned()),
+                run: Some("build-42-rerun".to_owned()),
+                taken_over: vec!["build-42".to_owned(), "build-41".to_owned()],
             })
         );
     }
@@ -631,7 +652,7 @@ mod tests {
             "i-ours-stopping",
             "i-other-gone",
         ]);
-        let screened = screen(&given, &described, "run-a");
+        let screened = screen(&given, &described, "run-a", &[]);
         assert_eq!(screened.ours, ids(&["i-ours", "i-ours-stopping"]));
         assert_eq!(
             screened.gone,
@@ -662,6 +683,38 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["i-other", "i-untagged", "i-empty"]
         );
+    }
+
+    // A rerun took over its source's ledger: the source's instances are its to release,
+    // and still nobody else's.
+    #[test]
+    fn a_rerun_terminates_the_instances_of_the_run_it_took_over_and_no_others() {
+        let described: BTreeMap<String, Instance> = [
+            instance("i-source", InstanceStateName::Running, Some("build-42")),
+            instance("i-own", InstanceStateName::Running, Some("build-42-rerun")),
+            instance("i-other", InstanceStateName::Running, Some("build-43")),
+        ]
+        .into_iter()
+        .collect();
+        let given = ids(&["i-source", "i-own", "i-other"]);
+        let screened = screen(
+            &given,
+            &described,
+            "build-42-rerun",
+            &["build-42".to_owned()],
+        );
+        assert_eq!(screened.ours, ids(&["i-source", "i-own"]));
+        assert_eq!(
+            screened
+                .refused
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["i-other"]
+        );
+        // Without the hand-over, the source's instance is refused like any other.
+        let alone = screen(&given, &described, "build-42-rerun", &[]);
+        assert_eq!(alone.ours, ids(&["i-own"]));
     }
 
     #[test]
@@ -718,7 +771,7 @@ mod tests {
             .map(|n| instance(&format!("i-{n}"), InstanceStateName::Running, Some(&long)))
             .collect();
         let given: Vec<String> = described.keys().cloned().collect();
-        let screened = screen(&given, &described, "run-a");
+        let screened = screen(&given, &described, "run-a", &[]);
         assert_eq!(screened.refused.len(), 5);
         assert!(
             screened.refused[0]

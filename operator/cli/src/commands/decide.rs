@@ -177,6 +177,7 @@ mod tests {
                 cancel: false,
                 priority: 0,
                 started_by: None,
+                rerun_of: None,
             },
         );
         run.status = Some(CompositionRunStatus {

@@ -326,6 +326,7 @@ mod tests {
                 cancel: false,
                 priority: 0,
                 started_by: Some("carol".into()),
+                rerun_of: None,
             },
         );
         run.metadata.namespace = Some("qa".into());
@@ -382,6 +383,7 @@ mod tests {
                 id: "i-0d1e".into(),
                 region: Some("eu-west-1".into()),
                 step: "provision".into(),
+                run: None,
             }],
             conditions: vec![Condition {
                 type_: "Succeeded".into(),
@@ -441,6 +443,7 @@ Resources:
                 cancel: false,
                 priority: 0,
                 started_by: None,
+                rerun_of: None,
             },
         );
         run.status = Some(CompositionRunStatus {

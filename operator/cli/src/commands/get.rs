@@ -97,6 +97,7 @@ mod tests {
                 cancel: false,
                 priority: 0,
                 started_by: None,
+                rerun_of: None,
             },
         );
         run.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));

@@ -5,4 +5,5 @@ pub mod decide;
 pub mod describe;
 pub mod get;
 pub mod logs;
+pub mod rerun;
 pub mod run;

@@ -51,6 +51,7 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
             cancel: false,
             priority: 0,
             started_by: Some(caller.username),
+            rerun_of: None,
         },
     );
     new_run.metadata.name = None;
@@ -98,7 +99,7 @@ fn not_ready(composition: &Composition) -> Option<String> {
 }
 
 /// Polls the run, printing each phase it enters, until it has ended.
-async fn wait_until_finished(
+pub async fn wait_until_finished(
     runs: &Api<CompositionRun>,
     name: &str,
     namespace: &str,

@@ -71,6 +71,8 @@ pub enum Error {
     DeleteRun { name: String, source: kube::Error },
     #[error("cancelling run {name}: {source}")]
     CancelRun { name: String, source: kube::Error },
+    #[error("handing workspace claim {name} over to a rerun: {source}")]
+    ShareClaim { name: String, source: kube::Error },
     #[error("writing the status of {kind} {name}: {source}")]
     PatchStatus {
         kind: &'static str,
@@ -97,6 +99,7 @@ impl Error {
             Error::DeletePod { .. } => "delete_pod",
             Error::DeleteRun { .. } => "delete_run",
             Error::CancelRun { .. } => "cancel_run",
+            Error::ShareClaim { .. } => "share_claim",
             Error::PatchStatus { .. } => "patch_status",
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",

@@ -221,15 +221,28 @@ pub async fn run(
         rx
     };
 
-    // A run is reconciled when its pods, its child runs or its approvals change.
+    // A run is reconciled when its pods, its child runs, its reruns or its approvals change.
     let agents_store = ctx.agents.clone();
     let run_controller = Controller::for_shared_stream(runs.take()?, ctx.runs.clone())
         .owns_shared_stream(pods.take()?)
         .watches_shared_stream(
             runs.take()?,
-            |child: Arc<DeserializeGuard<CompositionRun>>| {
-                let parent = child.labels().get(labels::PARENT_RUN)?.clone();
-                Some(ObjectRef::new(&parent).within(&child.namespace()?))
+            |changed: Arc<DeserializeGuard<CompositionRun>>| {
+                let ns = changed.namespace().unwrap_or_default();
+                // A child wakes its parent; a rerun wakes the run it reruns, which hands it
+                // its ledger and workspace (the rerun looks at it again by itself).
+                let parent = changed.labels().get(labels::PARENT_RUN).cloned();
+                let source = changed
+                    .0
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.spec.rerun_of.as_ref())
+                    .map(|of| of.run.clone());
+                parent
+                    .into_iter()
+                    .chain(source)
+                    .map(|name| ObjectRef::new(&name).within(&ns))
+                    .collect::<Vec<_>>()
             },
         )
         .watches_shared_stream(approvals.take()?, |a: Arc<Approval>| {

@@ -309,7 +309,8 @@ pub fn step_pod(
         (None, Some(_)) => Volume {
             name: "workspace".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: workspace_claim_name(run_name),
+                // A rerun works in the workspace of the run it reruns.
+                claim_name: workspace_claim_name(pod.workspace_of.as_deref().unwrap_or(run_name)),
                 read_only: None,
             }),
             ..Volume::default()
@@ -420,6 +421,8 @@ fn step_env(pod: &StepPod, run_name: &str, template: Option<&AgentTemplate>) -> 
     };
     let mut vars = vec![
         var(env::RUN, run_name.into()),
+        // Always set, even empty: an Agent's env must not name a run to take over.
+        var(env::LEDGER_RUNS, pod.ledger_runs.join(",")),
         var(env::STEP, pod.step.clone()),
         var(env::ATTEMPT, pod.attempt.to_string()),
         var(env::TASK, pod.task.clone()),
@@ -542,6 +545,8 @@ mod tests {
             tolerations: Vec::new(),
             secret_env: vec!["aws-credentials".into()],
             timeout: Some(std::time::Duration::from_secs(90)),
+            workspace_of: None,
+            ledger_runs: Vec::new(),
         }
     }
 

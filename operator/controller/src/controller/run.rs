@@ -26,7 +26,9 @@ use super::{agents, observe, pods, world};
 use crate::k8s::{self, Created, Found, RunBuilder};
 use crate::metrics::Metrics;
 use maestro_api::labels;
-use maestro_api::{Agent, CompositionRun, CompositionRunStatus, CompositionSpec, RunAgent};
+use maestro_api::{
+    Agent, CompositionRun, CompositionRunStatus, CompositionSpec, RunAgent, StepPhase,
+};
 use maestro_engine::routing::Decision;
 use maestro_engine::{
     self as engine, Action, Admission, NewRun, Observed, ObservedPod, PlanInput, PodPhase,
@@ -111,7 +113,16 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let name = run.name_any();
     let ns = run.namespace().ok_or(Error::NoNamespace)?;
     let status = run.status.clone().unwrap_or_default();
-    if status.phase.is_finished() {
+    // A run that has ended is planned again only while its cleanup is held for a rerun
+    // (or under way after the hold), or a rerun waits for its ledger and workspace.
+    let after_end = |status: &CompositionRunStatus| {
+        let reruns = run
+            .uid()
+            .map(|uid| world::reruns_of(ctx, &ns, &uid))
+            .unwrap_or_default();
+        engine::after_end_work(status, &reruns)
+    };
+    if status.phase.is_finished() && !after_end(&status) {
         if deleting {
             return Ok(Requeue::await_change());
         }
@@ -142,8 +153,10 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     }
 
     // Plan.
+    let uid = run.uid().unwrap_or_default();
     let plan = engine::plan(&PlanInput {
         run_name: &name,
+        uid: &uid,
         namespace: &ns,
         generation: run.metadata.generation,
         depth: labels::depth_of(run.labels()),
@@ -197,11 +210,23 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let reference = run.object_ref(&());
     publish(ctx, &reference, "Reconcile", plan.events.clone());
 
-    if deleting && !plan.status.phase.is_finished() {
+    let cleaning = plan
+        .status
+        .cleanup
+        .as_ref()
+        .is_some_and(|c| matches!(c.phase, StepPhase::Pending | StepPhase::Running));
+    if deleting && (!plan.status.phase.is_finished() || cleaning) {
         // The finalizer stays until the leftovers are gone; look again soon.
         return Err(Error::CleanupInProgress);
     }
     if plan.status.phase.is_finished() {
+        if after_end(&plan.status) {
+            // A held cleanup ends at its time; a cleanup pod is looked at as a step's.
+            return Ok(Requeue::requeue(
+                plan.requeue_after
+                    .map_or(ACTIVE_RESYNC, |d| d.min(ACTIVE_RESYNC)),
+            ));
+        }
         return Ok(Requeue::requeue(
             ctx.settings.finished_run_ttl.max(Duration::from_secs(1)),
         ));
@@ -423,6 +448,21 @@ pub(super) fn observe_world(
             .uid()
             .map(|uid| ctx.refused_creates(&uid))
             .unwrap_or_default(),
+        // Only until the rerun has taken its snapshots: from then on it needs no source.
+        source: run
+            .spec
+            .rerun_of
+            .as_ref()
+            .filter(|_| {
+                run.status
+                    .as_ref()
+                    .is_none_or(|s| s.composition_spec.is_none())
+            })
+            .and_then(|of| world::rerun_source(ctx, ns, of)),
+        reruns: run
+            .uid()
+            .map(|uid| world::reruns_of(ctx, ns, &uid))
+            .unwrap_or_default(),
     }
 }
 
@@ -445,7 +485,11 @@ pub(super) async fn act(
             };
             // On an Agent slot the run works in the slot's cache, not a claim of its own.
             if let (Some(claim), None) = (&ctx.settings.pods.workspace, placement) {
-                let pvc = pods::workspace_claim(&run_name, ns, owner.clone(), claim);
+                // A rerun's is the claim of the run it reruns, which made this run an owner
+                // when it handed it over; if that claim is gone, the rerun gets a new one,
+                // empty (and owned by it).
+                let claim_of = step.workspace_of.as_deref().unwrap_or(&run_name);
+                let pvc = pods::workspace_claim(claim_of, ns, owner.clone(), claim);
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
                 let claim_name = pvc.name_any();
                 let created = k8s::create_or_existing(&api, &pvc)
@@ -537,6 +581,11 @@ pub(super) async fn act(
             }
         }
         Action::CreateRun(new) => create_run(run, ns, new, ctx).await?,
+        Action::ShareWorkspace {
+            claim_of,
+            run: rerun,
+            uid,
+        } => share_workspace(run, ns, claim_of, rerun, uid, ctx).await?,
         Action::CancelRun { name } => {
             let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
             let patch = json!({"spec": {"cancel": true}});
@@ -640,6 +689,73 @@ pub(crate) fn lasting_refusal(error: &kube::Error) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Makes the rerun `rerun` (UID `uid`) an owner of the workspace claim of `claim_of`, so
+/// that the claim outlives `run` while the rerun works in it. Only a claim `run` owns
+/// itself is shared: its owner is proven by UID, as everywhere. Without workspace claims
+/// (emptyDir workspaces) there is nothing to share: the rerun starts with an empty one.
+async fn share_workspace(
+    run: &CompositionRun,
+    ns: &str,
+    claim_of: &str,
+    rerun: &str,
+    uid: &str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if ctx.settings.pods.workspace.is_none() {
+        return Ok(());
+    }
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let name = pods::workspace_claim_name(claim_of);
+    let Some(found) = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::ShareClaim {
+            name: name.clone(),
+            source,
+        })?
+    else {
+        tracing::info!(claim = %name, %rerun, "no workspace claim to hand over");
+        return Ok(());
+    };
+    let mut owners = found.owner_references().to_vec();
+    let own = run.uid();
+    if !owners.iter().any(|o| Some(&o.uid) == own.as_ref()) {
+        tracing::warn!(claim = %name, %rerun, "the workspace claim is not this run's: not handed over");
+        return Ok(());
+    }
+    if owners.iter().any(|o| o.uid == uid) {
+        return Ok(());
+    }
+    owners.push(OwnerReference {
+        api_version: "maestro.dev/v1alpha1".into(),
+        kind: "CompositionRun".into(),
+        name: rerun.into(),
+        uid: uid.into(),
+        controller: None,
+        block_owner_deletion: None,
+    });
+    // The resourceVersion makes this a compare-and-swap: a claim changed meanwhile is
+    // read again on the next pass.
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": found.resource_version(),
+            "ownerReferences": owners,
+        }
+    });
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| Error::ShareClaim {
+        name: name.clone(),
+        source,
+    })?;
+    tracing::info!(claim = %name, %rerun, "workspace claim handed over to the rerun");
+    Ok(())
 }
 
 /// After a create of `name` for `run` answered AlreadyExists: notes the name as taken

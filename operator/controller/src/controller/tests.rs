@@ -310,6 +310,8 @@ fn step_pod(name: &str) -> StepPod {
         tolerations: Vec::new(),
         secret_env: Vec::new(),
         timeout: None,
+        workspace_of: None,
+        ledger_runs: Vec::new(),
     }
 }
 

@@ -10,7 +10,10 @@ use super::context::Context;
 use k8s_openapi::api::core::v1::Pod;
 
 use maestro_api::labels;
-use maestro_api::{Agent, Approval, CompositionRun, CompositionSpec, Task, TaskSpec};
+use maestro_api::{
+    Agent, Approval, CompositionRun, CompositionRunStatus, CompositionSpec, RerunOf, Task, TaskSpec,
+};
+use maestro_engine::ObservedRerun;
 
 /// A run from the cache, if it is there and well-formed.
 pub fn run(ctx: &Context, ns: &str, name: &str) -> Option<CompositionRun> {
@@ -26,6 +29,39 @@ pub fn runs_in(ctx: &Context, ns: &str) -> Vec<CompositionRun> {
         .filter_map(|r| r.0.as_ref().ok())
         .filter(|r| r.namespace().as_deref() == Some(ns))
         .cloned()
+        .collect()
+}
+
+/// The status of the run a rerun names, if that very run (by UID) is in the cache.
+pub fn rerun_source(ctx: &Context, ns: &str, of: &RerunOf) -> Option<CompositionRunStatus> {
+    run(ctx, ns, &of.run)
+        .filter(|r| r.uid().as_deref() == Some(of.uid.as_str()))
+        .map(|r| r.status.unwrap_or_default())
+}
+
+/// The runs that rerun the run of UID `uid` and have not started, oldest first (by
+/// creation, then name): the first takes over its ledger and workspace.
+pub fn reruns_of(ctx: &Context, ns: &str, uid: &str) -> Vec<ObservedRerun> {
+    let mut reruns: Vec<CompositionRun> = runs_in(ctx, ns)
+        .into_iter()
+        .filter(|r| {
+            r.spec.rerun_of.as_ref().is_some_and(|of| of.uid == uid)
+                && r.status
+                    .as_ref()
+                    .is_none_or(|s| s.composition_spec.is_none() && !s.phase.is_finished())
+        })
+        .collect();
+    reruns.sort_by(|a, b| {
+        (a.creation_timestamp(), a.name_any()).cmp(&(b.creation_timestamp(), b.name_any()))
+    });
+    reruns
+        .into_iter()
+        .filter_map(|r| {
+            Some(ObservedRerun {
+                uid: r.uid()?,
+                name: r.name_any(),
+            })
+        })
         .collect()
 }
 

@@ -33,6 +33,24 @@ impl Planner<'_> {
         if state.as_ref().is_some_and(|c| c.phase.is_finished()) {
             return true;
         }
+        // A failed run whose composition sets a rerunWindow holds its leftovers for a
+        // rerun (the run ends now; its cleanup waits). Deleting the run ends the hold.
+        let deleting = self.input.deleting;
+        if state.is_none()
+            && outcome.phase == RunPhase::Failed
+            && !deleting
+            && self.hold_for_rerun(leftovers)
+        {
+            return true;
+        }
+        let held = state.as_ref().filter(|c| c.phase == StepPhase::Pending);
+        if let Some(until) = held.and_then(|c| c.held_until.as_ref()).map(|t| t.0)
+            && !deleting
+            && self.input.now < until
+        {
+            self.requeue_at(until);
+            return true;
+        }
         let keep = match self.composition.cleanup {
             CleanupPolicy::Always => false,
             CleanupPolicy::OnSuccess => outcome.phase != RunPhase::Succeeded,
@@ -50,21 +68,27 @@ impl Planner<'_> {
             });
             return true;
         }
-        if self.plan.status.phase != RunPhase::CleaningUp {
-            self.plan.status.phase = RunPhase::CleaningUp;
-            let message = format!(
-                "removing {leftovers} leftover resource(s): {}",
-                self.ledger_ids()
-            );
+        let message = format!(
+            "removing {leftovers} leftover resource(s): {}",
+            self.ledger_ids()
+        );
+        if state.as_ref().is_none_or(|c| c.phase == StepPhase::Pending) {
+            self.plan
+                .events
+                .push(normal("CleanupStarted", message.clone()));
+        }
+        // A run that has ended (its cleanup was held for a rerun) keeps its phase.
+        let status = &mut self.plan.status;
+        if status.phase != RunPhase::CleaningUp && !status.phase.is_finished() {
+            status.phase = RunPhase::CleaningUp;
             set_condition(
-                &mut self.plan.status.conditions,
+                &mut status.conditions,
                 "Succeeded",
                 "Unknown",
                 "CleaningUp",
                 &message,
                 self.input.now,
             );
-            self.plan.events.push(normal("CleanupStarted", message));
         }
         let attempt = state.as_ref().map_or(1, |c| c.attempts.max(1));
         let name = labels::cleanup_pod_name(self.input.run_name, attempt);
@@ -98,6 +122,7 @@ impl Planner<'_> {
                         pod_name: Some(name),
                         attempts: attempt,
                         message: Some(message),
+                        held_until: None,
                     });
                     self.plan.events.push(event);
                     return true;
@@ -120,6 +145,7 @@ impl Planner<'_> {
                         pod_name: Some(name),
                         attempts: attempt,
                         message: Some(message.clone()),
+                        held_until: None,
                     });
                     self.plan.events.push(warning("CleanupFailed", message));
                     return true;
@@ -196,12 +222,15 @@ impl Planner<'_> {
             tolerations: self.composition.tolerations.clone(),
             secret_env,
             timeout: Some(Duration::from_secs(600)),
+            workspace_of: self.plan.status.workspace_of.clone(),
+            ledger_runs: self.ledger_runs(),
         })));
         self.plan.status.cleanup = Some(CleanupStatus {
             phase: StepPhase::Running,
             pod_name: Some(name),
             attempts: attempt,
             message: Some(format!("deprovisioning {}", self.ledger_ids())),
+            held_until: None,
         });
     }
 

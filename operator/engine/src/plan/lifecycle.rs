@@ -371,9 +371,7 @@ impl Planner<'_> {
             &why,
             self.input.now,
         );
-        self.plan
-            .events
-            .push(warning("OnFailureNotStarted", why));
+        self.plan.events.push(warning("OnFailureNotStarted", why));
     }
 
     pub(super) fn end_run(&mut self, outcome: Outcome) {

@@ -7,6 +7,7 @@ mod conditions;
 mod durations;
 mod inputs;
 mod lifecycle;
+mod rerun;
 mod task;
 mod wait;
 
@@ -23,6 +24,7 @@ use maestro_api::{CompositionRunStatus, CompositionSpec, RunPhase, TaskSpec};
 
 use conditions::{normal, set_condition, warning};
 use durations::add;
+pub use rerun::after_end_work;
 
 /// How a run ends: its phase and the Succeeded condition's reason and message.
 struct Outcome {
@@ -47,7 +49,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         status: input.status.clone(),
         ..Plan::default()
     };
-    if !plan.status.phase.is_finished() {
+    let finished = plan.status.phase.is_finished();
+    if !finished || after_end_work(&plan.status, &input.observed.reruns) {
         match resolve(input, &plan.status) {
             Ok((composition, graph, tasks)) => Planner {
                 input,
@@ -58,6 +61,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 plan: &mut plan,
             }
             .run(),
+            // A run that has ended keeps its outcome (its snapshot is what it ran).
+            Err(_) if finished => {}
             Err(message) => invalid(&mut plan, input.now, message),
         }
     }
@@ -77,10 +82,15 @@ fn resolve(
     // Invalid later by a Task that is edited, deleted, or missing from a cache.
     let started = status.composition_spec.is_some();
     let used_tasks = tasks;
+    // A rerun is checked against the Tasks its source ran, which it runs too.
+    let known_tasks = match input.spec.rerun_of {
+        Some(_) => &used_tasks,
+        None => input.tasks,
+    };
     let (tasks, params) = if started {
         (None, None)
     } else {
-        (Some(input.tasks), Some(&input.spec.params))
+        (Some(known_tasks), Some(&input.spec.params))
     };
     let graph =
         graph::validate(&composition, tasks, params).map_err(|problems| problems.join("; "))?;
@@ -113,7 +123,15 @@ fn tasks(
     match &status.task_specs {
         Some(snapshot) => serde_json::from_value(snapshot.clone())
             .map_err(|e| format!("status.taskSpecs: unreadable snapshot: {e}")),
-        None => Ok(input.tasks.clone()),
+        // A rerun runs its source's Tasks, as they were when the source started.
+        None => match (&input.spec.rerun_of, &input.observed.source) {
+            (Some(_), Some(source)) => match &source.task_specs {
+                Some(snapshot) => serde_json::from_value(snapshot.clone())
+                    .map_err(|e| format!("the source's status.taskSpecs: unreadable: {e}")),
+                None => Ok(input.tasks.clone()),
+            },
+            _ => Ok(input.tasks.clone()),
+        },
     }
 }
 
@@ -125,6 +143,23 @@ fn composition(
     if let Some(snapshot) = &status.composition_spec {
         return serde_json::from_value(snapshot.clone())
             .map_err(|e| format!("status.compositionSpec: unreadable snapshot: {e}"));
+    }
+    // A rerun follows its source's snapshot, not today's composition.
+    if let Some(of) = &input.spec.rerun_of {
+        let source = input.observed.source.as_ref().ok_or_else(|| {
+            format!(
+                "spec.rerunOf: run {} (uid {}) is gone; a rerun needs the run it reruns",
+                of.run, of.uid
+            )
+        })?;
+        let snapshot = source.composition_spec.as_ref().ok_or_else(|| {
+            format!(
+                "spec.rerunOf: run {} never started ({:?}): there is nothing to rerun",
+                of.run, source.phase
+            )
+        })?;
+        return serde_json::from_value(snapshot.clone())
+            .map_err(|e| format!("the source's status.compositionSpec: unreadable: {e}"));
     }
     input.composition.cloned().ok_or_else(|| {
         format!(
@@ -176,13 +211,35 @@ struct Planner<'a> {
 const CAPACITY_RECHECK: Duration = Duration::from_secs(2);
 impl Planner<'_> {
     fn run(&mut self) {
+        if self.plan.status.phase.is_finished() {
+            return self.after_end();
+        }
         let stopping = self.input.spec.cancel || self.input.deleting;
         if let (super::Admission::Queued(reason), false) = (&self.input.admission, stopping)
             && self.plan.status.start_time.is_none()
         {
             return self.queue(reason);
         }
+        // A rerun starts once its source has ended and handed it its ledger and workspace.
+        let fresh_rerun = self
+            .input
+            .spec
+            .rerun_of
+            .as_ref()
+            .filter(|_| self.plan.status.composition_spec.is_none());
+        if let (Some(of), false) = (fresh_rerun, stopping) {
+            match self.rerun_may_start(of) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(problem) => return invalid(self.plan, self.input.now, problem),
+            }
+        }
         if let Err(problem) = self.start() {
+            return invalid(self.plan, self.input.now, problem);
+        }
+        if let (Some(of), false) = (fresh_rerun, stopping)
+            && let Err(problem) = self.seed_rerun(of)
+        {
             return invalid(self.plan, self.input.now, problem);
         }
 

@@ -72,6 +72,8 @@ impl Planner<'_> {
             // because another step needs it.
             secret_env: secrets_of(&[(step, task)]),
             timeout: step.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
+            workspace_of: self.plan.status.workspace_of.clone(),
+            ledger_runs: self.ledger_runs(),
         };
         let st = &mut self.plan.status.steps[i];
         st.phase = StepPhase::Running;
@@ -241,6 +243,7 @@ impl Planner<'_> {
                 id: r.id.clone(),
                 region: Some(r.region.clone()).filter(|region| !region.is_empty()),
                 step: step.to_string(),
+                run: None,
             };
             if !self
                 .plan
@@ -345,7 +348,7 @@ mod tests {
     fn a_pod_gets_its_tasks_and_steps_secrets_once_each_in_order() {
         let deploy = step("{name: deploy, task: ec2, secretEnv: [aws, deploy-key]}");
         let notify = step("{name: notify, task: http, secretEnv: [slack, aws]}");
-        let ec2 = task("{builtin: ec2, secretEnv: [aws-region, aws]}");
+        let ec2 = task("{builtin: ec2-provision, secretEnv: [aws-region, aws]}");
         let http = task("{builtin: http}");
         assert_eq!(
             secrets_of(&[(&deploy, &ec2)]),
