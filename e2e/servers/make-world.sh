@@ -2,7 +2,8 @@
 # Makes the outside world of the acceptance-tests example in DIR, for the demo and the
 # e2e tests: a release in a Maven layout (com/acme/app/1.4.2/app-1.4.2.war) and the
 # acceptance tests as a git repository served over HTTP (qa/acceptance.git) with a
-# `main` branch that passes and a `failing` branch that does not.
+# `main` branch that passes, a `failing` branch that does not, and an `until-fixed` branch
+# that passes once DIR/fixed exists.
 #   make-world.sh DIR
 set -euo pipefail
 dir=${1:?usage: make-world.sh DIR}
@@ -32,6 +33,11 @@ git -C "$work" commit -q -m "acceptance tests"
 git -C "$work" checkout -q -b failing
 sed -i 's/^echo "Tests run: 2, Failures: 0"$/echo "Tests run: 2, Failures: 1 (login page returns 500)"; exit 1/' "$work/run-tests.sh"
 git -C "$work" commit -q -am "a failing test"
+# `until-fixed`: fails until the environment is fixed, which the rerun test does by serving
+# a file `fixed` beside the deploy endpoint (a flaky environment, not a broken release).
+git -C "$work" checkout -q -b until-fixed main
+sed -i 's|^echo "Tests run: 2, Failures: 0"$|curl -fsS -o /dev/null "${url%/deploy/*}/fixed" \|\| { echo "Tests run: 2, Failures: 1 (the environment is not fixed yet)"; exit 1; }\necho "Tests run: 2, Failures: 0"|' "$work/run-tests.sh"
+git -C "$work" commit -q -am "tests that pass once the environment is fixed"
 git -C "$work" checkout -q main
 git clone -q --bare "$work" "$dir/qa/acceptance.git"
 # git's "dumb" HTTP protocol needs these index files; any static file server then works.

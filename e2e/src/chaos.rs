@@ -34,7 +34,8 @@ use crate::{
 pub enum Fault {
     /// The operator is SIGKILLed every `every` and started again at once, for `during`.
     OperatorKilled { every: Duration, during: Duration },
-    /// Someone deletes running step pods, `per_second` a second, for `during`.
+    /// Someone deletes running step pods, `per_second` a second (one attempt of a step at
+    /// most), for `during`.
     StepPodsDeleted { per_second: usize, during: Duration },
 }
 
@@ -382,7 +383,7 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
 
     // The fault, with the gates approved as they come up, during it.
     let mut approved: BTreeSet<String> = BTreeSet::new();
-    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let mut deleted: BTreeSet<(String, String)> = BTreeSet::new();
     let mut injected = 0;
     let fault_started = Instant::now();
     let mut last_kill = Instant::now();
@@ -414,15 +415,14 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                     status.and_then(|s| s.phase.as_deref()) == Some("Running")
                         && ran_a_second
                         && p.metadata.deletion_timestamp.is_none()
-                        && !deleted.contains(&p.name_any())
+                        && !deleted.contains(&step_of(p))
                 });
                 let chosen: Vec<Pod> = running.take(per_second).collect();
                 for pod in chosen {
-                    let name = pod.name_any();
-                    if pods.delete(&name, &DeleteParams::default()).await.is_ok() {
+                    if pods.delete(&pod.name_any(), &DeleteParams::default()).await.is_ok() {
                         injected += 1;
                     }
-                    deleted.insert(name);
+                    deleted.insert(step_of(&pod));
                 }
             }
         }
@@ -516,6 +516,14 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
     }
     drop(env);
     Ok(findings)
+}
+
+/// A step pod's run and step: one attempt of each step is deleted at most, so that its
+/// retries carry every run to success (a step whose every attempt is deleted fails,
+/// saying so, as the engine's fixture pod-deleted-mid-step shows).
+fn step_of(pod: &Pod) -> (String, String) {
+    let label = |key: &str| pod.labels().get(key).cloned().unwrap_or_default();
+    (label(labels::RUN), label(labels::STEP))
 }
 
 /// Approves (with `kubectl maestro approve`, once each) the gated runs waiting at their gate.

@@ -245,3 +245,125 @@ async fn deleting_a_run_midway_terminates_its_instance() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The rerun: the seed's cycle, held for a rerun (`rerunWindow`), whose tests fail
+/// for a reason outside the release (the environment). After the fix, `kubectl maestro
+/// rerun` runs only run-tests, sign-off and deprovision, against the same instance and in
+/// the same workspace (the checked-out tests and the downloaded war are still there); the
+/// source hands its ledger over and removes nothing, and once the rerun ends no instance is
+/// left.
+#[tokio::test]
+async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instance() -> anyhow::Result<()>
+{
+    let w = world("accept-rerun").await?;
+    let compositions: Api<maestro_api::Composition> =
+        Api::namespaced(w.env.client.clone(), &w.env.ns.name);
+    compositions
+        .patch(
+            "acceptance-tests",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"rerunWindow": "10m"}})),
+        )
+        .await?;
+    let name = w.start("until-fixed").await?;
+    let failed = w.env.wait_finished(&name, RUN_TIMEOUT).await?;
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Failed, "status: {status:#?}");
+    assert_eq!(step_phase(&failed, "run-tests"), Some(StepPhase::Failed));
+    // Held, not removed: the instance is still there for the rerun.
+    assert_eq!(
+        status.cleanup.as_ref().map(|c| c.phase),
+        Some(StepPhase::Pending),
+        "{:?}",
+        status.cleanup
+    );
+    let instance = status
+        .resources
+        .first()
+        .map(|r| r.id.clone())
+        .unwrap_or_default();
+    let live = w.moto.live_instances().await?;
+    assert!(
+        live.len() == 1 && live[0].starts_with(&instance),
+        "ledger {instance:?}, moto {live:?}"
+    );
+
+    // The environment is fixed; rerun from the failed step.
+    std::fs::write(w.sink.root.join("fixed"), "yes\n")?;
+    let said = w.env.cli(&["rerun", &name]).await?;
+    let rerun = said
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("compositionrun/"))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no run name in {said:?}"))?;
+    let waiting = w
+        .env
+        .wait_phase(
+            &rerun,
+            &[RunPhase::WaitingApproval, RunPhase::Failed, RunPhase::Invalid],
+            RUN_TIMEOUT,
+        )
+        .await?;
+    let rs = waiting.status.clone().unwrap_or_default();
+    assert_eq!(rs.phase, RunPhase::WaitingApproval, "rerun status: {rs:#?}");
+    for reused in ["fetch-war", "provision", "deploy", "checkout-tests"] {
+        let st = rs.steps.iter().find(|s| s.name == reused);
+        assert_eq!(
+            st.map(|s| (s.phase, s.message.clone().unwrap_or_default())),
+            Some((StepPhase::Succeeded, format!("reused from {name}"))),
+            "{reused}: {st:?}"
+        );
+    }
+    // Only run-tests ran a pod (once: the environment is fixed).
+    let pods = w.env.step_pods(&rerun).await?;
+    let steps: Vec<&str> = pods.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(steps, ["run-tests"], "the rerun's pods: {pods:?}");
+    // The same instance, now in the rerun's ledger, still naming the run that tagged it.
+    let ledger: Vec<(String, Option<String>)> = rs
+        .resources
+        .iter()
+        .map(|r| (r.id.clone(), r.run.clone()))
+        .collect();
+    assert_eq!(ledger, [(instance.clone(), Some(name.clone()))]);
+    assert_eq!(w.moto.live_instances().await?.len(), 1);
+    // The source handed it over and will remove nothing.
+    let runs: Api<CompositionRun> = Api::namespaced(w.env.client.clone(), &w.env.ns.name);
+    let source = runs.get(&name).await?.status.unwrap_or_default();
+    assert_eq!(
+        source.handed_over.as_ref().map(|h| h.run.as_str()),
+        Some(rerun.as_str())
+    );
+    assert!(source.resources.is_empty(), "{:?}", source.resources);
+    assert_eq!(
+        source.cleanup.as_ref().map(|c| c.phase),
+        Some(StepPhase::Skipped)
+    );
+    // The war was deployed once, by the source.
+    let deploys = w
+        .sink
+        .records()
+        .await?
+        .into_iter()
+        .filter(|r| r["method"] == "PUT")
+        .count();
+    assert_eq!(deploys, 1);
+
+    // An approval is never reused: the rerun's gate asks again.
+    w.env.cli(&["approve", &rerun, "sign-off"]).await?;
+    let done = w.env.wait_finished(&rerun, RUN_TIMEOUT).await?;
+    let rs = done.status.clone().unwrap_or_default();
+    assert_eq!(rs.phase, RunPhase::Succeeded, "rerun status: {rs:#?}");
+    assert_eq!(step_phase(&done, "deprovision"), Some(StepPhase::Succeeded));
+    assert!(rs.resources.is_empty(), "ledger: {:?}", rs.resources);
+    assert!(
+        w.moto.live_instances().await?.is_empty(),
+        "moto still runs an instance"
+    );
+    let log = w.env.cli(&["logs", &rerun]).await?;
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 2, Failures: 0")),
+        "log:\n{log}"
+    );
+    Ok(())
+}

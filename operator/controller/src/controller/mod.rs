@@ -63,6 +63,16 @@ where
 /// subscription and none can stall the caches.
 const SHARED_WATCH_BUFFER: usize = 1024;
 
+/// One controller's subscription to a shared watch: every object the watch saw change,
+/// deleted ones included, after the store has it.
+///
+/// Not kube's `ReflectHandle`: it looks each change up in the store, and for an object
+/// deleted meanwhile returns Pending without asking to be woken again, so a single
+/// deletion (a pod, a run) silently ended that controller's triggers from the kind for
+/// the life of the process, and step handoffs fell back to the 30 s resync. The chaos
+/// suite's deleted-pods scenario found it.
+type Subscription<K> = async_broadcast::Receiver<Arc<K>>;
+
 /// One watch of a kind, shared: the reflector store every lookup reads, and one
 /// subscription per controller that reacts to the kind's changes.
 struct SharedWatch<K: Resource + Clone + 'static>
@@ -70,8 +80,18 @@ where
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
     store: reflector::Store<K>,
-    subscriptions: Vec<reflector::ReflectHandle<K>>,
+    subscriptions: Vec<Subscription<K>>,
     reflector: futures::stream::BoxStream<'static, ()>,
+}
+
+/// The object a watch event is about, if it is about one.
+fn changed<K>(event: watcher::Event<K>) -> Option<K> {
+    match event {
+        watcher::Event::Apply(object)
+        | watcher::Event::Delete(object)
+        | watcher::Event::InitApply(object) => Some(object),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
 }
 
 /// Starts (lazily: nothing is listed until the reflector is polled) one watch of `api`
@@ -86,21 +106,29 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + std::hash::Hash + Eq + Clone + Send + Sync,
 {
-    let (store, writer) = reflector::store_shared(SHARED_WATCH_BUFFER);
+    let (store, writer) = reflector::store();
+    let (mut sender, receiver) = async_broadcast::broadcast(SHARED_WATCH_BUFFER);
+    // Full: the watch waits for its slowest controller rather than drop a change.
+    sender.set_overflow(false);
+    sender.set_await_active(false);
     let subscriptions = (0..subscriptions)
-        .map(|_| {
-            writer
-                .subscribe()
-                .ok_or_else(|| anyhow::anyhow!("a shared store must accept subscribers"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|_| receiver.clone())
+        .collect::<Vec<_>>();
+    drop(receiver);
     let reflector = reflector::reflector(
         writer,
         watcher(api, config)
             .default_backoff()
             .modify(|o| o.managed_fields_mut().clear()),
     )
-    .map(|_| ())
+    .filter_map(|event| async move { event.ok().and_then(changed) })
+    .then(move |object| {
+        let sender = sender.clone();
+        // Closed: every controller has stopped (the process is shutting down).
+        async move {
+            let _ = sender.broadcast_direct(Arc::new(object)).await;
+        }
+    })
     .boxed();
     Ok(SharedWatch {
         store,
@@ -114,7 +142,7 @@ where
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
     /// The next subscription; `shared_watch` was asked for as many as are taken.
-    fn take(&mut self) -> anyhow::Result<reflector::ReflectHandle<K>> {
+    fn take(&mut self) -> anyhow::Result<Subscription<K>> {
         self.subscriptions
             .pop()
             .ok_or_else(|| anyhow::anyhow!("a shared watch was given too few subscriptions"))
