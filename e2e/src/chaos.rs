@@ -419,7 +419,11 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                 });
                 let chosen: Vec<Pod> = running.take(per_second).collect();
                 for pod in chosen {
-                    if pods.delete(&pod.name_any(), &DeleteParams::default()).await.is_ok() {
+                    if pods
+                        .delete(&pod.name_any(), &DeleteParams::default())
+                        .await
+                        .is_ok()
+                    {
                         injected += 1;
                     }
                     deleted.insert(step_of(&pod));

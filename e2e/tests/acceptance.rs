@@ -253,8 +253,8 @@ async fn deleting_a_run_midway_terminates_its_instance() -> anyhow::Result<()> {
 /// source hands its ledger over and removes nothing, and once the rerun ends no instance is
 /// left.
 #[tokio::test]
-async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instance() -> anyhow::Result<()>
-{
+async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instance()
+-> anyhow::Result<()> {
     let w = world("accept-rerun").await?;
     let compositions: Api<maestro_api::Composition> =
         Api::namespaced(w.env.client.clone(), &w.env.ns.name);
@@ -300,7 +300,11 @@ async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instanc
         .env
         .wait_phase(
             &rerun,
-            &[RunPhase::WaitingApproval, RunPhase::Failed, RunPhase::Invalid],
+            &[
+                RunPhase::WaitingApproval,
+                RunPhase::Failed,
+                RunPhase::Invalid,
+            ],
             RUN_TIMEOUT,
         )
         .await?;

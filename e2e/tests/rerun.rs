@@ -34,9 +34,7 @@ async fn a_rerun_with_a_changed_param_reuses_outputs_and_workspace_files() -> Re
         .and_then(|s| s.outputs.get("machine").cloned())
         .context("no machine output")?;
 
-    let said = env
-        .cli(&["rerun", &first, "-p", "ready=yes"])
-        .await?;
+    let said = env.cli(&["rerun", &first, "-p", "ready=yes"]).await?;
     assert!(said.contains("param ready: \"no\" -> \"yes\""), "{said}");
     let rerun = created(&said)?;
     let done = env.wait_finished(&rerun, RUN_TIMEOUT).await?;
@@ -46,7 +44,10 @@ async fn a_rerun_with_a_changed_param_reuses_outputs_and_workspace_files() -> Re
     for reused in ["provision", "checkout"] {
         let st = step(reused).context("no step")?;
         assert_eq!(st.phase, StepPhase::Succeeded);
-        assert_eq!(st.message.as_deref(), Some(format!("reused from {first}").as_str()));
+        assert_eq!(
+            st.message.as_deref(),
+            Some(format!("reused from {first}").as_str())
+        );
     }
     assert_eq!(
         step("provision").map(|s| s.outputs["machine"].clone()),

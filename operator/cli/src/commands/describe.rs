@@ -85,6 +85,27 @@ pub fn describe(run: &CompositionRun, now: Timestamp) -> String {
     if let Some(on_failure_run) = &status.on_failure_run {
         field("On failure", on_failure_run);
     }
+    if let Some(of) = &run.spec.rerun_of {
+        let from = of
+            .from
+            .as_ref()
+            .map(|step| format!(" from step {step}"))
+            .unwrap_or_default();
+        field("Rerun of", &format!("{}{from}", of.run));
+    }
+    if let Some(workspace_of) = &status.workspace_of {
+        field("Workspace", &format!("{workspace_of}'s"));
+    }
+    if let Some(handed) = &status.handed_over {
+        field(
+            "Handed over",
+            &format!(
+                "ledger ({} resource(s)) and workspace to rerun {}",
+                handed.resources.len(),
+                handed.run
+            ),
+        );
+    }
 
     section_map(&mut out, "Params", &run.spec.params);
     section_map(&mut out, "Context", &status.context);

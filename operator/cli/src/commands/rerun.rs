@@ -68,7 +68,7 @@ pub async fn run(target: &Target, args: RerunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let params = rerun_params(&source, &snapshot, &args.params).map_err(anyhow::Error::msg)?;
-    for (key, (old, new)) in changed(&source.spec.params, &params) {
+    for (key, (old, new)) in changed(&effective_params(&source, &snapshot), &params) {
         println!("param {key}: {old:?} -> {new:?}");
     }
     let caller = whoami(&target.client).await?;
@@ -139,6 +139,20 @@ fn rerun_params(
     Ok(params)
 }
 
+/// The values the run had: its params, and the defaults of those it did not set.
+fn effective_params(
+    source: &CompositionRun,
+    snapshot: &CompositionSpec,
+) -> BTreeMap<String, String> {
+    let mut params: BTreeMap<String, String> = snapshot
+        .params
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.default.clone()?)))
+        .collect();
+    params.extend(source.spec.params.clone());
+    params
+}
+
 /// The params whose value the rerun changes: (old, new), the old one empty if unset.
 fn changed(
     old: &BTreeMap<String, String>,
@@ -200,11 +214,18 @@ mod tests {
         assert_eq!(params["version"], "1.4.3");
         assert_eq!(params["env"], "qa");
         assert_eq!(
-            changed(&source.spec.params, &params),
+            changed(&effective_params(&source, &snapshot), &params),
             [(
                 "version".to_string(),
                 ("1.4.2".to_string(), "1.4.3".to_string())
             )]
+        );
+        // A param the run left to its default shows the default as the old value.
+        let params = rerun_params(&source, &snapshot, &[("notes".into(), "hotfix".into())])
+            .expect("valid params");
+        assert_eq!(
+            changed(&effective_params(&source, &snapshot), &params),
+            [("notes".to_string(), ("-".to_string(), "hotfix".to_string()))]
         );
         let unknown = rerun_params(&source, &snapshot, &[("versoin".into(), "x".into())]);
         assert!(unknown.is_err_and(|e| e.contains("no parameter \"versoin\"")));
