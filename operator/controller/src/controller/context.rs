@@ -195,7 +195,8 @@ impl Context {
 
     /// The pods created for the run with `run_uid` that `seen` (the cache) lacks, as
     /// Pending. A pod the cache has shown, or one created over [`UNSEEN_POD_GRACE`] ago, is
-    /// forgotten: if the cache still lacks it then, it was deleted, and is made again.
+    /// forgotten: if the cache still lacks it then, it was deleted (the engine fails its
+    /// attempt, as for any pod gone before it ended).
     pub(super) fn created_unseen(
         &self,
         run_uid: &str,

@@ -146,18 +146,6 @@ impl Planner<'_> {
                 ));
                 return self.finish_step(i, StepPhase::Failed, message);
             }
-            if self.plan.status.steps[i].node_name.is_some() {
-                // This attempt's pod was seen on a node, and the run's pods are all in the
-                // cache: it was deleted before it ended (by a user, an eviction through the
-                // API, the loss of its node). Creating it again under this attempt's name
-                // would run the step twice as one attempt; the attempt fails instead, and
-                // the step's retries decide.
-                let message = format!(
-                    "pod {name} was deleted before the step ended (by a user, an eviction \
-                     or the loss of its node)"
-                );
-                return self.attempt_failed(i, message, None);
-            }
             // Started in this very pass: its create is already planned. Asking twice
             // cost a 409 per step (the bench's W1).
             let planned = self
@@ -167,6 +155,23 @@ impl Planner<'_> {
                 .any(|a| matches!(a, Action::CreatePod(p) if p.name == name));
             if planned {
                 return;
+            }
+            let created_before = self.input.status.steps.get(i).is_some_and(|s| {
+                s.phase == StepPhase::Running && s.pod_name.as_deref() == Some(name.as_str())
+            });
+            if created_before {
+                // The status names this attempt's pod, so its create was done in an
+                // earlier pass; a pod this process created and its cache has not shown
+                // yet is observed (as Pending) all the same, and after a restart the caches
+                // are complete before any plan. So it was deleted before it ended (by a
+                // user, an eviction through the API, the loss of its node). Creating it
+                // again under this attempt's name would run the step twice as one
+                // attempt; the attempt fails instead, and the step's retries decide.
+                let message = format!(
+                    "pod {name} was deleted before the step ended (by a user, an eviction \
+                     or the loss of its node)"
+                );
+                return self.attempt_failed(i, message, None);
             }
             // Not seen yet (the cache lags): creating again is harmless.
             return self.recreate_attempt(i, task, attempt);
