@@ -48,7 +48,8 @@ case "$mode" in
     # The bench's smoke test needs kwok (built once, then cached).
     bash "$here/bench/build.sh"
     # One test binary per area; tests in it share the cluster, so keep them few at a time.
-    cargo test -p maestro-e2e -- --test-threads=2
+    # --no-fail-fast: one failing area does not hide the others' results.
+    cargo test -p maestro-e2e --no-fail-fast -- --test-threads=2
     ;;
   bench)
     # Argo only when it is measured (`BENCH_ARGS=--smoke` leaves it out).
