@@ -371,6 +371,28 @@ async fn git_pushes_start_runs_at_the_pushed_commit_and_refusals_create_nothing(
     Ok(())
 }
 
+/// A time in every-minute's status, once set, in seconds since the epoch.
+async fn status_time(
+    compositions: &Api<Composition>,
+    what: &str,
+    timeout: Duration,
+    pick: fn(
+        maestro_api::CompositionStatus,
+    ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> Result<i64> {
+    wait_for(what, timeout, || async {
+        let c = compositions
+            .get("every-minute")
+            .await
+            .map_err(|e| e.to_string())?;
+        c.status
+            .and_then(pick)
+            .map(|t| t.0.as_second())
+            .ok_or_else(|| "not set".to_string())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Result<()> {
     let started = std::time::Instant::now();
@@ -475,19 +497,11 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         Some("cron")
     );
     assert_eq!(run.spec.params["who"], "cron");
-    let schedule_time = wait_for(
+    let schedule_time = status_time(
+        &compositions,
         "status.lastScheduleTime",
         Duration::from_secs(30),
-        || async {
-            let c = compositions
-                .get("every-minute")
-                .await
-                .map_err(|e| e.to_string())?;
-            c.status
-                .and_then(|s| s.last_schedule_time)
-                .map(|t| t.0.as_second())
-                .ok_or_else(|| "not set".to_string())
-        },
+        |s| s.last_schedule_time,
     )
     .await?;
     assert_eq!(
@@ -556,19 +570,11 @@ async fn a_schedule_of_every_minute_starts_a_run_named_after_its_minute() -> Res
         "spec": {"composition": "every-minute", "params": {"who": "squatter"}}
     }))?;
     api.create(&PostParams::default(), &squatter).await?;
-    let skipped = wait_for(
+    let skipped = status_time(
+        &compositions,
         "status.lastSkippedTime of the squatted minute",
         Duration::from_secs(90),
-        || async {
-            let c = compositions
-                .get("every-minute")
-                .await
-                .map_err(|e| e.to_string())?;
-            c.status
-                .and_then(|s| s.last_skipped_time)
-                .map(|t| t.0.as_second())
-                .ok_or_else(|| "not set".to_string())
-        },
+        |s| s.last_skipped_time,
     )
     .await?;
     assert_eq!(

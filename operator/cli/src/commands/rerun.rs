@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
-use maestro_api::{CompositionRun, CompositionRunSpec, CompositionSpec, RerunOf, RunPhase};
+use maestro_api::{CompositionRun, CompositionRunSpec, CompositionSpec, RerunOf};
 
 use crate::Target;
-use crate::commands::run::{failure_summary, wait_until_finished};
+use crate::commands::run::wait_and_report;
 use crate::identity::whoami;
 use crate::lookup::{self, get_run};
 use crate::params::{check_params, parse_param};
@@ -106,18 +106,7 @@ pub async fn run(target: &Target, args: RerunArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let status = wait_until_finished(&runs, &name, &target.namespace).await?;
-    if status.phase == RunPhase::Succeeded {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let why = failure_summary(&status)
-        .map(|why| format!(": {why}"))
-        .unwrap_or_default();
-    eprintln!(
-        "error: compositionrun {name:?} ended in phase {}{why}",
-        wire_name(&status.phase)
-    );
-    Ok(ExitCode::FAILURE)
+    wait_and_report(&runs, &name, &target.namespace).await
 }
 
 /// The rerun's params: the run's, with those given changed (each must be a param of the

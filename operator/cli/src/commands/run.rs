@@ -67,19 +67,28 @@ pub async fn run(target: &Target, args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let status = wait_until_finished(&runs, &name, &target.namespace).await?;
+    wait_and_report(&runs, &name, &target.namespace).await
+}
+
+/// `--wait`: waits until the run ends, printing each phase it enters; success only if it
+/// succeeded, else says why it did not.
+pub async fn wait_and_report(
+    runs: &Api<CompositionRun>,
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let status = wait_until_finished(runs, name, namespace).await?;
     if status.phase == RunPhase::Succeeded {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        let why = failure_summary(&status)
-            .map(|why| format!(": {why}"))
-            .unwrap_or_default();
-        eprintln!(
-            "error: compositionrun {name:?} ended in phase {}{why}",
-            wire_name(&status.phase)
-        );
-        Ok(ExitCode::FAILURE)
+        return Ok(ExitCode::SUCCESS);
     }
+    let why = failure_summary(&status)
+        .map(|why| format!(": {why}"))
+        .unwrap_or_default();
+    eprintln!(
+        "error: compositionrun {name:?} ended in phase {}{why}",
+        wire_name(&status.phase)
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 /// Why the operator found the composition unfit to run, if it did (`Ready=False`).
@@ -99,7 +108,7 @@ fn not_ready(composition: &Composition) -> Option<String> {
 }
 
 /// Polls the run, printing each phase it enters, until it has ended.
-pub async fn wait_until_finished(
+async fn wait_until_finished(
     runs: &Api<CompositionRun>,
     name: &str,
     namespace: &str,
