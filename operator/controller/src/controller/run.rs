@@ -113,15 +113,15 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let name = run.name_any();
     let ns = run.namespace().ok_or(Error::NoNamespace)?;
     let status = run.status.clone().unwrap_or_default();
+    // The runs waiting to rerun this one, read once (a scan of the namespace's runs) for
+    // the checks below and the plan.
+    let reruns = run
+        .uid()
+        .map(|uid| world::reruns_of(ctx, &ns, &uid))
+        .unwrap_or_default();
     // A run that has ended is planned again only while its cleanup is held for a rerun
     // (or under way after the hold), or a rerun waits for its ledger and workspace.
-    let after_end = |status: &CompositionRunStatus| {
-        let reruns = run
-            .uid()
-            .map(|uid| world::reruns_of(ctx, &ns, &uid))
-            .unwrap_or_default();
-        engine::after_end_work(status, &reruns)
-    };
+    let after_end = |status: &CompositionRunStatus| engine::after_end_work(status, &reruns);
     if status.phase.is_finished() && !after_end(&status) {
         if deleting {
             return Ok(Requeue::await_change());
@@ -133,7 +133,10 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     let composition = world::composition(ctx, &ns, &run.spec.composition);
     let spec_for_tasks = world::composition_of_run(ctx, run, &ns);
     let tasks = world::tasks_of_run(ctx, &ns, spec_for_tasks.as_ref());
-    let observed = observe_world(run, &ns, spec_for_tasks.as_ref(), ctx);
+    let observed = Observed {
+        reruns: reruns.clone(),
+        ..observe_world(run, &ns, spec_for_tasks.as_ref(), ctx)
+    };
 
     // Route: in a namespace with Agents, the run needs a slot before any step starts,
     // and its new pods fit in its Agent's capacity. The namespace's lock is held until the
@@ -459,10 +462,8 @@ pub(super) fn observe_world(
                     .is_none_or(|s| s.composition_spec.is_none())
             })
             .and_then(|of| world::rerun_source(ctx, ns, of)),
-        reruns: run
-            .uid()
-            .map(|uid| world::reruns_of(ctx, ns, &uid))
-            .unwrap_or_default(),
+        // Filled in by `apply`, which reads them first.
+        reruns: Vec::new(),
     }
 }
 
