@@ -1,0 +1,314 @@
+//! The JSON endpoints: who the user is, one run, the compositions, and the actions
+//! (approve or reject a gate, cancel a run). Each works as the request's user.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use maestro_api::{
+    Approval, ApprovalGate, ApprovalSpec, Composition, CompositionRun, CompositionSpec, Decision,
+    StepPhase,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::summary::{wire_name, without_managed_fields};
+use crate::watch::NamespaceQuery;
+use crate::{ApiError, App};
+
+type Answer = Result<Json<Value>, ApiError>;
+
+pub async fn config(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({ "defaultNamespace": app.default_namespace }))
+}
+
+/// The user, as the API server authenticates them.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+pub async fn whoami(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer {
+    let caller = ask_who(&app.access.client_for(&headers)?).await?;
+    Ok(Json(json!(caller)))
+}
+
+/// Asks the API server who the caller is (a SelfSubjectReview): the only name an
+/// Approval's approvedBy may carry.
+async fn ask_who(client: &Client) -> Result<Caller, ApiError> {
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = reviews
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|error| ApiError::kube(error, "asking the API server who you are"))?;
+    let user = review.status.and_then(|status| status.user_info);
+    let username = user
+        .as_ref()
+        .and_then(|user| user.username.clone())
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the API server did not say who you are",
+            )
+        })?;
+    let groups = user.and_then(|user| user.groups).unwrap_or_default();
+    Ok(Caller { username, groups })
+}
+
+pub(crate) async fn get_run(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<CompositionRun, ApiError> {
+    let runs: Api<CompositionRun> = Api::namespaced(client, namespace);
+    runs.get_opt(name)
+        .await
+        .map_err(|error| ApiError::kube(error, &format!("reading compositionrun {name:?}")))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("compositionrun {name:?} not found in namespace {namespace:?}"),
+            )
+        })
+}
+
+pub async fn run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Answer {
+    let run = get_run(app.access.client_for(&headers)?, &namespace, &name).await?;
+    Ok(Json(without_managed_fields(run)))
+}
+
+pub async fn compositions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<NamespaceQuery>,
+) -> Answer {
+    let compositions: Api<Composition> = query.api(app.access.client_for(&headers)?);
+    let list = compositions
+        .list(&ListParams::default())
+        .await
+        .map_err(|error| ApiError::kube(error, "listing compositions"))?;
+    let items: Vec<Value> = list.items.into_iter().map(without_managed_fields).collect();
+    Ok(Json(json!(items)))
+}
+
+#[derive(Deserialize, Debug)]
+pub struct DecideRequest {
+    pub step: String,
+    pub decision: Decision,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Approves or rejects a gate: creates the Approval `kubectl maestro approve` creates,
+/// as the request's user.
+pub async fn decide(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(request): Json<DecideRequest>,
+) -> Answer {
+    let client = app.access.client_for(&headers)?;
+    let run = get_run(client.clone(), &namespace, &name).await?;
+    check_waiting(&run, &request.step).map_err(|why| ApiError::new(StatusCode::CONFLICT, why))?;
+    let caller = ask_who(&client).await?;
+    let gate = gate_of(&run, &request.step);
+    // The operator would ignore this decision (and say why in the run's status); saying
+    // so now spares the approver a decision that silently changes nothing.
+    if let Some(gate) = &gate
+        && let Some(why) = gate.ineligible(
+            &caller.username,
+            &caller.groups,
+            run.spec.started_by.as_deref(),
+        )
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{name}/{}: {why}; the gate would not count this decision",
+                request.step
+            ),
+        ));
+    }
+    let comment = request.comment.filter(|text| !text.trim().is_empty());
+    let mut approval = Approval::new(
+        "",
+        ApprovalSpec {
+            run: name.clone(),
+            step: request.step.clone(),
+            decision: request.decision,
+            approved_by: caller.username.clone(),
+            approver_groups: groups_to_record(gate.as_ref(), &caller.groups),
+            comment,
+        },
+    );
+    approval.metadata.name = None;
+    approval.metadata.generate_name = Some(format!("{name}-{}-", request.step));
+    // Owned by this very run (its UID): the operator counts no approval owned by another
+    // run of the same name, and the approval goes when its run goes.
+    let uid = run
+        .uid()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, format!("run {name} has no uid")))?;
+    approval.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: CompositionRun::api_version(&()).into_owned(),
+        kind: CompositionRun::kind(&()).into_owned(),
+        name: name.clone(),
+        uid,
+        ..OwnerReference::default()
+    }]);
+    let approvals: Api<Approval> = Api::namespaced(client, &namespace);
+    let created = approvals
+        .create(&PostParams::default(), &approval)
+        .await
+        .map_err(|error| ApiError::kube(error, "creating the approval"))?;
+    let verb = match request.decision {
+        Decision::Approve => "approved",
+        Decision::Reject => "rejected",
+    };
+    Ok(Json(json!({
+        "approval": created.name_any(),
+        "by": caller.username,
+        "message": format!("{name}/{} {verb} by {}", request.step, caller.username),
+    })))
+}
+
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Answer {
+    let client = app.access.client_for(&headers)?;
+    let run = get_run(client.clone(), &namespace, &name).await?;
+    if let Some(phase) = run.status.as_ref().map(|status| status.phase)
+        && phase.is_finished()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{name} already ended (phase {}); nothing to cancel",
+                wire_name(&phase)
+            ),
+        ));
+    }
+    let runs: Api<CompositionRun> = Api::namespaced(client, &namespace);
+    let cancel = json!({ "spec": { "cancel": true } });
+    runs.patch(&name, &PatchParams::default(), &Patch::Merge(&cancel))
+        .await
+        .map_err(|error| ApiError::kube(error, "requesting the cancel"))?;
+    Ok(Json(
+        json!({ "message": format!("{name}: cancel requested") }),
+    ))
+}
+
+/// The approval gate of `step`, from the composition snapshot the run follows.
+fn gate_of(run: &CompositionRun, step: &str) -> Option<ApprovalGate> {
+    let snapshot = run.status.as_ref()?.composition_spec.clone()?;
+    let spec: CompositionSpec = serde_json::from_value(snapshot).ok()?;
+    spec.steps
+        .into_iter()
+        .find(|candidate| candidate.name == step)?
+        .approval
+}
+
+/// The caller's groups an Approval records: those the gate names (the admission policy
+/// checks each against the request's groups).
+fn groups_to_record(gate: Option<&ApprovalGate>, groups: &[String]) -> Vec<String> {
+    let Some(gate) = gate else {
+        return Vec::new();
+    };
+    groups
+        .iter()
+        .filter(|group| gate.groups.contains(group))
+        .cloned()
+        .collect()
+}
+
+/// Whether the run has a step of that name waiting for approval; if not, why not.
+fn check_waiting(run: &CompositionRun, step: &str) -> Result<(), String> {
+    let run_name = run.name_any();
+    let steps = run
+        .status
+        .as_ref()
+        .map(|status| status.steps.as_slice())
+        .unwrap_or_default();
+    match steps.iter().find(|candidate| candidate.name == step) {
+        Some(found) if found.phase == StepPhase::WaitingApproval => Ok(()),
+        Some(found) => Err(format!(
+            "step {step:?} of run {run_name:?} is not waiting for approval (phase {})",
+            wire_name(&found.phase)
+        )),
+        None => Err(format!("run {run_name:?} has no step {step:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maestro_api::{CompositionRunSpec, CompositionRunStatus, StepStatus};
+
+    fn gated_run(phase: StepPhase) -> CompositionRun {
+        let mut run = CompositionRun::new(
+            "r",
+            CompositionRunSpec {
+                composition: "c".into(),
+                params: Default::default(),
+                cancel: false,
+                priority: 0,
+                started_by: Some("dave".into()),
+                rerun_of: None,
+            },
+        );
+        run.status = Some(CompositionRunStatus {
+            steps: vec![StepStatus {
+                name: "sign-off".into(),
+                phase,
+                ..Default::default()
+            }],
+            composition_spec: Some(json!({
+                "steps": [{"name": "sign-off", "approval": {"groups": ["release-managers"]}}]
+            })),
+            ..Default::default()
+        });
+        run
+    }
+
+    #[test]
+    fn only_a_waiting_gate_can_be_decided() {
+        assert_eq!(
+            check_waiting(&gated_run(StepPhase::WaitingApproval), "sign-off"),
+            Ok(())
+        );
+        let error = check_waiting(&gated_run(StepPhase::Succeeded), "sign-off").unwrap_err();
+        assert!(
+            error.contains("not waiting for approval (phase Succeeded)"),
+            "{error}"
+        );
+        let error = check_waiting(&gated_run(StepPhase::WaitingApproval), "ship").unwrap_err();
+        assert!(error.contains("no step \"ship\""), "{error}");
+    }
+
+    #[test]
+    fn records_only_the_groups_the_gate_names() {
+        let run = gated_run(StepPhase::WaitingApproval);
+        let gate = gate_of(&run, "sign-off");
+        let mine = vec![
+            "system:authenticated".to_string(),
+            "release-managers".to_string(),
+        ];
+        assert_eq!(
+            groups_to_record(gate.as_ref(), &mine),
+            vec!["release-managers"]
+        );
+        assert!(groups_to_record(None, &mine).is_empty());
+    }
+}
