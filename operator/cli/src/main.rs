@@ -51,6 +51,9 @@ enum Command {
     Cancel(commands::cancel::CancelArgs),
     /// Print the logs of a run's step pods, in execution order.
     Logs(commands::logs::LogsArgs),
+    /// Serve the web UI on 127.0.0.1 (runs, their graphs and logs, approvals) and print
+    /// its URL.
+    Ui(commands::ui::UiArgs),
 }
 
 /// Where a command works: the API client and the namespace.
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cancel(args) => commands::cancel::run(&target, args).await,
         Command::Logs(args) => commands::logs::run(&target, args).await,
+        Command::Ui(args) => commands::ui::run(&target, args).await,
     }
 }
 
@@ -149,6 +153,23 @@ mod tests {
                 ("url".to_string(), "http://x/?a=b".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn ui_takes_a_port_and_no_open() {
+        let cli = Cli::try_parse_from(["kubectl-maestro", "ui", "--port", "0", "--no-open"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Ui(args) = cli.command else {
+            panic!("expected ui");
+        };
+        assert_eq!(args.port, 0);
+        assert!(args.no_open);
+        let cli = Cli::try_parse_from(["kubectl-maestro", "ui"]).unwrap_or_else(|e| panic!("{e}"));
+        let Command::Ui(args) = cli.command else {
+            panic!("expected ui");
+        };
+        assert_eq!(args.port, commands::ui::DEFAULT_PORT);
+        assert!(!args.no_open);
     }
 
     #[test]

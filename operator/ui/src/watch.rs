@@ -95,10 +95,28 @@ where
                     name: object.name_any(),
                 },
             )),
-            Err(error) => Some(problem(&error.to_string())),
+            Err(error) => Some(problem(&watch_problem(error))),
         };
         future::ready(sent.map(Ok))
     })
+}
+
+/// A failed watch as one line: the API's own message when it sent one.
+fn watch_problem(error: watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(error)
+        | watcher::Error::WatchStartFailed(error)
+        | watcher::Error::WatchFailed(error) => {
+            let not_served = matches!(&error, kube::Error::Api(status) if status.code == 404);
+            let message = ApiError::kube(error, "watching").message;
+            if not_served {
+                format!("{message} (are Maestro's CRDs installed?)")
+            } else {
+                message
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 pub fn json_event<T: Serialize>(name: &str, value: &T) -> Event {

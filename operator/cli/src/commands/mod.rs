@@ -7,3 +7,4 @@ pub mod get;
 pub mod logs;
 pub mod rerun;
 pub mod run;
+pub mod ui;
