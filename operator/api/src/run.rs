@@ -259,6 +259,14 @@ pub struct StepStatus {
     /// The child runs this step started (call and fork steps).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub child_runs: Vec<String>,
+    /// The child runs that did not succeed, when they failed the step: a rerun of this
+    /// run starts only these again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_runs: Vec<String>,
+    /// In a rerun: the child runs of its source this step keeps, because they succeeded
+    /// there (they are among `childRuns`, and are not started again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reused_runs: Vec<String>,
     /// Who approved or rejected the gate, as the API server authenticated them. For a
     /// gate that needs several approvers, their names joined by ", ".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +281,27 @@ pub struct StepStatus {
     /// The exit code of the latest attempt's command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+}
+
+impl StepStatus {
+    /// The child runs, those a rerun kept from its source marked `(reused)` and those
+    /// that failed the step `(failed)`: `a (reused), b, c (failed)`.
+    pub fn child_runs_marked(&self) -> String {
+        let marked: Vec<String> = self
+            .child_runs
+            .iter()
+            .map(|child| {
+                if self.reused_runs.contains(child) {
+                    format!("{child} (reused)")
+                } else if self.failed_runs.contains(child) {
+                    format!("{child} (failed)")
+                } else {
+                    child.clone()
+                }
+            })
+            .collect();
+        marked.join(", ")
+    }
 }
 
 /// One decision on an approval gate, as the run's status shows it.

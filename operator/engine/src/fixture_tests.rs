@@ -102,6 +102,9 @@ struct Expect {
     requeue: Option<String>,
     #[serde(default)]
     approved_by: BTreeMap<String, String>,
+    /// The child runs of steps, by step: `NAME, NAME (reused), NAME (failed)`, exactly.
+    #[serde(default)]
+    children: BTreeMap<String, String>,
     /// `startedBy` of runs created this round, by run name (`null`: none).
     #[serde(default)]
     started_by: BTreeMap<String, Option<String>>,
@@ -348,6 +351,17 @@ fn check(expect: &Expect, plan: &engine::Plan) -> Result<(), String> {
             ));
         }
     }
+    for (step, want) in &expect.children {
+        let got = status
+            .steps
+            .iter()
+            .find(|s| &s.name == step)
+            .map(maestro_api::StepStatus::child_runs_marked)
+            .unwrap_or_default();
+        if &got != want {
+            return Err(format!("children of {step}: want {want:?}, got {got:?}"));
+        }
+    }
     for (step, want) in &expect.approved_by {
         let got = status
             .steps
@@ -505,6 +519,9 @@ fn library_task_defaults_render() {
     let mut tasks = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).expect("library dir") {
         let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue; // the library's image folders
+        }
         let text = std::fs::read_to_string(&path).expect("readable");
         let task: maestro_api::Task =
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -119,7 +119,7 @@ pub fn describe(run: &CompositionRun, now: Timestamp) -> String {
             .steps
             .iter()
             .filter(|step| !step.child_runs.is_empty())
-            .map(|step| (step.name.as_str(), step.child_runs.join(", "))),
+            .map(|step| (step.name.as_str(), step.child_runs_marked())),
     );
     section_approvals(&mut out, &status.steps, now);
     section_resources(&mut out, status);

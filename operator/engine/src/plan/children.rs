@@ -13,21 +13,26 @@ impl Planner<'_> {
     pub(super) fn watch_children(&mut self, i: usize) {
         let step = &self.composition.steps[i];
         let names = self.plan.status.steps[i].child_runs.clone();
-        let mut failed = Vec::new();
+        let reused = self.plan.status.steps[i].reused_runs.clone();
+        // Why each child that did not succeed failed the step, by name.
+        let mut failed: Vec<(String, String)> = Vec::new();
         let mut pending = false;
         for (n, name) in names.iter().enumerate() {
+            if reused.contains(name) {
+                continue; // the source's child, which succeeded: not this run's to watch
+            }
             match self.input.observed.runs.iter().find(|r| &r.name == name) {
                 Some(run) if run.phase.is_finished() => {
                     if run.phase != RunPhase::Succeeded {
-                        failed.push(format!("{name} {:?}", run.phase));
+                        failed.push((name.clone(), format!("{name} {:?}", run.phase)));
                     }
                 }
                 Some(_) => pending = true,
                 None if let Some(taken) = self.input.observed.taken(name) => {
                     // Another object holds the child's name: it is not this run's child.
-                    failed.push(format!(
-                        "{name} exists and is not this run's ({})",
-                        taken.holder
+                    failed.push((
+                        name.clone(),
+                        format!("{name} exists and is not this run's ({})", taken.holder),
                     ));
                 }
                 None => {
@@ -59,17 +64,24 @@ impl Planner<'_> {
             self.plan.status.steps[i]
                 .outputs
                 .insert("runs".into(), names.join(","));
-            self.finish_step(
-                i,
-                StepPhase::Succeeded,
-                format!("{} succeeded", names.join(", ")),
-            );
+            let message = match reused.is_empty() {
+                true => format!("{} succeeded", names.join(", ")),
+                false => format!(
+                    "{} succeeded; {} reused",
+                    names.join(", "),
+                    reused.join(", ")
+                ),
+            };
+            self.finish_step(i, StepPhase::Succeeded, message);
             self.plan.events.push(normal(
                 "StepSucceeded",
                 format!("step {} succeeded", step.name),
             ));
         } else {
-            let message = format!("child runs failed: {}", failed.join(", "));
+            let why: Vec<&str> = failed.iter().map(|(_, why)| why.as_str()).collect();
+            let message = format!("child runs failed: {}", why.join(", "));
+            self.plan.status.steps[i].failed_runs =
+                failed.into_iter().map(|(name, _)| name).collect();
             self.finish_step(i, StepPhase::Failed, message.clone());
             self.plan.events.push(warning(
                 "StepFailed",

@@ -216,14 +216,40 @@ impl Planner<'_> {
                 Ok(p) => p,
                 Err(e) => return self.finish_step(i, StepPhase::Failed, e),
             };
+            // A rerun's fork keeps the children that succeeded in its source (seed_rerun
+            // lists them, at their places among the source's children).
+            let st = &self.plan.status.steps[i];
+            let kept = |n: usize| {
+                st.child_runs
+                    .get(n)
+                    .filter(|name| st.reused_runs.contains(name))
+                    .cloned()
+            };
             let names: Vec<String> = (0..targets.len())
-                .map(|n| labels::child_run_name(self.input.run_name, &step.name, n))
+                .map(|n| {
+                    kept(n).unwrap_or_else(|| {
+                        labels::child_run_name(self.input.run_name, &step.name, n)
+                    })
+                })
                 .collect();
+            let reused = st.reused_runs.clone();
+            let started: Vec<&str> = names
+                .iter()
+                .filter(|n| !reused.contains(n))
+                .map(String::as_str)
+                .collect();
+            let started = started.join(", ");
             let st = &mut self.plan.status.steps[i];
             st.phase = StepPhase::Running;
             st.child_runs = names.clone();
-            st.message = Some(format!("started {}", names.join(", ")));
+            st.message = Some(match reused.is_empty() {
+                true => format!("started {started}"),
+                false => format!("started {started}; reuses {}", reused.join(", ")),
+            });
             for (name, target) in names.iter().zip(targets) {
+                if reused.contains(name) {
+                    continue;
+                }
                 self.plan.actions.push(Action::CreateRun(NewRun {
                     name: name.clone(),
                     composition: target,
@@ -235,7 +261,7 @@ impl Planner<'_> {
             }
             self.plan.events.push(normal(
                 "StepStarted",
-                format!("step {} started {}", step.name, names.join(", ")),
+                format!("step {} started {started}", step.name),
             ));
         }
     }
@@ -265,7 +291,9 @@ impl Planner<'_> {
                     self.plan.actions.push(Action::DeletePod { name: pod });
                 }
                 if !matches!(self.composition.steps[i].kind(), Some(StepKind::WaitFor(_))) {
-                    for child in st.child_runs.clone() {
+                    // The source's children a rerun reused are not this run's to cancel.
+                    let own = st.child_runs.iter().filter(|c| !st.reused_runs.contains(c));
+                    for child in own.cloned().collect::<Vec<_>>() {
                         self.plan.actions.push(Action::CancelRun { name: child });
                     }
                 }

@@ -79,6 +79,32 @@ pub(super) fn rerun_steps(
     }
 }
 
+/// A fork step of a rerun that starts again only the children that failed in the source:
+/// the source's step, when so. Not when the step reruns for another reason than its
+/// children (it is the `from` step, or a step before it reruns, so its params may change)
+/// or the source does not say which children failed.
+fn keeps_children<'s>(
+    i: usize,
+    steps: &[maestro_api::Step],
+    graph: &Graph,
+    source: &'s CompositionRunStatus,
+    rerun: &BTreeSet<usize>,
+    of: &RerunOf,
+) -> Option<&'s maestro_api::StepStatus> {
+    let step = &steps[i];
+    if !matches!(step.kind(), Some(StepKind::Fork(_)))
+        || of.from.as_deref() == Some(step.name.as_str())
+        || graph.deps[i].iter().any(|d| rerun.contains(d))
+    {
+        return None;
+    }
+    source
+        .steps
+        .iter()
+        .find(|s| s.name == step.name)
+        .filter(|s| s.phase == StepPhase::Failed && !s.failed_runs.is_empty())
+}
+
 impl Planner<'_> {
     /// Before a rerun starts: the source must have ended and handed its ledger and
     /// workspace to this very run. `Ok(false)`: not yet (the run stays Pending, saying
@@ -158,6 +184,17 @@ impl Planner<'_> {
         for (i, st) in self.plan.status.steps.iter_mut().enumerate() {
             if rerun.contains(&i) {
                 again.push(st.name.clone());
+                if let Some(old) =
+                    keeps_children(i, &self.composition.steps, self.graph, source, &rerun, of)
+                {
+                    st.child_runs = old.child_runs.clone();
+                    st.reused_runs = old
+                        .child_runs
+                        .iter()
+                        .filter(|c| !old.failed_runs.contains(c))
+                        .cloned()
+                        .collect();
+                }
                 continue;
             }
             if let Some(old) = source.steps.iter().find(|s| s.name == st.name) {
