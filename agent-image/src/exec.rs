@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::outputs::collect_outputs;
+use crate::outputs::{collect_outputs, collect_report};
 use crate::result::{EXIT_AGENT_FAILURE, EXIT_CANNOT_START, StepResult};
-use crate::step_env::OUTPUTS_DIR_VAR;
+use crate::step_env::{OUTPUTS_DIR_VAR, REPORT_FILE, REPORT_VAR};
 
 /// A command to run as a step, with what the agent adds to its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,15 @@ pub async fn run_step_command(command: &StepCommand, outputs_dir: &Path) -> Step
                 "cannot read outputs from {}: {error}",
                 outputs_dir.display()
             ));
+        }
+    }
+    match collect_report(outputs_dir) {
+        Ok(report) => result.report = report,
+        Err(error) => {
+            if result.exit_code == 0 {
+                result.exit_code = EXIT_AGENT_FAILURE;
+            }
+            result.error = Some(error);
         }
     }
     result
@@ -173,7 +182,8 @@ fn build_command(command: &StepCommand, outputs_dir: &Path) -> Command {
         .args(&command.args)
         .envs(command.extra_env.iter().map(|(name, value)| (name, value)))
         // The directory may come from the default rather than the variable; tell the command.
-        .env(OUTPUTS_DIR_VAR, outputs_dir);
+        .env(OUTPUTS_DIR_VAR, outputs_dir)
+        .env(REPORT_VAR, outputs_dir.join(REPORT_FILE));
     if let Some(dir) = &command.working_dir {
         process.current_dir(dir);
     }
@@ -277,6 +287,20 @@ mod tests {
             result.outputs.get("greeting").map(String::as_str),
             Some("hello")
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn report_values_written_by_the_command_are_collected() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let script = r#"echo '{"testsRun": 7}' > "$MAESTRO_REPORT""#;
+        let result = run_step_command(&shell(script), &dir.path().join("outputs")).await;
+        assert_eq!((result.exit_code, result.error.clone()), (0, None));
+        assert_eq!(
+            result.report.get("testsRun").and_then(|v| v.as_f64()),
+            Some(7.0)
+        );
+        assert!(result.outputs.is_empty(), "the report is not an output");
         Ok(())
     }
 

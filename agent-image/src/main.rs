@@ -53,6 +53,13 @@ enum Command {
         /// The built-in task's name.
         name: String,
     },
+    /// Run a library Task whose image is not the agent's (maven, tomcat-deploy) with the
+    /// inputs in $MAESTRO_INPUTS: the Task's command, under `maestro-agent exec`, which
+    /// collects its outputs and report from $MAESTRO_OUTPUTS and $MAESTRO_REPORT.
+    Task {
+        /// The library Task's name.
+        name: String,
+    },
     /// Print the agent's version and exit.
     Version,
 }
@@ -85,11 +92,35 @@ fn main() -> ExitCode {
         Command::Builtin { name } => {
             run_step(|paths| async move { builtin::run_builtin(&name, &paths).await })
         }
+        Command::Task { name } => run_library_task(&name),
         Command::Version => {
             println!("maestro-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Runs a library Task and hands its result to the exec wrapper around this process.
+fn run_library_task(name: &str) -> ExitCode {
+    let paths = StepPaths::from_process_env();
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(builtin::run_library_task(name, &paths)),
+        Err(error) => StepResult::failure(
+            EXIT_AGENT_FAILURE,
+            format!("cannot start the agent's runtime: {error}"),
+        ),
+    };
+    let report_path = std::env::var_os(step_env::REPORT_VAR)
+        .filter(|value| !value.is_empty())
+        .map_or_else(
+            || paths.outputs_dir.join(step_env::REPORT_FILE),
+            PathBuf::from,
+        );
+    let exit_code = outputs::write_for_exec(&result, &paths.outputs_dir, &report_path);
+    ExitCode::from(u8::try_from(exit_code).unwrap_or(1))
 }
 
 /// Runs a step to its result, writes the result, and returns the agent's exit code.

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 
+use maestro_protocol::ReportValue;
+
 use crate::result::RESULT_SIZE_LIMIT_BYTES;
+use crate::step_env::REPORT_FILE;
 
 /// The most read of one output file: one byte over the result limit is enough to know the
 /// result cannot be delivered, and a command that wrote 1 GiB to an output must not make the
@@ -30,6 +33,9 @@ pub fn collect_outputs(dir: &Path) -> io::Result<BTreeMap<String, String>> {
             tracing::warn!(path = %path.display(), "ignoring output file: name is not UTF-8");
             continue;
         };
+        if name == REPORT_FILE {
+            continue; // the report, read by collect_report
+        }
         if !is_valid_output_name(&name) {
             tracing::warn!(
                 "ignoring output file {name:?}: an output name starts with a letter and has \
@@ -57,6 +63,67 @@ pub fn collect_outputs(dir: &Path) -> io::Result<BTreeMap<String, String>> {
         outputs.insert(name, trim_one_trailing_newline(value));
     }
     Ok(outputs)
+}
+
+/// Reads the report file the command may have left in `dir` (see `REPORT_VAR`): a JSON
+/// object whose values are numbers or strings. No file means no report.
+pub fn collect_report(dir: &Path) -> Result<BTreeMap<String, ReportValue>, String> {
+    let path = dir.join(REPORT_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(error) => {
+            return Err(format!(
+                "cannot read the report {}: {error}",
+                path.display()
+            ));
+        }
+    };
+    let mut bytes = Vec::new();
+    file.take(OUTPUT_READ_LIMIT_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read the report {}: {error}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        format!(
+            "the report {} must be a JSON object of numbers and strings: {error}",
+            path.display()
+        )
+    })
+}
+
+/// Hands a result to the `maestro-agent exec` that runs this process (a library Task's
+/// command): each output as a file in `dir`, the report as `report_path`, the error as the
+/// last line on stderr (exec puts it in the step's message). Returns the exit code to exit
+/// with: the result's, or 1 if it could not be handed over.
+pub fn write_for_exec(
+    result: &maestro_protocol::StepResult,
+    dir: &Path,
+    report_path: &Path,
+) -> i32 {
+    let written = (|| -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (name, value) in &result.outputs {
+            std::fs::write(dir.join(name), value)?;
+        }
+        if !result.report.is_empty() {
+            let json = serde_json::to_vec(&result.report).map_err(io::Error::other)?;
+            std::fs::write(report_path, json)?;
+        }
+        Ok(())
+    })();
+    let mut exit_code = result.exit_code;
+    if let Err(error) = written {
+        eprintln!("cannot write the outputs to {}: {error}", dir.display());
+        if exit_code == 0 {
+            exit_code = 1;
+        }
+    }
+    if let Some(error) = &result.error {
+        // On a line of its own: a tool may leave its last stderr line unfinished (mvn
+        // ends with terminal reset codes), and exec takes the last line as the message.
+        eprintln!("\n{error}");
+    }
+    exit_code
 }
 
 /// Whether `name` matches `^[a-zA-Z][a-zA-Z0-9_]*$`, the names outputs can have.
@@ -147,6 +214,37 @@ mod tests {
         assert_eq!(
             outputs.get("huge").map(String::len),
             Some(RESULT_SIZE_LIMIT_BYTES + 1)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_report_file_is_no_output_and_must_be_an_object() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(
+            collect_report(dir.path())
+                .map_err(anyhow::Error::msg)?
+                .is_empty()
+        );
+        std::fs::write(
+            dir.path().join(REPORT_FILE),
+            r#"{"testsRun": 12, "suite": "smoke"}"#,
+        )?;
+        let report = collect_report(dir.path()).map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            report.get("testsRun").and_then(ReportValue::as_f64),
+            Some(12.0)
+        );
+        assert_eq!(
+            report.get("suite"),
+            Some(&ReportValue::Text("smoke".into()))
+        );
+        assert!(collect_outputs(dir.path())?.is_empty());
+        std::fs::write(dir.path().join(REPORT_FILE), r#"{"nested": {"a": 1}}"#)?;
+        let error = collect_report(dir.path()).err().unwrap_or_default();
+        assert!(
+            error.contains("must be a JSON object of numbers and strings"),
+            "{error}"
         );
         Ok(())
     }

@@ -10,6 +10,14 @@ pub use maestro_protocol::env::{
     WORKSPACE_DIR as WORKSPACE_DIR_VAR,
 };
 
+/// The variable `maestro-agent exec` gives its command: the file where the command may
+/// write its report values, a JSON object of numbers and strings (tests run, artifact size),
+/// which the operator exports as metrics. It is in the outputs directory, under a name no
+/// output can have.
+pub const REPORT_VAR: &str = "MAESTRO_REPORT";
+/// The report file's name in the outputs directory.
+pub const REPORT_FILE: &str = "report.json";
+
 /// Paths of a step, from the `MAESTRO_*` variables or their defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepPaths {

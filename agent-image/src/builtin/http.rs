@@ -192,7 +192,7 @@ async fn perform(request: &HttpInputs, first_retry_delay: Duration) -> StepResul
     }
 }
 
-async fn perform_with_retries(
+pub(super) async fn perform_with_retries(
     request: &HttpInputs,
     first_retry_delay: Duration,
 ) -> Result<BTreeMap<String, String>, String> {

@@ -7,12 +7,14 @@ mod git;
 mod http;
 mod http_client;
 mod inputs;
+mod maven;
 mod notify;
 mod shell;
 #[cfg(test)]
 mod test_http_server;
 #[cfg(test)]
 mod test_support;
+mod tomcat_deploy;
 
 use std::ffi::OsString;
 
@@ -57,6 +59,30 @@ pub async fn run_builtin(name: &str, paths: &StepPaths) -> StepResult {
         BuiltinTask::Ec2Deprovision => ec2::run_ec2_deprovision(&inputs, paths).await,
         BuiltinTask::Notify => notify::run_notify(&inputs, paths).await,
         BuiltinTask::Container => StepResult::failure(EXIT_BAD_INPUT, CONTAINER_TASK_MESSAGE),
+    }
+}
+
+/// The library Tasks whose code is in the agent but which run in an image of their own, as
+/// the Task's command under `maestro-agent exec` (`maestro-agent task maven` in the Maven
+/// image): not built-ins, whose pods run the agent image.
+pub const LIBRARY_TASKS: [&str; 2] = ["maven", "tomcat-deploy"];
+
+/// Runs the library Task `name` with the inputs in `MAESTRO_INPUTS`.
+pub async fn run_library_task(name: &str, paths: &StepPaths) -> StepResult {
+    let inputs = match inputs_from(std::env::var_os(INPUTS_VAR)) {
+        Ok(inputs) => inputs,
+        Err(message) => return StepResult::failure(EXIT_BAD_INPUT, message),
+    };
+    match name {
+        "maven" => maven::run_maven(&inputs, paths).await,
+        "tomcat-deploy" => tomcat_deploy::run_tomcat_deploy(&inputs, paths).await,
+        _ => StepResult::failure(
+            EXIT_BAD_INPUT,
+            format!(
+                "unknown library task {name:?}; the agent runs {}",
+                LIBRARY_TASKS.join(", ")
+            ),
+        ),
     }
 }
 

@@ -12,6 +12,9 @@ use super::{
     inputs::{container_inputs, resolve_inputs},
 };
 
+/// The context key naming where the run's last git step checked out.
+pub const CHECKOUT_PATH_KEY: &str = "checkoutPath";
+
 impl Planner<'_> {
     pub(super) fn start_attempt(&mut self, i: usize, task_name: &str, attempt: u32) {
         let step = &self.composition.steps[i];
@@ -228,6 +231,7 @@ impl Planner<'_> {
         let result = pod.result.clone().unwrap_or_default();
         let step = self.plan.status.steps[i].name.clone();
         self.record_resources(&step, pod);
+        self.note_checkout(i, &result.outputs);
         let st = &mut self.plan.status.steps[i];
         st.outputs = result.outputs;
         st.exit_code = Some(result.exit_code);
@@ -236,6 +240,29 @@ impl Planner<'_> {
         self.plan
             .events
             .push(normal("StepSucceeded", format!("step {name} succeeded")));
+    }
+
+    /// The shared context's default project directory: a git step that succeeds puts the
+    /// path it checked out into in `context.checkoutPath`, so later steps (the maven task)
+    /// build there unless told otherwise; the last checkout wins. A composition that sets
+    /// `checkoutPath` in its own context keeps its value.
+    fn note_checkout(&mut self, i: usize, outputs: &std::collections::BTreeMap<String, String>) {
+        let Some(StepKind::Task(task)) = self.composition.steps[i].kind() else {
+            return;
+        };
+        let is_git = self
+            .tasks
+            .get(task)
+            .is_some_and(|t| t.builtin == Some(BuiltinTask::Git));
+        if !is_git || self.composition.context.contains_key(CHECKOUT_PATH_KEY) {
+            return;
+        }
+        if let Some(path) = outputs.get("path").filter(|p| !p.is_empty()) {
+            self.plan
+                .status
+                .context
+                .insert(CHECKOUT_PATH_KEY.into(), path.clone());
+        }
     }
 
     /// Keeps the ledger in step with what a pod reports: resources it created are added
