@@ -16,6 +16,10 @@ want gcc gcc
 want ip iproute2
 # The observability e2e test scrapes the operator with a real Prometheus server.
 want prometheus prometheus
+# The web UI's build (operator/ui/build.rs) bundles its TypeScript with npm packages, and
+# its browser tests (e2e/tests/ui.rs) drive Debian's headless chromium (/usr/bin/chromium).
+want npm npm
+want chromium chromium
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
