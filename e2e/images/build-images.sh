@@ -37,6 +37,11 @@ operator_image="${MAESTRO_OPERATOR_IMAGE:-localhost/maestro/operator:dev}"
 pause_image="${MAESTRO_PAUSE_IMAGE:-localhost/maestro/pause:3.10}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 oci=(python3 "$here/oci_archive.py")
+# IMAGE=FOLDER (from the repository root) of the images of real tools, built like plugins.
+tool_images=(
+  "localhost/maestro/maven:dev=operator/library/images/maven"
+  "localhost/maestro/tomcat:dev=e2e/images/tomcat"
+)
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -147,6 +152,7 @@ if [ "$mode" = prepare ]; then
   for cf in "$repo"/examples/plugins/*/Containerfile; do
     if [ -f "$cf" ]; then build_base_layer "$cf"; fi
   done
+  for entry in "${tool_images[@]}"; do build_base_layer "$repo/${entry#*=}/Containerfile"; done
   build_pause
   exit 0
 fi
@@ -176,6 +182,16 @@ if [ "$mode" = all ]; then
     "${oci[@]}" build "$cf" --base-layer "$BASE_LAYER" \
       --tag "localhost/maestro/plugin-$plugin:dev" --out "$out/plugin-$plugin.tar" >&2
     archives+=("$out/plugin-$plugin.tar") names+=("localhost/maestro/plugin-$plugin:dev")
+  done
+
+  # Tool images: the library maven Task's, and the Tomcat the acceptance tests deploy to.
+  for entry in "${tool_images[@]}"; do
+    tool_image=${entry%%=*} tool_dir="$repo/${entry#*=}"
+    tool=$(basename "$tool_dir")
+    build_base_layer "$tool_dir/Containerfile"
+    "${oci[@]}" build "$tool_dir/Containerfile" --base-layer "$BASE_LAYER" \
+      --tag "$tool_image" --out "$out/$tool.tar" >&2
+    archives+=("$out/$tool.tar") names+=("$tool_image")
   done
 fi
 

@@ -19,7 +19,7 @@ use maestro_api::Task;
 use maestro_api::labels;
 
 /// The library's Task files, as shipped (operator/library/*.yaml).
-const FILES: [(&str, &str); 7] = [
+const FILES: [(&str, &str); 9] = [
     (
         "container.yaml",
         include_str!("../../library/container.yaml"),
@@ -34,8 +34,13 @@ const FILES: [(&str, &str); 7] = [
     ),
     ("git.yaml", include_str!("../../library/git.yaml")),
     ("http.yaml", include_str!("../../library/http.yaml")),
+    ("maven.yaml", include_str!("../../library/maven.yaml")),
     ("notify.yaml", include_str!("../../library/notify.yaml")),
     ("shell.yaml", include_str!("../../library/shell.yaml")),
+    (
+        "tomcat-deploy.yaml",
+        include_str!("../../library/tomcat-deploy.yaml"),
+    ),
 ];
 
 /// Label on the Tasks the operator keeps, so it can remove the ones a newer version no
