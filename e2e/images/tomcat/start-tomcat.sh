@@ -4,7 +4,7 @@
 #
 # Debian's CATALINA_BASE (/var/lib/tomcat10, /etc/tomcat10) belongs to the tomcat user of
 # a systemd install; this builds a base of its own in a writable directory instead (an
-# emptyDir in the pod), from Debian's configuration.
+# emptyDir in the pod), from Debian's default configuration.
 #
 # Env: TOMCAT_DEPLOY_PASSWORD  required: the deploy user's password (from a Secret)
 #      TOMCAT_DEPLOY_USER      the deploy user (default deployer); role manager-script only
@@ -26,8 +26,9 @@ xml_attr() {
 }
 
 mkdir -p "$base/conf/Catalina/localhost" "$base/logs" "$base/temp" "$base/webapps" "$base/work"
+# Debian's pristine copies: /etc/tomcat10 itself is readable only by the tomcat group.
 for f in server.xml web.xml context.xml catalina.properties logging.properties; do
-  cp "/etc/tomcat10/$f" "$base/conf/$f"
+  cp "/usr/share/tomcat10/etc/$f" "$base/conf/$f"
 done
 umask 077
 cat >"$base/conf/tomcat-users.xml" <<USERS
