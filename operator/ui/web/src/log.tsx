@@ -61,7 +61,7 @@ export function Log(props: { namespace: string; run: string; steps: string[] }) 
       <pre class="lines">
         {shown.map((item, i) =>
           item.kind === 'line' ? (
-            <div key={i} class="line" data-step={item.step}><span class="tag">{item.attempt > 1 ? `${item.step}#${item.attempt}` : item.step}</span>{item.text}</div>
+            <div key={i} class="line" data-step={item.step}><span class="tag">{item.attempt > 1 ? `${item.step}#${item.attempt}` : item.step}</span><span class="text">{item.text}</span></div>
           ) : (
             <div key={i} class="note">{item.text}</div>
           ),

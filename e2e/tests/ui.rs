@@ -1,0 +1,397 @@
+//! The web UI in a real browser against the real cluster: `kubectl maestro ui` serves it
+//! (as the test's user, or as an impersonated one), Debian's headless chromium driven by
+//! playwright-core (e2e/ui/*.mjs) uses it, and these tests check what the page showed
+//! and what the cluster recorded. Each browser test saves a screenshot under
+//! $CARGO_TARGET_DIR/e2e-artifacts/ui/.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use kube::Api;
+use maestro_api::{Approval, CompositionRun, RunPhase, StepPhase};
+use maestro_e2e::maestro::{Env, repo_root, workspace_bin};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A run whose middle step prints a line a second for twelve seconds.
+const TICKER: &str = r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: ui-ticker}
+spec:
+  steps:
+    - name: build
+      task: shell
+      with: {script: echo "built"}
+    - name: ticker
+      task: shell
+      with:
+        script: |
+          for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "tick $i"; sleep 1; done
+    - name: report
+      task: shell
+      with: {script: echo "reported"}
+"#;
+
+/// alice and mallory may see runs and their logs; only alice may decide gates.
+const USERS: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: ui-viewer}
+rules:
+- apiGroups: [maestro.dev]
+  resources: [compositions, compositionruns]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods, pods/log]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ui-viewer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ui-viewer}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: ui-approver}
+rules:
+- apiGroups: [maestro.dev]
+  resources: [approvals]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ui-approver}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ui-approver}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+"#;
+
+/// Where the screenshots go.
+fn artifacts_dir() -> Result<PathBuf> {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        // target/debug/deps/<test> -> target
+        None => std::env::current_exe()?
+            .ancestors()
+            .nth(3)
+            .context("test executable has no target dir")?
+            .to_path_buf(),
+    };
+    let dir = target.join("e2e-artifacts/ui");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The browser tests' folder with playwright-core installed: e2e/ui copied into a
+/// versioned cache folder (npm ci there only when the lock file changed), so the repo
+/// gets no node_modules and a warm machine installs nothing. Tests running at once wait
+/// for the first to have installed it.
+fn browser_tests() -> Result<PathBuf> {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cache = std::env::var_os("MAESTRO_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/maestro")))
+        .context("neither MAESTRO_CACHE nor HOME is set")?;
+    let dir = cache.join("ui-e2e-v1");
+    std::fs::create_dir_all(&dir)?;
+    let source = repo_root().join("e2e/ui");
+    for entry in std::fs::read_dir(&source)? {
+        let path = entry?.path();
+        let is_test_file = path
+            .extension()
+            .is_some_and(|ext| ext == "mjs" || ext == "json");
+        if is_test_file && let Some(name) = path.file_name() {
+            std::fs::copy(&path, dir.join(name))?;
+        }
+    }
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))?;
+    let stamp = dir.join("node_modules/.installed-lock.json");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir)
+            .output()
+            .context("running npm ci for the browser tests (is npm installed?)")?;
+        if !out.status.success() {
+            bail!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::write(&stamp, &lock)?;
+    }
+    Ok(dir)
+}
+
+/// `kubectl maestro ui` for the test namespace, as the test's user or (`--as`) another;
+/// stopped when dropped.
+struct UiServer {
+    url: String,
+    _child: Child,
+}
+
+impl UiServer {
+    async fn start(env: &Env, as_user: Option<&str>) -> Result<Self> {
+        let mut command = Command::new(workspace_bin("kubectl-maestro")?);
+        command.args(["ui", "--port", "0", "--no-open", "-n", &env.ns.name]);
+        if let Some(user) = as_user {
+            command.args(["--as", user]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting kubectl-maestro ui")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("kubectl maestro ui printed no URL")??
+            .context("kubectl maestro ui exited before printing its URL")?;
+        let url = first
+            .strip_prefix("Maestro UI: ")
+            .with_context(|| format!("unexpected first line {first:?}"))?
+            .trim_end_matches('/')
+            .to_string();
+        // Keep reading its output so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { url, _child: child })
+    }
+}
+
+/// Runs a browser test script with `name=value` arguments; returns the JSON line it
+/// printed last.
+async fn browser(script: &str, args: &[(&str, &str)]) -> Result<Value> {
+    let dir = browser_tests()?;
+    let out = browser_command(&dir, script, args).output().await?;
+    result_of(script, &out.status, &out.stdout, &out.stderr)
+}
+
+fn browser_command(dir: &Path, script: &str, args: &[(&str, &str)]) -> Command {
+    let mut command = Command::new("node");
+    command
+        .arg(dir.join(script))
+        .args(args.iter().map(|(name, value)| format!("{name}={value}")))
+        .current_dir(dir)
+        .kill_on_drop(true);
+    command
+}
+
+fn result_of(
+    script: &str,
+    status: &std::process::ExitStatus,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<Value> {
+    let stdout = String::from_utf8_lossy(stdout);
+    let stderr = String::from_utf8_lossy(stderr);
+    if !status.success() {
+        bail!("browser test {script} failed ({status}):\n{stderr}\n{stdout}");
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .with_context(|| format!("{script} printed no result: {stdout}\n{stderr}"))
+}
+
+fn screenshot(name: &str) -> Result<String> {
+    Ok(artifacts_dir()?
+        .join(format!("{name}.png"))
+        .to_string_lossy()
+        .into_owned())
+}
+
+#[tokio::test]
+async fn the_run_page_shows_the_graph_with_phases_and_streams_the_log_while_a_step_runs()
+-> Result<()> {
+    let env = Env::new("ui-run").await?;
+    let names = env.apply_yaml(TICKER).await?;
+    env.wait_compositions_ready(&names).await?;
+    let server = UiServer::start(&env, None).await?;
+    let run = env.start_run("ui-ticker", &[]).await?;
+    let shot = screenshot("run-graph-and-log")?;
+    let seen = browser(
+        "run-graph-and-log.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &env.ns.name),
+            ("run", &run),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    let ticking = &seen["whileTicking"];
+    assert_eq!(ticking["tickerPhase"], "Running", "{seen}");
+    assert_eq!(ticking["buildPhase"], "Succeeded", "{seen}");
+    assert_eq!(
+        ticking["lastTickShown"], 0,
+        "the log came only at the end: {seen}"
+    );
+    assert_eq!(ticking["logState"], "following", "{seen}");
+    for step in ["build", "ticker", "report"] {
+        assert_eq!(seen["phases"][step], "Succeeded", "{step}: {seen}");
+    }
+    let filtered: Vec<&str> = seen["filtered"]
+        .as_array()
+        .context("no filtered lines")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(filtered, ["build"], "the log filtered to build: {seen}");
+    let ended = env.wait_finished(&run, TIMEOUT).await?;
+    assert_eq!(ended.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    Ok(())
+}
+
+#[tokio::test]
+async fn approve_is_refused_without_the_approver_role_and_records_the_approver_with_it()
+-> Result<()> {
+    let env = Env::new("ui-approve").await?;
+    env.apply_example_ready("approval/release-gate.yaml")
+        .await?;
+    env.apply_yaml(USERS).await?;
+    let ns = env.ns.name.clone();
+    maestro_e2e::wait_until_allowed(
+        &env.client,
+        "alice",
+        "create",
+        "maestro.dev",
+        "approvals",
+        &ns,
+    )
+    .await?;
+    maestro_e2e::wait_until_allowed(
+        &env.client,
+        "mallory",
+        "watch",
+        "maestro.dev",
+        "compositionruns",
+        &ns,
+    )
+    .await?;
+    let run = env.start_run("release-gate", &[]).await?;
+    env.wait_phase(&run, &[RunPhase::WaitingApproval], TIMEOUT)
+        .await?;
+
+    // mallory may look but not approve: the page shows the API's refusal.
+    let as_mallory = UiServer::start(&env, Some("mallory")).await?;
+    let shot = screenshot("approve-refused")?;
+    let refused = browser(
+        "approve.mjs",
+        &[
+            ("url", &as_mallory.url),
+            ("namespace", &ns),
+            ("run", &run),
+            ("step", "sign-off"),
+            ("comment", "let me through"),
+            ("expect", "refused"),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    assert_eq!(refused["user"], "mallory", "{refused}");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(r#"User "mallory" cannot create resource "approvals""#),
+        "{refused}"
+    );
+    assert_eq!(refused["stillWaiting"], true, "{refused}");
+    let approvals: Api<Approval> = Api::namespaced(env.client.clone(), &ns);
+    assert!(approvals.list(&Default::default()).await?.items.is_empty());
+
+    // alice approves with a comment: the run goes on, and her name is on the decision.
+    let as_alice = UiServer::start(&env, Some("alice")).await?;
+    let shot = screenshot("approve")?;
+    let approved = browser(
+        "approve.mjs",
+        &[
+            ("url", &as_alice.url),
+            ("namespace", &ns),
+            ("run", &run),
+            ("step", "sign-off"),
+            ("comment", "tests are green"),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    assert_eq!(approved["user"], "alice", "{approved}");
+    let decision = approved["decision"].as_str().unwrap_or_default();
+    assert!(
+        decision.contains("approved by alice") && decision.contains("tests are green"),
+        "{approved}"
+    );
+    let ended = env.wait_finished(&run, TIMEOUT).await?;
+    let status = ended.status.context("no status")?;
+    assert_eq!(status.phase, RunPhase::Succeeded);
+    let gate = status
+        .steps
+        .iter()
+        .find(|s| s.name == "sign-off")
+        .context("no sign-off step")?;
+    assert_eq!(gate.phase, StepPhase::Succeeded);
+    assert_eq!(gate.approved_by.as_deref(), Some("alice"));
+    let made = approvals.list(&Default::default()).await?.items;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].spec.approved_by, "alice");
+    assert_eq!(made[0].spec.comment.as_deref(), Some("tests are green"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_runs_list_shows_new_runs_and_their_phases_without_a_reload() -> Result<()> {
+    let env = Env::new("ui-list").await?;
+    env.apply_example_ready("hello/composition.yaml").await?;
+    env.apply_example_ready("approval/release-gate.yaml")
+        .await?;
+    let server = UiServer::start(&env, None).await?;
+    let dir = browser_tests()?;
+    let shot = screenshot("runs-list")?;
+    let mut script = browser_command(
+        &dir,
+        "runs-list.mjs",
+        &[("url", &server.url), ("screenshot", &shot)],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    let mut stdout = BufReader::new(script.stdout.take().context("no stdout")?).lines();
+    let first = tokio::time::timeout(TIMEOUT, stdout.next_line()).await;
+    if !matches!(&first, Ok(Ok(Some(line))) if line == "ready") {
+        let out = script.wait_with_output().await?;
+        bail!(
+            "the runs list never got live: {first:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hello = env.start_run("hello", &[]).await?;
+    let gated = env.start_run("release-gate", &[]).await?;
+    let mut stdin = script.stdin.take().context("no stdin")?;
+    stdin
+        .write_all(format!("{hello} {gated}\n").as_bytes())
+        .await?;
+    stdin.flush().await?;
+    let mut rest = String::new();
+    while let Some(line) = stdout.next_line().await? {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let out = script.wait_with_output().await?;
+    let seen = result_of("runs-list.mjs", &out.status, rest.as_bytes(), &out.stderr)?;
+    assert_eq!(seen["marker"], "same page", "the page was reloaded: {seen}");
+    assert_eq!(seen["button"], "Approve sign-off", "{seen}");
+    assert_eq!(seen["rows"], 2, "{seen}");
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let hello_run = runs.get(&hello).await?;
+    assert_eq!(hello_run.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    Ok(())
+}

@@ -1,0 +1,22 @@
+// The runs list, opened before the runs exist: the runs the Rust side starts appear and
+// change phase without a reload, and the one waiting for approval stands out with an
+// approve button.
+import { args, nextLine, withPage } from './browser.mjs';
+
+const { url, screenshot } = args();
+await withPage(screenshot, async (page) => {
+  await page.goto(`${url}#/`);
+  await page.locator('.count[data-live="yes"]').waitFor();
+  // A reload would lose this.
+  await page.evaluate(() => { window.maestroTestMarker = 'same page'; });
+  console.log('ready');
+  const [finishing, waiting] = (await nextLine()).split(' ');
+  const row = (name) => page.locator(`table.runs tr[data-run="${name}"]`);
+  await row(finishing).waitFor();
+  await page.locator(`table.runs tr[data-run="${finishing}"][data-phase="Succeeded"]`).waitFor();
+  await page.locator(`table.runs tr.waiting[data-run="${waiting}"]`).waitFor();
+  const button = await row(waiting).locator('button.approve').innerText();
+  const marker = await page.evaluate(() => window.maestroTestMarker);
+  const rows = await page.locator('table.runs tbody tr').count();
+  return { marker, button, rows };
+});
