@@ -17,6 +17,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest one browser script may take: each of its waits gives up after 90 s, so a
+/// script still going after this is hung (a browser that does not close).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A run whose middle step prints a line a second for twelve seconds.
 const TICKER: &str = r#"
@@ -173,7 +176,9 @@ impl UiServer {
 /// printed last.
 async fn browser(script: &str, args: &[(&str, &str)]) -> Result<Value> {
     let dir = browser_tests()?;
-    let out = browser_command(&dir, script, args).output().await?;
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, browser_command(&dir, script, args).output())
+        .await
+        .with_context(|| format!("browser test {script} hung"))??;
     result_of(script, &out.status, &out.stdout, &out.stderr)
 }
 
@@ -381,11 +386,16 @@ async fn the_runs_list_shows_new_runs_and_their_phases_without_a_reload() -> Res
         .await?;
     stdin.flush().await?;
     let mut rest = String::new();
-    while let Some(line) = stdout.next_line().await? {
-        rest.push_str(&line);
-        rest.push('\n');
-    }
-    let out = script.wait_with_output().await?;
+    let read_all = async {
+        while let Some(line) = stdout.next_line().await? {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        script.wait_with_output().await
+    };
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, read_all)
+        .await
+        .context("browser test runs-list.mjs hung")??;
     let seen = result_of("runs-list.mjs", &out.status, rest.as_bytes(), &out.stderr)?;
     assert_eq!(seen["marker"], "same page", "the page was reloaded: {seen}");
     assert_eq!(seen["button"], "Approve sign-off", "{seen}");
