@@ -27,7 +27,13 @@ export function Log(props: { namespace: string; run: string; steps: string[] }) 
       if (!frame) frame = requestAnimationFrame(flush);
     };
     const source = new EventSource(`${runPath(props.namespace, props.run)}/log`);
-    source.onopen = () => setState('following');
+    // The server sends the whole log on each connection: after EventSource reconnected
+    // (a dropped connection), start over rather than show lines twice.
+    source.onopen = () => {
+      pending.current = [];
+      setItems([]);
+      setState('following');
+    };
     source.addEventListener('line', (e) => add(JSON.parse((e as MessageEvent).data)));
     source.addEventListener('note', (e) => add(JSON.parse((e as MessageEvent).data)));
     source.addEventListener('end', () => {
