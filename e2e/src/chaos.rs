@@ -18,7 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta},
+    api::{DeleteParams, EvictParams, ListParams, ObjectMeta},
     runtime::{WatchStreamExt, watcher},
 };
 use maestro_api::{CompositionRun, CompositionRunSpec, RunPhase, StepPhase, labels};
@@ -37,7 +37,67 @@ pub enum Fault {
     /// Someone deletes running step pods, `per_second` a second (one attempt of a step at
     /// most), for `during`.
     StepPodsDeleted { per_second: usize, during: Duration },
+    /// Running step pods are evicted through the Eviction API (as a node drain does),
+    /// `per_second` a second (one attempt of a step at most), for `during`.
+    StepPodsEvicted { per_second: usize, during: Duration },
+    /// A process of the control plane is SIGKILLed every `every`, kept down for `down`,
+    /// then started again, for `during`.
+    ControlPlaneRestarted {
+        part: ControlPlane,
+        every: Duration,
+        down: Duration,
+        during: Duration,
+    },
+    /// Each of the kinds above once, in turn, spread over `during` (the short version
+    /// `make test` runs).
+    EachOnce { during: Duration },
 }
+
+/// The control-plane processes the suite restarts (names as e2e/cluster/up.sh has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlPlane {
+    ApiServer,
+    Etcd,
+}
+
+impl ControlPlane {
+    fn process(self) -> &'static str {
+        match self {
+            Self::ApiServer => "kube-apiserver",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+/// One injection of a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Injection {
+    KillOperator,
+    RemovePods { evict: bool, count: usize },
+    Restart { part: ControlPlane, down: Duration },
+}
+
+impl Injection {
+    /// What the findings count it as.
+    fn kind(self) -> &'static str {
+        match self {
+            Self::KillOperator => "operator killed",
+            Self::RemovePods { evict: false, .. } => "pods deleted",
+            Self::RemovePods { evict: true, .. } => "pods evicted",
+            Self::Restart {
+                part: ControlPlane::ApiServer,
+                ..
+            } => "kube-apiserver restarted",
+            Self::Restart {
+                part: ControlPlane::Etcd,
+                ..
+            } => "etcd restarted",
+        }
+    }
+}
+
+/// How long a control-plane process stays down when `EachOnce` restarts it.
+const EACH_ONCE_DOWN: Duration = Duration::from_secs(3);
 
 impl Fault {
     pub fn label(self) -> String {
@@ -51,12 +111,83 @@ impl Fault {
                 "{per_second} running step pod(s) deleted a second for {} s",
                 during.as_secs()
             ),
+            Self::StepPodsEvicted { per_second, during } => format!(
+                "{per_second} running step pod(s) evicted a second for {} s",
+                during.as_secs()
+            ),
+            Self::ControlPlaneRestarted {
+                part,
+                every,
+                down,
+                during,
+            } => format!(
+                "{} SIGKILLed every {} s, down {} s, for {} s",
+                part.process(),
+                every.as_secs(),
+                down.as_secs(),
+                during.as_secs()
+            ),
+            Self::EachOnce { during } => format!(
+                "each once in {} s: operator killed, 2 pods deleted, 2 evicted, \
+                 kube-apiserver and etcd killed (down {} s each)",
+                during.as_secs(),
+                EACH_ONCE_DOWN.as_secs()
+            ),
         }
     }
 
     fn during(self) -> Duration {
         match self {
-            Self::OperatorKilled { during, .. } | Self::StepPodsDeleted { during, .. } => during,
+            Self::OperatorKilled { during, .. }
+            | Self::StepPodsDeleted { during, .. }
+            | Self::StepPodsEvicted { during, .. }
+            | Self::ControlPlaneRestarted { during, .. }
+            | Self::EachOnce { during } => during,
+        }
+    }
+
+    /// What to inject now, `elapsed` into the fault, when the last periodic injection
+    /// was `since_last` ago and `done` injections have been made.
+    fn due(self, elapsed: Duration, since_last: Duration, done: usize) -> Option<Injection> {
+        match self {
+            Self::OperatorKilled { every, .. } => {
+                (since_last >= every).then_some(Injection::KillOperator)
+            }
+            Self::StepPodsDeleted { per_second, .. } => Some(Injection::RemovePods {
+                evict: false,
+                count: per_second,
+            }),
+            Self::StepPodsEvicted { per_second, .. } => Some(Injection::RemovePods {
+                evict: true,
+                count: per_second,
+            }),
+            Self::ControlPlaneRestarted {
+                part, every, down, ..
+            } => (since_last >= every).then_some(Injection::Restart { part, down }),
+            Self::EachOnce { during } => {
+                let schedule = [
+                    Injection::KillOperator,
+                    Injection::RemovePods {
+                        evict: false,
+                        count: 2,
+                    },
+                    Injection::RemovePods {
+                        evict: true,
+                        count: 2,
+                    },
+                    Injection::Restart {
+                        part: ControlPlane::ApiServer,
+                        down: EACH_ONCE_DOWN,
+                    },
+                    Injection::Restart {
+                        part: ControlPlane::Etcd,
+                        down: EACH_ONCE_DOWN,
+                    },
+                ];
+                // The k-th at k/n of the way: runs are in flight for each.
+                let at = during.mul_f64(done as f64 / schedule.len() as f64);
+                schedule.get(done).copied().filter(|_| elapsed >= at)
+            }
         }
     }
 }
@@ -125,24 +256,41 @@ pub struct Scenario {
     pub mix: Mix,
 }
 
-/// The suite: one scenario per fault kind.
+/// The suite (`make chaos`): one scenario per fault kind.
 pub fn suite(mix: Mix, during: Duration) -> Vec<Scenario> {
-    vec![
-        Scenario {
-            fault: Fault::OperatorKilled {
-                every: Duration::from_secs(10),
-                during,
-            },
-            mix,
+    let restarted = |part| Fault::ControlPlaneRestarted {
+        part,
+        every: Duration::from_secs(30),
+        down: Duration::from_secs(5),
+        during,
+    };
+    [
+        Fault::OperatorKilled {
+            every: Duration::from_secs(10),
+            during,
         },
-        Scenario {
-            fault: Fault::StepPodsDeleted {
-                per_second: 2,
-                during,
-            },
-            mix,
+        Fault::StepPodsDeleted {
+            per_second: 2,
+            during,
         },
+        Fault::StepPodsEvicted {
+            per_second: 2,
+            during,
+        },
+        restarted(ControlPlane::ApiServer),
+        restarted(ControlPlane::Etcd),
     ]
+    .into_iter()
+    .map(|fault| Scenario { fault, mix })
+    .collect()
+}
+
+/// The short version (`make test`): one scenario with each fault kind once.
+pub fn smoke_suite(mix: Mix, during: Duration) -> Vec<Scenario> {
+    vec![Scenario {
+        fault: Fault::EachOnce { during },
+        mix,
+    }]
 }
 
 /// What a scenario found.
@@ -164,12 +312,18 @@ pub struct Findings {
     /// Pods created in all, and child runs created in all.
     pub pods_created: usize,
     pub children_created: usize,
-    /// Faults injected: operator kills, or pods deleted.
+    /// Faults injected: operator kills, pods deleted or evicted, control-plane restarts.
     pub injected: usize,
+    /// The same, by kind (`operator killed`, `pods evicted`, `etcd restarted`...).
+    pub injected_by_kind: BTreeMap<&'static str, usize>,
     /// Approval gates whose status does not show exactly one counted approval.
     pub approvals_not_once: Vec<String>,
     /// From the end of the faults until every run had ended.
     pub settle: Duration,
+    /// The operator's peak resident memory during the faults, in MiB.
+    pub peak_rss_mib: f64,
+    /// Reconciles a second once every run had ended (what a hot loop would show).
+    pub idle_reconciles_per_second: f64,
 }
 
 impl Findings {
@@ -186,13 +340,13 @@ impl Findings {
 /// The suite's table, one row per scenario.
 pub fn table(all: &[Findings]) -> String {
     let mut out = String::from(
-        "| fault | runs | injected | final phases (children included) | stuck | not as expected | pods created | duplicate pods | children created | duplicate children | approvals not once | settle |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | runs | injected | final phases (children included) | stuck | not as expected | pods created | duplicate pods | children created | duplicate children | approvals not once | settle | peak RSS | idle reconciles/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in all {
         let phases: Vec<String> = f.phases.iter().map(|(p, n)| format!("{p} {n}")).collect();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} MiB | {:.2} |\n",
             f.fault.label(),
             f.runs,
             f.injected,
@@ -205,6 +359,8 @@ pub fn table(all: &[Findings]) -> String {
             f.duplicate_children.len(),
             f.approvals_not_once.len(),
             f.settle.as_secs_f64(),
+            f.peak_rss_mib,
+            f.idle_reconciles_per_second,
         ));
     }
     out
@@ -383,52 +539,41 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
 
     // The fault, with the gates approved as they come up, during it.
     let mut approved: BTreeSet<String> = BTreeSet::new();
-    let mut deleted: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut removed: BTreeSet<(String, String)> = BTreeSet::new();
     let mut injected = 0;
+    let mut injected_by_kind = BTreeMap::new();
+    let mut fired = 0;
+    let mut peak_rss = 0;
     let fault_started = Instant::now();
-    let mut last_kill = Instant::now();
+    let mut last = Instant::now();
     while fault_started.elapsed() < scenario.fault.during() {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        peak_rss = peak_rss.max(env.operator.resident_bytes().unwrap_or(0));
         approve_waiting(&env, &runs, &gated, &mut approved).await;
-        match scenario.fault {
-            Fault::OperatorKilled { every, .. } => {
-                if last_kill.elapsed() >= every {
-                    env.operator.restart().await?;
-                    injected += 1;
-                    last_kill = Instant::now();
-                }
+        let due = scenario
+            .fault
+            .due(fault_started.elapsed(), last.elapsed(), fired);
+        let done = match due {
+            None => 0,
+            Some(Injection::KillOperator) => {
+                env.operator.restart().await?;
+                1
             }
-            Fault::StepPodsDeleted { per_second, .. } => {
-                let list = pods
-                    .list(&ListParams::default().labels(labels::RUN))
-                    .await?;
-                // Pods running for a second at least, as someone who deletes a pod finds
-                // it: the operator has seen it on its node by then. (A pod deleted before
-                // the operator ever saw it cannot be told from one its cache has not
-                // shown yet, and is created again under its name.)
-                let now = k8s_openapi::jiff::Timestamp::now();
-                let running = list.items.into_iter().filter(|p| {
-                    let status = p.status.as_ref();
-                    let ran_a_second = status
-                        .and_then(|s| s.start_time.as_ref())
-                        .is_some_and(|t| now.duration_since(t.0).as_secs_f64() >= 1.0);
-                    status.and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && ran_a_second
-                        && p.metadata.deletion_timestamp.is_none()
-                        && !deleted.contains(&step_of(p))
-                });
-                let chosen: Vec<Pod> = running.take(per_second).collect();
-                for pod in chosen {
-                    if pods
-                        .delete(&pod.name_any(), &DeleteParams::default())
-                        .await
-                        .is_ok()
-                    {
-                        injected += 1;
-                    }
-                    deleted.insert(step_of(&pod));
-                }
+            Some(Injection::RemovePods { evict, count }) => {
+                remove_running_pods(&pods, evict, count, &mut removed).await?
             }
+            Some(Injection::Restart { part, down }) => {
+                let mut process = crate::cluster::Component::running(part.process())?;
+                process.kill_and_restart(down).await?;
+                crate::cluster::wait_api_ready(&env.client, Duration::from_secs(90)).await?;
+                1
+            }
+        };
+        if let (Some(injection), true) = (due, done > 0) {
+            injected += done;
+            *injected_by_kind.entry(injection.kind()).or_default() += done;
+            fired += 1;
+            last = Instant::now();
         }
     }
     let faults_ended = Instant::now();
@@ -455,8 +600,8 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let settle = faults_ended.elapsed();
-    // Let the watches catch up before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the watches catch up before counting; meanwhile, the operator should be idle.
+    let idle_reconciles_per_second = reconcile_rate(&env, Duration::from_secs(10)).await?;
     pod_watch.abort();
     child_watch.abort();
 
@@ -508,8 +653,11 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
         pods_created,
         children_created,
         injected,
+        injected_by_kind,
         approvals_not_once,
         settle,
+        peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+        idle_reconciles_per_second,
     };
     if !findings.held() {
         eprintln!(
@@ -520,6 +668,77 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
     }
     drop(env);
     Ok(findings)
+}
+
+/// The operator's reconciles a second over `window`, from its `maestro_reconcile_total`.
+async fn reconcile_rate(env: &Env, window: Duration) -> Result<f64> {
+    let addr =
+        crate::maestro::metrics_addr_from_log(&env.operator.log).map_err(anyhow::Error::msg)?;
+    let url = format!("http://{addr}/metrics");
+    let reconciles = || async {
+        let out = tokio::process::Command::new("curl")
+            .args(["-fsS", "--max-time", "5", &url])
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "curl {url} failed");
+        Ok::<f64, anyhow::Error>(reconcile_total(&String::from_utf8_lossy(&out.stdout)))
+    };
+    let before = reconciles().await?;
+    // The runs were reconciled: a page without the counter would read as idle.
+    anyhow::ensure!(before > 0.0, "{url} shows no maestro_reconcile_total");
+    tokio::time::sleep(window).await;
+    let after = reconciles().await?;
+    Ok((after - before) / window.as_secs_f64())
+}
+
+/// The sum of `maestro_reconcile_total` over its controllers, in a Prometheus text page.
+fn reconcile_total(page: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with("maestro_reconcile_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Deletes or evicts up to `count` running step pods, one attempt of a step at most;
+/// returns how many went.
+async fn remove_running_pods(
+    pods: &Api<Pod>,
+    evict: bool,
+    count: usize,
+    removed: &mut BTreeSet<(String, String)>,
+) -> Result<usize> {
+    let list = pods
+        .list(&ListParams::default().labels(labels::RUN))
+        .await?;
+    // Pods running for a second at least, as someone who deletes a pod finds it: the
+    // operator has seen it on its node by then. (A pod deleted before the operator ever
+    // saw it cannot be told from one its cache has not shown yet, and is created again
+    // under its name.)
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let running = list.items.into_iter().filter(|p| {
+        let status = p.status.as_ref();
+        let ran_a_second = status
+            .and_then(|s| s.start_time.as_ref())
+            .is_some_and(|t| now.duration_since(t.0).as_secs_f64() >= 1.0);
+        status.and_then(|s| s.phase.as_deref()) == Some("Running")
+            && ran_a_second
+            && p.metadata.deletion_timestamp.is_none()
+            && !removed.contains(&step_of(p))
+    });
+    let chosen: Vec<Pod> = running.take(count).collect();
+    let mut done = 0;
+    for pod in chosen {
+        let name = pod.name_any();
+        let went = match evict {
+            true => pods.evict(&name, &EvictParams::default()).await.is_ok(),
+            false => pods.delete(&name, &DeleteParams::default()).await.is_ok(),
+        };
+        if went {
+            done += 1;
+        }
+        removed.insert(step_of(&pod));
+    }
+    Ok(done)
 }
 
 /// A step pod's run and step: one attempt of each step is deleted at most, so that its
@@ -558,5 +777,79 @@ async fn approve_waiting(
                 Err(e) => eprintln!("[chaos] approving {name}: {e:#} (tried again)"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_once_injects_every_kind_in_turn_then_nothing() {
+        let fault = Fault::EachOnce {
+            during: Duration::from_secs(50),
+        };
+        let at = |secs, done| fault.due(Duration::from_secs(secs), Duration::ZERO, done);
+        assert_eq!(at(1, 0), Some(Injection::KillOperator));
+        // The second waits for its tenth of the way.
+        assert_eq!(at(5, 1), None);
+        assert_eq!(
+            at(10, 1),
+            Some(Injection::RemovePods {
+                evict: false,
+                count: 2
+            })
+        );
+        assert_eq!(
+            at(20, 2),
+            Some(Injection::RemovePods {
+                evict: true,
+                count: 2
+            })
+        );
+        assert!(matches!(
+            at(30, 3),
+            Some(Injection::Restart {
+                part: ControlPlane::ApiServer,
+                ..
+            })
+        ));
+        assert!(matches!(
+            at(40, 4),
+            Some(Injection::Restart {
+                part: ControlPlane::Etcd,
+                ..
+            })
+        ));
+        assert_eq!(at(49, 5), None);
+    }
+
+    #[test]
+    fn periodic_faults_wait_for_their_period() {
+        let fault = Fault::ControlPlaneRestarted {
+            part: ControlPlane::Etcd,
+            every: Duration::from_secs(30),
+            down: Duration::from_secs(5),
+            during: Duration::from_secs(120),
+        };
+        let since = |secs| fault.due(Duration::from_secs(60), Duration::from_secs(secs), 1);
+        assert_eq!(since(29), None);
+        assert_eq!(
+            since(30),
+            Some(Injection::Restart {
+                part: ControlPlane::Etcd,
+                down: Duration::from_secs(5)
+            })
+        );
+    }
+
+    #[test]
+    fn reconciles_are_summed_over_controllers() {
+        let page = "# HELP maestro_reconcile_total Reconciles, by controller.\n\
+                    # TYPE maestro_reconcile_total counter\n\
+                    maestro_reconcile_total{controller=\"run\"} 1520\n\
+                    maestro_reconcile_total{controller=\"composition\"} 12\n\
+                    maestro_reconcile_errors_total{controller=\"run\",kind=\"kube\"} 3\n";
+        assert_eq!(reconcile_total(page), 1532.0);
     }
 }

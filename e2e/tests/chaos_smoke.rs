@@ -1,5 +1,6 @@
-//! The chaos suite's smoke mode: 50 runs through each fault kind, on the kwok fake node
-//! (`make chaos` runs 200 for longer). It asserts what users rely on after each fault, from
+//! The chaos suite's smoke mode: 50 runs on the kwok fake node while each fault kind
+//! strikes once in turn (the operator killed, step pods deleted and evicted, kube-apiserver
+//! and etcd killed and started again); `make chaos` runs 200 through each kind for longer. It asserts what users rely on after each fault, from
 //! counts the suite takes itself: every run ends, Succeeded as its composition implies; no
 //! pod name (one run, step and attempt) nor child run was ever created twice; every gate
 //! approved during the chaos counted its approval once.
@@ -10,9 +11,9 @@ use anyhow::Result;
 use maestro_e2e::chaos::{self, Mix};
 
 #[tokio::test]
-async fn runs_survive_operator_kills_and_deleted_pods_with_nothing_run_twice() -> Result<()> {
+async fn runs_survive_each_fault_kind_with_nothing_run_twice() -> Result<()> {
     let mix = Mix::smoke();
-    let scenarios = chaos::suite(mix, Duration::from_secs(30));
+    let scenarios = chaos::smoke_suite(mix, Duration::from_secs(40));
     let all = chaos::run_all(&scenarios, Duration::from_secs(240)).await?;
     println!("{}", chaos::table(&all));
     // Pods each mix needs at the least: one, ten, 1+6+1, two children and one after the
@@ -20,7 +21,20 @@ async fn runs_survive_operator_kills_and_deleted_pods_with_nothing_run_twice() -
     let least = mix.one_step + 10 * mix.sequential + 8 * mix.fan_out + 3 * mix.forks + mix.gated;
     for findings in &all {
         let fault = findings.fault.label();
-        assert!(findings.injected > 0, "{fault}: no fault was injected");
+        let kinds = [
+            "operator killed",
+            "pods deleted",
+            "pods evicted",
+            "kube-apiserver restarted",
+            "etcd restarted",
+        ];
+        for kind in kinds {
+            assert!(
+                findings.injected_by_kind.get(kind).is_some_and(|n| *n > 0),
+                "{fault}: never injected: {kind} (injected: {:?})",
+                findings.injected_by_kind
+            );
+        }
         assert!(
             findings.stuck.is_empty(),
             "{fault}: stuck {:?}",
@@ -55,6 +69,12 @@ async fn runs_survive_operator_kills_and_deleted_pods_with_nothing_run_twice() -
             findings.children_created,
             2 * mix.forks,
             "{fault}: child runs"
+        );
+        // Idle: nothing left to do but resyncs. A hot loop reconciles hundreds a second.
+        assert!(
+            findings.idle_reconciles_per_second < 5.0,
+            "{fault}: the operator still reconciles {:.1} times a second after every run ended",
+            findings.idle_reconciles_per_second
         );
     }
     Ok(())

@@ -105,14 +105,14 @@ async fn a_rerun_of_a_fork_starts_again_only_the_child_that_failed() -> Result<(
     let [unit_child, flaky_child] = source_fork.child_runs.as_slice() else {
         anyhow::bail!("two child runs: {source_fork:#?}");
     };
-    assert_eq!(source_fork.failed_runs, [flaky_child.clone()]);
+    assert_eq!(source_fork.failed_runs, std::slice::from_ref(flaky_child));
 
     let rerun = created(&env.cli(&["rerun", &first, "-p", "ready=yes"]).await?)?;
     let done = env.wait_finished(&rerun, RUN_TIMEOUT).await?;
     let rs = done.status.clone().unwrap_or_default();
     assert_eq!(rs.phase, RunPhase::Succeeded, "{rs:#?}");
     let rerun_fork = fork(&rs).context("no suites step")?;
-    assert_eq!(rerun_fork.reused_runs, [unit_child.clone()]);
+    assert_eq!(rerun_fork.reused_runs, std::slice::from_ref(unit_child));
     assert_eq!(rerun_fork.child_runs.first(), Some(unit_child));
     let new_child = rerun_fork.child_runs.get(1).context("no second child")?;
     assert_ne!(new_child, flaky_child, "the failed child runs again, anew");
@@ -126,7 +126,7 @@ async fn a_rerun_of_a_fork_starts_again_only_the_child_that_failed() -> Result<(
             .map(|r| r.name_any())
             .collect()
     };
-    assert_eq!(of("unit-suite"), [unit_child.clone()]);
+    assert_eq!(of("unit-suite"), std::slice::from_ref(unit_child));
     let mut flaky = of("flaky-suite");
     flaky.sort();
     let mut want = vec![flaky_child.clone(), new_child.clone()];
