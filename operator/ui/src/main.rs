@@ -1,0 +1,60 @@
+//! `maestro-ui`: the web UI as a server in the cluster, behind an auth proxy that passes
+//! each user's token (`X-Forwarded-Access-Token` or `Authorization: Bearer`). It calls
+//! the Kubernetes API with that token only: it drops whatever credentials its own config
+//! holds, so RBAC decides what each user sees and does. (On a workstation,
+//! `kubectl maestro ui` serves the same UI with the caller's kubeconfig.)
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use maestro_ui::{Access, Settings};
+
+#[derive(Parser, Debug)]
+#[command(name = "maestro-ui", version)]
+struct Args {
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "MAESTRO_UI_LISTEN")]
+    listen: SocketAddr,
+    /// The namespace the UI shows first.
+    #[arg(long, default_value = "default", env = "MAESTRO_UI_NAMESPACE")]
+    namespace: String,
+    /// A Host header value the server answers to (repeat it; default: any).
+    #[arg(long = "host", value_name = "HOST[:PORT]")]
+    hosts: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    // Only the cluster's address and CA are used from this config (the pod's, or
+    // KUBECONFIG's).
+    let cluster = kube::Config::infer()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot find the cluster: {error}"))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", args.listen))?;
+    println!("Maestro UI: http://{}/", listener.local_addr()?);
+    maestro_ui::serve(
+        listener,
+        Settings {
+            access: Access::bearer_token(cluster),
+            default_namespace: args.namespace,
+            allowed_hosts: args.hosts,
+        },
+    )
+    .await?;
+    Ok(())
+}
