@@ -9,7 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
+use kube::api::PostParams;
 use maestro_api::{Approval, CompositionRun, RunPhase, StepPhase};
 use maestro_e2e::maestro::{Env, repo_root, workspace_bin};
 use serde_json::Value;
@@ -175,8 +178,22 @@ impl UiServer {
 /// Runs a browser test script with `name=value` arguments; returns the JSON line it
 /// printed last.
 async fn browser(script: &str, args: &[(&str, &str)]) -> Result<Value> {
+    browser_with_token(script, args, None).await
+}
+
+/// [`browser`], with a bearer token for the script in its environment (never on its
+/// command line).
+async fn browser_with_token(
+    script: &str,
+    args: &[(&str, &str)],
+    token: Option<&str>,
+) -> Result<Value> {
     let dir = browser_tests()?;
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, browser_command(&dir, script, args).output())
+    let mut command = browser_command(&dir, script, args);
+    if let Some(token) = token {
+        command.env("MAESTRO_UI_TOKEN", token);
+    }
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
         .await
         .with_context(|| format!("browser test {script} hung"))??;
     result_of(script, &out.status, &out.stdout, &out.stderr)
@@ -403,5 +420,107 @@ async fn the_runs_list_shows_new_runs_and_their_phases_without_a_reload() -> Res
     let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
     let hello_run = runs.get(&hello).await?;
     assert_eq!(hello_run.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    Ok(())
+}
+
+/// A ServiceAccount that may see runs (the ui-viewer Role of [`USERS`]) but not approve.
+const READER: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ui-reader}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ui-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ui-viewer}
+subjects:
+- {kind: ServiceAccount, name: ui-reader}
+"#;
+
+/// The in-cluster server (`maestro-ui`, started here with the test's admin kubeconfig,
+/// whose credentials it must drop) acts with each request's own token only: none is
+/// refused; a reader's token shows the reader's name and gets the API's refusal to
+/// approve, though the server's kubeconfig could have approved.
+#[tokio::test]
+async fn the_in_cluster_server_acts_with_each_requests_own_token_only() -> Result<()> {
+    let env = Env::new("ui-token").await?;
+    env.apply_example_ready("approval/release-gate.yaml")
+        .await?;
+    env.apply_yaml(USERS).await?;
+    env.apply_yaml(READER).await?;
+    let ns = env.ns.name.clone();
+    let reader = format!("system:serviceaccount:{ns}:ui-reader");
+    maestro_e2e::wait_until_allowed(
+        &env.client,
+        &reader,
+        "watch",
+        "maestro.dev",
+        "compositionruns",
+        &ns,
+    )
+    .await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let token = accounts
+        .create_token_request("ui-reader", &PostParams::default(), &request)
+        .await?
+        .status
+        .context("the TokenRequest has no status")?
+        .token;
+    let run = env.start_run("release-gate", &[]).await?;
+    env.wait_phase(&run, &[RunPhase::WaitingApproval], TIMEOUT)
+        .await?;
+
+    let mut server = Command::new(workspace_bin("maestro-ui")?)
+        .args(["--listen", "127.0.0.1:0", "--namespace", &ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting maestro-ui")?;
+    let mut lines = BufReader::new(server.stdout.take().context("no stdout")?).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("maestro-ui printed no URL")??
+        .context("maestro-ui exited before printing its URL")?;
+    let url = first
+        .strip_prefix("Maestro UI: ")
+        .with_context(|| format!("unexpected first line {first:?}"))?
+        .trim_end_matches('/')
+        .to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let shot = screenshot("in-cluster-token")?;
+    let seen = browser_with_token(
+        "approve.mjs",
+        &[
+            ("url", &url),
+            ("namespace", &ns),
+            ("run", &run),
+            ("step", "sign-off"),
+            ("comment", "as the reader"),
+            ("expect", "refused"),
+            ("screenshot", &shot),
+        ],
+        Some(&token),
+    )
+    .await?;
+    assert_eq!(seen["withoutToken"], 401, "{seen}");
+    assert_eq!(seen["user"], reader.as_str(), "{seen}");
+    let error = seen["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            r#"User "{reader}" cannot create resource "approvals""#
+        )),
+        "{seen}"
+    );
+    let approvals: Api<Approval> = Api::namespaced(env.client.clone(), &ns);
+    assert!(approvals.list(&Default::default()).await?.items.is_empty());
     Ok(())
 }
