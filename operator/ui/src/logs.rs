@@ -290,6 +290,10 @@ impl RunLog {
         let mut ended_since: Option<Instant> = None;
         let mut failures = 0u32;
         loop {
+            // Nobody reads any more (the page was closed): stop polling for them.
+            if self.sender.is_closed() {
+                return Err(Closed);
+            }
             // The run before its pods: if it has ended, every pod it had is in the list.
             let (run, pods) = match self.runs.get_opt(&self.name).await {
                 Ok(Some(run)) => match self.list_pods().await {
@@ -407,7 +411,13 @@ impl RunLog {
                     let mut line = Vec::new();
                     loop {
                         line.clear();
-                        match stream.read_until(b'\n', &mut line).await {
+                        // A quiet step may print nothing for hours: notice a closed
+                        // page without waiting for its next line.
+                        let read = tokio::select! {
+                            read = stream.read_until(b'\n', &mut line) => read,
+                            () = self.sender.closed() => return Err(Closed),
+                        };
+                        match read {
                             Ok(0) | Err(_) => break,
                             Ok(_) => {}
                         }
