@@ -147,8 +147,12 @@ struct UiServer {
 
 impl UiServer {
     async fn start(env: &Env, as_user: Option<&str>) -> Result<Self> {
+        Self::start_in(&env.ns.name, as_user).await
+    }
+
+    async fn start_in(namespace: &str, as_user: Option<&str>) -> Result<Self> {
         let mut command = Command::new(workspace_bin("kubectl-maestro")?);
-        command.args(["ui", "--port", "0", "--no-open", "-n", &env.ns.name]);
+        command.args(["ui", "--port", "0", "--no-open", "-n", namespace]);
         if let Some(user) = as_user {
             command.args(["--as", user]);
         }
@@ -522,5 +526,114 @@ async fn the_in_cluster_server_acts_with_each_requests_own_token_only() -> Resul
     );
     let approvals: Api<Approval> = Api::namespaced(env.client.clone(), &ns);
     assert!(approvals.list(&Default::default()).await?.items.is_empty());
+    Ok(())
+}
+
+/// How many runs and steps the benchmark draws.
+const BENCH_RUNS: usize = 5000;
+const BENCH_STEPS: usize = 64;
+
+/// A benchmark, not a test (it prints figures; `make test` skips it): the runs list's
+/// first render with 5,000 runs and a run page with a 64-step graph, in the browser,
+/// each from navigation to drawn. No operator runs in its namespace, so the runs stay
+/// as created; one run gets a 64-step status written directly.
+#[tokio::test]
+#[ignore = "a benchmark: cargo test -p maestro-e2e --test ui -- --ignored --nocapture"]
+async fn benchmark_the_runs_list_with_5000_runs_and_a_64_step_run() -> Result<()> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    use kube::api::{Patch, PatchParams};
+
+    let client = maestro_e2e::client().await?;
+    maestro_e2e::maestro::install_crds(&client).await?;
+    let ns = maestro_e2e::TestNamespace::create(&client, "ui-bench").await?;
+    // Eight layers of eight steps, each after two steps of the layer before.
+    let steps: Vec<Value> = (0..BENCH_STEPS)
+        .map(|i| {
+            let mut step = serde_json::json!({
+                "name": format!("s{i:02}"),
+                "task": "shell",
+                "with": {"script": "true"},
+            });
+            if i >= 8 {
+                step["dependsOn"] =
+                    serde_json::json!([format!("s{:02}", i - 8), format!("s{:02}", (i - 8) ^ 1)]);
+            } else {
+                step["dependsOn"] = serde_json::json!([]);
+            }
+            step
+        })
+        .collect();
+    let composition = serde_json::json!({
+        "apiVersion": "maestro.dev/v1alpha1",
+        "kind": "Composition",
+        "metadata": {"name": "wide"},
+        "spec": {"steps": steps},
+    });
+    maestro_e2e::maestro::apply_yaml(&client, &ns.name, &serde_yaml::to_string(&composition)?)
+        .await?;
+    let runs: Api<CompositionRun> = Api::namespaced(client.clone(), &ns.name);
+    futures::stream::iter(0..BENCH_RUNS)
+        .map(|i| {
+            let runs = runs.clone();
+            async move {
+                let run: CompositionRun = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "maestro.dev/v1alpha1",
+                    "kind": "CompositionRun",
+                    "metadata": {"name": format!("wide-{i:04}")},
+                    "spec": {"composition": "wide"},
+                }))?;
+                runs.create(&PostParams::default(), &run).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let phases = ["Succeeded", "Running", "Pending", "Failed"];
+    let step_statuses: Vec<Value> = (0..BENCH_STEPS)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("s{i:02}"),
+                "phase": phases[(i / 16) % phases.len()],
+                "attempts": 1,
+                "startTime": "2026-01-01T10:00:00Z",
+            })
+        })
+        .collect();
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "compositionSpec": composition["spec"],
+        "steps": step_statuses,
+    }});
+    runs.patch_status("wide-0000", &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+
+    let server = UiServer::start_in(&ns.name, None).await?;
+    let shot = screenshot("bench")?;
+    let runs_text = BENCH_RUNS.to_string();
+    let steps_text = BENCH_STEPS.to_string();
+    let seen = browser(
+        "ui-bench.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &ns.name),
+            ("run", "wide-0000"),
+            ("runs", &runs_text),
+            ("steps", &steps_text),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    println!("ui benchmark ({BENCH_RUNS} runs, a {BENCH_STEPS}-step run), three tries each:");
+    println!(
+        "  runs list, navigation to first rows drawn (ms): {}",
+        seen["listMs"]
+    );
+    println!("  rows drawn at once: {}", seen["rowsDrawn"]);
+    println!(
+        "  run page, navigation to the {BENCH_STEPS}-node graph drawn (ms): {}",
+        seen["graphMs"]
+    );
+    assert_eq!(seen["rowsDrawn"], 200, "{seen}");
     Ok(())
 }
