@@ -275,6 +275,8 @@ pub struct Operator {
     namespace: String,
     /// Flags added to the harness's own (kept for a restart).
     extra_args: Vec<String>,
+    /// What its log is named after: the namespace, or the namespace and a replica name.
+    log_name: String,
     pub log: PathBuf,
 }
 
@@ -286,8 +288,22 @@ impl Operator {
     /// Starts the operator with `extra_args` after the harness's flags; a
     /// `--webhook-addr` there replaces the harness's own.
     pub async fn start_with(namespace: &str, extra_args: &[String]) -> Result<Self> {
+        Self::start_logged(namespace, extra_args, namespace).await
+    }
+
+    /// One more replica of a namespace's operator, with a log of its own: replicas elect
+    /// their leader (identities differ by process id) unless `--leader-elect=false`.
+    pub async fn start_replica(
+        namespace: &str,
+        extra_args: &[String],
+        replica: &str,
+    ) -> Result<Self> {
+        Self::start_logged(namespace, extra_args, &format!("{namespace}-{replica}")).await
+    }
+
+    async fn start_logged(namespace: &str, extra_args: &[String], log_name: &str) -> Result<Self> {
         let bin = workspace_bin("maestro-operator")?;
-        let log = std::env::temp_dir().join(format!("maestro-operator-{namespace}.log"));
+        let log = std::env::temp_dir().join(format!("maestro-operator-{log_name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -327,6 +343,7 @@ impl Operator {
             child,
             namespace: namespace.into(),
             extra_args: extra_args.to_vec(),
+            log_name: log_name.into(),
             log,
         })
     }
@@ -340,11 +357,10 @@ impl Operator {
     /// Starts the operator again after a kill.
     pub async fn restart(&mut self) -> Result<()> {
         let _ = self.child.kill().await;
-        *self = Self::start_with(&self.namespace.clone(), &self.extra_args.clone()).await?;
+        *self = Self::start_logged(&self.namespace, &self.extra_args, &self.log_name).await?;
         Ok(())
     }
 
-    /// The operator's log so far, for failure messages.
     /// The operator's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -363,6 +379,7 @@ impl Operator {
         Ok(kib * 1024)
     }
 
+    /// The operator's log so far, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
