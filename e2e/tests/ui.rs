@@ -637,3 +637,50 @@ async fn benchmark_the_runs_list_with_5000_runs_and_a_64_step_run() -> Result<()
     assert_eq!(seen["rowsDrawn"], 200, "{seen}");
     Ok(())
 }
+
+/// How many lines the log benchmark's step prints.
+const BENCH_LINES: usize = 20_000;
+
+/// A benchmark, not a test (it prints figures; `make test` skips it): a run's aggregated
+/// log of 20,000 lines streamed into the page, from navigation to every line drawn.
+#[tokio::test]
+#[ignore = "a benchmark: cargo test -p maestro-e2e --test ui -- --ignored --nocapture"]
+async fn benchmark_log_lines_streamed_to_the_page() -> Result<()> {
+    let env = Env::new("ui-log-bench").await?;
+    let composition = format!(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {{name: chatty}}
+spec:
+  steps:
+    - name: chatter
+      task: shell
+      with:
+        script: seq -f "line %g of a chatty build step" 1 {BENCH_LINES}
+"#
+    );
+    let names = env.apply_yaml(&composition).await?;
+    env.wait_compositions_ready(&names).await?;
+    let run = env.start_run("chatty", &[]).await?;
+    let ended = env.wait_finished(&run, TIMEOUT).await?;
+    assert_eq!(ended.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    let server = UiServer::start(&env, None).await?;
+    let shot = screenshot("log-bench")?;
+    let lines = BENCH_LINES.to_string();
+    let seen = browser(
+        "ui-log-bench.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &env.ns.name),
+            ("run", &run),
+            ("lines", &lines),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    println!("ui log benchmark ({BENCH_LINES} lines of one step), three tries:");
+    println!("  navigation to every line drawn (ms): {}", seen["logMs"]);
+    println!("  lines per second: {}", seen["linesPerSecond"]);
+    Ok(())
+}
