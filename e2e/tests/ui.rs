@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use maestro_api::{Approval, CompositionRun, RunPhase, StepPhase};
 use maestro_e2e::maestro::{Env, repo_root, workspace_bin};
 use serde_json::Value;
@@ -237,7 +237,7 @@ fn screenshot(name: &str) -> Result<String> {
 }
 
 #[tokio::test]
-async fn the_run_page_shows_the_graph_with_phases_and_streams_the_log_while_a_step_runs()
+async fn the_run_page_shows_the_graph_with_phases_and_streams_the_log_while_a_step_runs_and_says_when_a_pod_is_gone()
 -> Result<()> {
     let env = Env::new("ui-run").await?;
     let names = env.apply_yaml(TICKER).await?;
@@ -275,6 +275,50 @@ async fn the_run_page_shows_the_graph_with_phases_and_streams_the_log_while_a_st
     assert_eq!(filtered, ["build"], "the log filtered to build: {seen}");
     let ended = env.wait_finished(&run, TIMEOUT).await?;
     assert_eq!(ended.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+
+    // Once a step's pod is gone, so is its log: the page says so, and shows the rest.
+    let build_pod = env
+        .step_pods(&run)
+        .await?
+        .into_iter()
+        .find(|(step, _, _)| step == "build")
+        .map(|(_, _, pod)| pod)
+        .context("no build pod")?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    pods.delete(&build_pod, &DeleteParams::default().grace_period(0))
+        .await?;
+    maestro_e2e::wait_for(&format!("pod {build_pod} to be gone"), TIMEOUT, || async {
+        match pods.get_opt(&build_pod).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err("still there".to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await?;
+    let shot = screenshot("log-pod-gone")?;
+    let seen = browser(
+        "log-gone.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &env.ns.name),
+            ("run", &run),
+            ("step", "build"),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    let notes = seen["notes"].to_string();
+    assert!(
+        notes.contains(&format!(
+            "step build: pod {build_pod} is gone, and its log with it"
+        )),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["steps"],
+        serde_json::json!(["ticker", "report"]),
+        "{seen}"
+    );
     Ok(())
 }
 
