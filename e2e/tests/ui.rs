@@ -468,6 +468,47 @@ async fn the_runs_list_shows_new_runs_and_their_phases_without_a_reload() -> Res
     let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
     let hello_run = runs.get(&hello).await?;
     assert_eq!(hello_run.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    let user = seen["user"].as_str().unwrap_or_default();
+    assert_eq!(
+        seen["said"],
+        format!("{gated}/sign-off approved by {user}"),
+        "{seen}"
+    );
+    let approved = env.wait_finished(&gated, TIMEOUT).await?;
+    let gate = approved
+        .status
+        .iter()
+        .flat_map(|s| &s.steps)
+        .find(|s| s.name == "sign-off")
+        .cloned()
+        .context("no sign-off step")?;
+    assert_eq!(gate.approved_by.as_deref(), Some(user), "{gate:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cancel_button_cancels_a_running_run() -> Result<()> {
+    let env = Env::new("ui-cancel").await?;
+    env.apply_example_ready("cancel/long-job.yaml").await?;
+    let run = env.start_run("long-job", &[]).await?;
+    let server = UiServer::start(&env, None).await?;
+    let shot = screenshot("cancel")?;
+    let seen = browser(
+        "cancel.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &env.ns.name),
+            ("run", &run),
+            ("step", "soak"),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    assert_eq!(seen["said"], format!("{run}: cancel requested"), "{seen}");
+    assert_eq!(seen["phase"], "Cancelled", "{seen}");
+    let ended = env.wait_finished(&run, TIMEOUT).await?;
+    assert!(ended.spec.cancel);
+    assert_eq!(ended.status.map(|s| s.phase), Some(RunPhase::Cancelled));
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 // The runs list, opened before the runs exist: the runs the Rust side starts appear and
 // change phase without a reload, and the one waiting for approval stands out with an
-// approve button.
+// approve button, which approves it.
 import { args, nextLine, withPage } from './browser.mjs';
 
 const { url, screenshot } = args();
@@ -18,5 +18,10 @@ await withPage(screenshot, async (page) => {
   const button = await row(waiting).locator('button.approve').innerText();
   const marker = await page.evaluate(() => window.maestroTestMarker);
   const rows = await page.locator('table.runs tbody tr').count();
-  return { marker, button, rows };
+  // Approved from the list, the run goes on there too.
+  await row(waiting).locator('button.approve').click();
+  const said = await row(waiting).locator('.said').innerText();
+  await page.locator(`table.runs tr[data-run="${waiting}"][data-phase="Succeeded"]`).waitFor();
+  const user = await page.locator('#user').innerText();
+  return { marker, button, rows, said, user };
 });
