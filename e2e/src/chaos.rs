@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::{
     bench::{self, Kwok},
-    maestro::{Env, Operator},
+    maestro::{Env, Launch, Operator},
 };
 
 /// The operator's leader Lease (in the namespace it watches, as the harness starts it).
@@ -52,6 +52,13 @@ pub enum Fault {
         part: ControlPlane,
         every: Duration,
         down: Duration,
+        during: Duration,
+    },
+    /// The operator's packets dropped (an iptables rule on its user id) for `cut`, every
+    /// `every`, for `during`: it is cut off from the API server.
+    ApiCut {
+        every: Duration,
+        cut: Duration,
         during: Duration,
     },
     /// Each of the kinds above once, in turn, spread over `during` (the short version
@@ -81,6 +88,7 @@ enum Injection {
     KillOperator,
     KillLeader,
     RemovePods { evict: bool, count: usize },
+    CutOff { cut: Duration },
     Restart { part: ControlPlane, down: Duration },
 }
 
@@ -92,6 +100,7 @@ impl Injection {
             Self::KillLeader => "leader killed",
             Self::RemovePods { evict: false, .. } => "pods deleted",
             Self::RemovePods { evict: true, .. } => "pods evicted",
+            Self::CutOff { .. } => "operator cut off",
             Self::Restart {
                 part: ControlPlane::ApiServer,
                 ..
@@ -106,6 +115,10 @@ impl Injection {
 
 /// How long a control-plane process stays down when `EachOnce` restarts it.
 const EACH_ONCE_DOWN: Duration = Duration::from_secs(3);
+/// How long `EachOnce` cuts the operator off.
+const EACH_ONCE_CUT: Duration = Duration::from_secs(10);
+/// The user id the operator runs as where its traffic is cut (nobody else has it).
+const OPERATOR_UID: u32 = 64_321;
 
 impl Fault {
     pub fn label(self) -> String {
@@ -140,11 +153,19 @@ impl Fault {
                 down.as_secs(),
                 during.as_secs()
             ),
+            Self::ApiCut { every, cut, during } => format!(
+                "operator cut off from the API server for {} s every {} s, for {} s",
+                cut.as_secs(),
+                every.as_secs(),
+                during.as_secs()
+            ),
             Self::EachOnce { during } => format!(
                 "each once in {} s: 2 pods deleted, 2 evicted, kube-apiserver and etcd \
-                 killed (down {} s each), the leader of 2 replicas killed",
+                 killed (down {} s each), the operators cut off {} s, the leader of 2 \
+                 replicas killed",
                 during.as_secs(),
-                EACH_ONCE_DOWN.as_secs()
+                EACH_ONCE_DOWN.as_secs(),
+                EACH_ONCE_CUT.as_secs()
             ),
         }
     }
@@ -156,6 +177,7 @@ impl Fault {
             | Self::StepPodsDeleted { during, .. }
             | Self::StepPodsEvicted { during, .. }
             | Self::ControlPlaneRestarted { during, .. }
+            | Self::ApiCut { during, .. }
             | Self::EachOnce { during } => during,
         }
     }
@@ -181,6 +203,9 @@ impl Fault {
             Self::ControlPlaneRestarted {
                 part, every, down, ..
             } => (since_last >= every).then_some(Injection::Restart { part, down }),
+            Self::ApiCut { every, cut, .. } => {
+                (since_last >= every).then_some(Injection::CutOff { cut })
+            }
             Self::EachOnce { during } => {
                 // The leader last: a leader killed between a pod's create and the status
                 // that names it, whose pod someone deletes before the next leader has seen
@@ -202,6 +227,7 @@ impl Fault {
                         part: ControlPlane::Etcd,
                         down: EACH_ONCE_DOWN,
                     },
+                    Injection::CutOff { cut: EACH_ONCE_CUT },
                     Injection::KillLeader,
                 ];
                 // The k-th at k/n of the way: runs are in flight for each.
@@ -303,6 +329,11 @@ pub fn suite(mix: Mix, during: Duration) -> Vec<Scenario> {
         },
         restarted(ControlPlane::ApiServer),
         restarted(ControlPlane::Etcd),
+        Fault::ApiCut {
+            every: Duration::from_secs(45),
+            cut: Duration::from_secs(30),
+            during,
+        },
     ]
     .into_iter()
     .map(|fault| Scenario { fault, mix })
@@ -521,8 +552,28 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
         flags.push("--leader-elect=false".to_string());
     }
     let mut env = Env::with_options(&format!("chaos-{i}"), "restricted", &flags).await?;
+    // Where the operator is cut off, it runs as a user of its own, whose packets a rule
+    // can drop; the harness started it as root: start it again.
+    let cut = matches!(
+        scenario.fault,
+        Fault::ApiCut { .. } | Fault::EachOnce { .. }
+    );
+    let user = cut.then_some(OPERATOR_UID);
+    if cut {
+        let launch = Launch {
+            replica: None,
+            user,
+        };
+        env.operator = Operator::start_launched(&env.ns.name, &flags, launch).await?;
+    }
     let mut follower = match elected {
-        true => Some(Operator::start_replica(&env.ns.name, &flags, "b").await?),
+        true => {
+            let launch = Launch {
+                replica: Some("b".into()),
+                user,
+            };
+            Some(Operator::start_launched(&env.ns.name, &flags, launch).await?)
+        }
         false => None,
     };
     let ns = env.ns.name.clone();
@@ -590,6 +641,10 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                 1
             }
             Some(Injection::KillLeader) => kill_leader(&mut env, &mut follower).await?,
+            Some(Injection::CutOff { cut }) => {
+                cut_off(OPERATOR_UID, cut).await?;
+                1
+            }
             Some(Injection::RemovePods { evict, count }) => {
                 remove_running_pods(&pods, evict, count, &mut removed).await?
             }
@@ -600,6 +655,11 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
                 1
             }
         };
+        // A replica that lost its Lease exits; a Deployment would start it again.
+        env.operator.restart_if_exited().await?;
+        if let Some(b) = follower.as_mut() {
+            b.restart_if_exited().await?;
+        }
         if let (Some(injection), true) = (due, done > 0) {
             injected += done;
             *injected_by_kind.entry(injection.kind()).or_default() += done;
@@ -707,6 +767,38 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
     drop(follower);
     drop(env);
     Ok(findings)
+}
+
+/// Drops every TCP packet `uid` sends (the operator's user, so the API server hears
+/// nothing from it) for `cut`. The rule goes when the guard does, also on an error.
+async fn cut_off(uid: u32, cut: Duration) -> Result<()> {
+    /// The rule, present while this lives.
+    struct Rule(Vec<String>);
+    fn iptables(op: &str, spec: &[String]) -> std::io::Result<std::process::ExitStatus> {
+        std::process::Command::new("iptables")
+            .arg(op)
+            .args(spec)
+            .status()
+    }
+    impl Drop for Rule {
+        fn drop(&mut self) {
+            if let Err(e) = iptables("-D", &self.0) {
+                eprintln!("[chaos] removing the iptables rule {:?}: {e}", self.0);
+            }
+        }
+    }
+    let spec: Vec<String> = ["OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([uid.to_string(), "-j".into(), "DROP".into()])
+        .collect();
+    if !iptables("-I", &spec)?.success() {
+        bail!("iptables -I {} failed", spec.join(" "));
+    }
+    let rule = Rule(spec);
+    tokio::time::sleep(cut).await;
+    drop(rule);
+    Ok(())
 }
 
 /// SIGKILLs whichever replica holds the Lease and starts it again (it comes back as a
@@ -868,7 +960,7 @@ mod tests {
                 count: 2
             })
         );
-        // The second waits for its fifth of the way.
+        // The second waits for its sixth of the way.
         assert_eq!(at(5, 1), None);
         assert_eq!(
             at(10, 1),
@@ -891,8 +983,9 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(at(40, 4), Some(Injection::KillLeader));
-        assert_eq!(at(49, 5), None);
+        assert_eq!(at(40, 4), Some(Injection::CutOff { cut: EACH_ONCE_CUT }));
+        assert_eq!(at(49, 5), Some(Injection::KillLeader));
+        assert_eq!(at(49, 6), None);
     }
 
     #[test]

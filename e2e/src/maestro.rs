@@ -275,9 +275,20 @@ pub struct Operator {
     namespace: String,
     /// Flags added to the harness's own (kept for a restart).
     extra_args: Vec<String>,
-    /// What its log is named after: the namespace, or the namespace and a replica name.
-    log_name: String,
+    /// How it was started (kept for a restart).
+    launch: Launch,
     pub log: PathBuf,
+}
+
+/// How the harness starts an operator process, beyond its flags.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// A replica's name: its log is then its own (the namespace's otherwise).
+    pub replica: Option<String>,
+    /// A user id to run as instead of the harness's root, so that a test can single its
+    /// traffic out (`iptables -m owner --uid-owner`). The binary and the kubeconfig are
+    /// copied where that user can read them.
+    pub user: Option<u32>,
 }
 
 impl Operator {
@@ -288,7 +299,7 @@ impl Operator {
     /// Starts the operator with `extra_args` after the harness's flags; a
     /// `--webhook-addr` there replaces the harness's own.
     pub async fn start_with(namespace: &str, extra_args: &[String]) -> Result<Self> {
-        Self::start_logged(namespace, extra_args, namespace).await
+        Self::start_launched(namespace, extra_args, Launch::default()).await
     }
 
     /// One more replica of a namespace's operator, with a log of its own: replicas elect
@@ -298,17 +309,33 @@ impl Operator {
         extra_args: &[String],
         replica: &str,
     ) -> Result<Self> {
-        Self::start_logged(namespace, extra_args, &format!("{namespace}-{replica}")).await
+        let launch = Launch {
+            replica: Some(replica.into()),
+            user: None,
+        };
+        Self::start_launched(namespace, extra_args, launch).await
     }
 
-    async fn start_logged(namespace: &str, extra_args: &[String], log_name: &str) -> Result<Self> {
-        let bin = workspace_bin("maestro-operator")?;
+    /// Starts the operator as `launch` says.
+    pub async fn start_launched(
+        namespace: &str,
+        extra_args: &[String],
+        launch: Launch,
+    ) -> Result<Self> {
+        let log_name = match &launch.replica {
+            Some(replica) => format!("{namespace}-{replica}"),
+            None => namespace.to_string(),
+        };
         let log = std::env::temp_dir().join(format!("maestro-operator-{log_name}.log"));
+        let mut command = match launch.user {
+            None => tokio::process::Command::new(workspace_bin("maestro-operator")?),
+            Some(uid) => as_user(uid)?,
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = tokio::process::Command::new(bin)
+        let child = command
             .args([
                 "--namespace",
                 namespace,
@@ -343,7 +370,7 @@ impl Operator {
             child,
             namespace: namespace.into(),
             extra_args: extra_args.to_vec(),
-            log_name: log_name.into(),
+            launch,
             log,
         })
     }
@@ -357,8 +384,19 @@ impl Operator {
     /// Starts the operator again after a kill.
     pub async fn restart(&mut self) -> Result<()> {
         let _ = self.child.kill().await;
-        *self = Self::start_logged(&self.namespace, &self.extra_args, &self.log_name).await?;
+        *self =
+            Self::start_launched(&self.namespace, &self.extra_args, self.launch.clone()).await?;
         Ok(())
+    }
+
+    /// Starts the operator again when it has exited by itself (as a Deployment would: an
+    /// operator that loses its Lease exits). True when it did.
+    pub async fn restart_if_exited(&mut self) -> Result<bool> {
+        if self.child.try_wait()?.is_none() {
+            return Ok(false);
+        }
+        self.restart().await?;
+        Ok(true)
     }
 
     /// The operator's process id, while it runs.
@@ -385,6 +423,34 @@ impl Operator {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
+}
+
+/// A command that runs a copy of the operator binary as `uid`, with a copy of the
+/// cluster's kubeconfig that only that user can read.
+fn as_user(uid: u32) -> Result<tokio::process::Command> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("maestro-operator-user-{uid}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let bin = dir.join("maestro-operator");
+    // A fresh copy each start: a restart after a rebuild runs the new binary.
+    let _ = std::fs::remove_file(&bin);
+    std::fs::copy(workspace_bin("maestro-operator")?, &bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let source = std::env::var_os("KUBECONFIG").context("KUBECONFIG is not set")?;
+    let kubeconfig = dir.join("kubeconfig");
+    let _ = std::fs::remove_file(&kubeconfig);
+    std::fs::copy(&source, &kubeconfig)?;
+    std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o600))?;
+    std::os::unix::fs::chown(&kubeconfig, Some(uid), Some(uid))?;
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .uid(uid)
+        .gid(uid)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", &dir)
+        .current_dir(&dir);
+    Ok(command)
 }
 
 /// Removes ANSI escape sequences (the operator's log is colored).

@@ -1,6 +1,7 @@
 //! The chaos suite's smoke mode: 50 runs on the kwok fake node while each fault kind
-//! strikes once in turn (the leader of two operator replicas killed, step pods deleted and
-//! evicted, kube-apiserver and etcd killed and started again); `make chaos` runs 200 through each kind for longer. It asserts what users rely on after each fault, from
+//! strikes once in turn (step pods deleted and evicted, kube-apiserver and etcd killed and
+//! started again, the operators cut off from the API server, the leader of two replicas
+//! killed); `make chaos` runs 200 through each kind for longer. It asserts what users rely on after each fault, from
 //! counts the suite takes itself: every run ends, Succeeded as its composition implies; no
 //! pod name (one run, step and attempt) nor child run was ever created twice; every gate
 //! approved during the chaos counted its approval once.
@@ -27,6 +28,7 @@ async fn runs_survive_each_fault_kind_with_nothing_run_twice() -> Result<()> {
             "pods evicted",
             "kube-apiserver restarted",
             "etcd restarted",
+            "operator cut off",
         ];
         for kind in kinds {
             assert!(
