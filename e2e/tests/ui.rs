@@ -487,7 +487,7 @@ async fn the_runs_list_shows_new_runs_and_their_phases_without_a_reload() -> Res
 }
 
 #[tokio::test]
-async fn the_cancel_button_cancels_a_running_run() -> Result<()> {
+async fn the_cancel_button_cancels_a_running_run_and_run_again_starts_a_new_one() -> Result<()> {
     let env = Env::new("ui-cancel").await?;
     env.apply_example_ready("cancel/long-job.yaml").await?;
     let run = env.start_run("long-job", &[]).await?;
@@ -509,6 +509,21 @@ async fn the_cancel_button_cancels_a_running_run() -> Result<()> {
     let ended = env.wait_finished(&run, TIMEOUT).await?;
     assert!(ended.spec.cancel);
     assert_eq!(ended.status.map(|s| s.phase), Some(RunPhase::Cancelled));
+
+    // Run again: a new run of the composition with the same params, started by the
+    // page's user.
+    let again = seen["again"].as_str().context("no new run")?;
+    assert_ne!(again, run);
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let again = runs.get(again).await?;
+    assert_eq!(again.spec.composition, "long-job");
+    assert_eq!(again.spec.params, ended.spec.params);
+    assert!(!again.spec.cancel);
+    assert_eq!(
+        again.spec.started_by.as_deref(),
+        seen["user"].as_str(),
+        "{seen}"
+    );
     Ok(())
 }
 

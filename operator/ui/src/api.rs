@@ -210,6 +210,41 @@ pub async fn cancel(
     ))
 }
 
+/// Starts a new run of the run's composition with the same params (and priority), as
+/// the request's user, who is recorded as its starter.
+pub async fn run_again(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Answer {
+    let client = app.access.client_for(&headers)?;
+    let run = get_run(client.clone(), &namespace, &name).await?;
+    let caller = ask_who(&client).await?;
+    let mut again = CompositionRun::new(
+        "",
+        maestro_api::CompositionRunSpec {
+            composition: run.spec.composition.clone(),
+            params: run.spec.params.clone(),
+            cancel: false,
+            priority: run.spec.priority,
+            started_by: Some(caller.username),
+            rerun_of: None,
+        },
+    );
+    again.metadata.name = None;
+    again.metadata.generate_name = Some(format!("{}-", run.spec.composition));
+    let runs: Api<CompositionRun> = Api::namespaced(client, &namespace);
+    let created = runs
+        .create(&PostParams::default(), &again)
+        .await
+        .map_err(|error| ApiError::kube(error, "starting the run"))?;
+    let started = created.name_any();
+    Ok(Json(json!({
+        "run": started,
+        "message": format!("{started} started with the params of {name}"),
+    })))
+}
+
 /// The approval gate of `step`, from the composition snapshot the run follows.
 fn gate_of(run: &CompositionRun, step: &str) -> Option<ApprovalGate> {
     let snapshot = run.status.as_ref()?.composition_spec.clone()?;

@@ -162,6 +162,10 @@ export function decide(namespace: string, run: string, step: string, decision: '
   return post<{ message: string; by: string }>(`${runPath(namespace, run)}/decide`, { step, decision, comment });
 }
 
+export function runAgain(namespace: string, run: string) {
+  return post<{ run: string; message: string }>(`${runPath(namespace, run)}/again`, {});
+}
+
 export function cancel(namespace: string, run: string) {
   return post<{ message: string }>(`${runPath(namespace, run)}/cancel`, {});
 }

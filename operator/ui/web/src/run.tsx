@@ -1,7 +1,7 @@
 // One run: its graph, steps, approvals, outputs, context, ledger, cleanup and log, live.
 import { useEffect, useState } from 'preact/hooks';
 import type { Run as RunObject, StepStatus } from './api';
-import { cancel, decide, follow, runPath, since } from './api';
+import { cancel, decide, follow, runAgain, runPath, since } from './api';
 import { Graph } from './graph';
 import { Log } from './log';
 
@@ -46,8 +46,8 @@ export function Run(props: { namespace: string; name: string; now: number }) {
         {Object.keys(run.spec.params ?? {}).length > 0 && <><dt>Params</dt><dd>{Object.entries(run.spec.params ?? {}).map(([k, v]) => <code>{k}={v} </code>)}</dd></>}
       </dl>
       {invalid && <p class="error">{invalid.message}</p>}
-      <Actions run={run} phase={phase} />
-      {steps.filter((s) => s.phase === 'WaitingApproval').map((s) => <Gate key={s.name} namespace={props.namespace} run={props.name} step={s} />)}
+      <Actions key={props.name} run={run} phase={phase} />
+      {steps.filter((s) => s.phase === 'WaitingApproval').map((s) => <Gate key={`${props.name}/${s.name}`} namespace={props.namespace} run={props.name} step={s} />)}
       <div class="graph-box"><Graph steps={specSteps} status={steps} namespace={props.namespace} now={props.now} /></div>
       <Steps steps={steps} namespace={props.namespace} now={props.now} />
       <Context run={run} />
@@ -58,15 +58,21 @@ export function Run(props: { namespace: string; name: string; now: number }) {
 
 function Actions(props: { run: RunObject; phase: string }) {
   const [said, setSaid] = useState<{ ok: boolean; text: string } | null>(null);
-  if (ENDED.includes(props.phase)) return null;
+  const { namespace, name } = props.run.metadata;
   const requested = props.run.spec.cancel;
+  const fail = (e: Error) => setSaid({ ok: false, text: e.message });
   return (
     <div class="actions">
-      <button type="button" id="cancel" disabled={requested} onClick={() =>
-        cancel(props.run.metadata.namespace, props.run.metadata.name).then(
-          (a) => setSaid({ ok: true, text: a.message }),
-          (e: Error) => setSaid({ ok: false, text: e.message }),
-        )}>{requested ? 'cancel requested' : 'Cancel run'}</button>
+      {!ENDED.includes(props.phase) && (
+        <button type="button" id="cancel" disabled={requested} onClick={() =>
+          cancel(namespace, name).then((a) => setSaid({ ok: true, text: a.message }), fail)
+        }>{requested ? 'cancel requested' : 'Cancel run'}</button>
+      )}
+      <button type="button" id="run-again" title="a new run of this composition with these params" onClick={() =>
+        runAgain(namespace, name).then((a) => {
+          location.hash = `#/runs/${namespace}/${a.run}`;
+        }, fail)
+      }>Run again with these params</button>
       {said && <span class={said.ok ? 'said' : 'error'}>{said.text}</span>}
     </div>
   );
