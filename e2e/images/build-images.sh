@@ -15,6 +15,8 @@
 #      MAESTRO_AGENT_IMAGE, MAESTRO_OPERATOR_IMAGE, MAESTRO_PAUSE_IMAGE  image names
 #      MAESTRO_CACHE  cache root (default $HOME/.cache/maestro)
 #      DEBIAN_MIRROR  (default http://deb.debian.org/debian)
+#      MAESTRO_EXTRA_CA_DIR  CA certificates (*.crt) this machine trusts beyond Debian's, added
+#                   to every base (default /usr/local/share/ca-certificates)
 #
 # The images are defined by agent-image/Containerfile, operator/controller/Containerfile,
 # e2e/images/pause/Containerfile and examples/plugins/NAME/Containerfile (built from its
@@ -36,6 +38,7 @@ agent_image="${MAESTRO_AGENT_IMAGE:-localhost/maestro/agent:dev}"
 operator_image="${MAESTRO_OPERATOR_IMAGE:-localhost/maestro/operator:dev}"
 pause_image="${MAESTRO_PAUSE_IMAGE:-localhost/maestro/pause:3.10}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+extra_ca_dir="${MAESTRO_EXTRA_CA_DIR:-/usr/local/share/ca-certificates}"
 oci=(python3 "$here/oci_archive.py")
 # IMAGE=FOLDER (from the repository root) of the images of real tools, built like plugins.
 tool_images=(
@@ -81,6 +84,15 @@ build_base_layer() {
   suite=${spec%% *}
   pkgs=${spec#"$suite"}; pkgs=${pkgs# }
   key=$(printf '%s\n' "recipe-1" "$suite" "$mirror" "$pkgs" | sha256sum | cut -c1-16)
+  # The machine's own trust anchors (a TLS-intercepting egress proxy's CA) go into the base
+  # too, or step pods could not reach what this machine reaches (Maven Central); the key
+  # changes with them, and stays as it was on a machine without any.
+  local extra_cas=() ca_sum=""
+  for ca in "$extra_ca_dir"/*.crt; do [ -f "$ca" ] && extra_cas+=("$ca"); done
+  if [ ${#extra_cas[@]} -gt 0 ]; then
+    ca_sum=$(cat "${extra_cas[@]}" | sha256sum | cut -c1-16)
+    key=$(printf '%s\n' "$key" "extra-ca-$ca_sum" | sha256sum | cut -c1-16)
+  fi
   dir="$cache/base-$suite-$key"
   BASE_LAYER="$dir/layer.tar"
   if [ -f "$BASE_LAYER" ]; then
@@ -101,6 +113,16 @@ build_base_layer() {
     tail -n 30 "$work/debootstrap.log" >&2
     [ -f "$work/rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$work/rootfs/debootstrap/debootstrap.log" >&2
     die "debootstrap failed"
+  fi
+  if [ ${#extra_cas[@]} -gt 0 ] && [ -x "$work/rootfs/usr/sbin/update-ca-certificates" ]; then
+    mkdir -p "$work/rootfs/usr/local/share/ca-certificates"
+    cp "${extra_cas[@]}" "$work/rootfs/usr/local/share/ca-certificates/"
+    # Its hooks rebuild the JDK's trust store too (ca-certificates-java runs java).
+    mount -t proc proc "$work/rootfs/proc"
+    chroot "$work/rootfs" update-ca-certificates >"$work/update-ca.log" 2>&1 || {
+      umount "$work/rootfs/proc"; cat "$work/update-ca.log" >&2; die "update-ca-certificates failed"; }
+    umount "$work/rootfs/proc"
+    log "base $suite: added ${#extra_cas[@]} CA certificates of this machine ($extra_ca_dir)"
   fi
   trim_rootfs "$work/rootfs"
   "${oci[@]}" tar-rootfs "$work/rootfs" "$work/layer.tar"
