@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: installs Maestro with its Helm chart, then runs the seed's delivery cycle, examples/acceptance-tests, against a local world:
-# the war and the tests' git repository from an HTTP server on this machine, EC2 from
-# moto. It follows the run's aggregated log, approves the sign-off gate through the CLI
+# the war and the tests' git repository (a Maven project) from an HTTP server on this
+# machine, EC2 from moto, and a Tomcat in the demo's namespace (examples/acceptance-tests/
+# tomcat.yaml) standing in for the instance's; the tests run with the maven task.
+# It follows the run's aggregated log, approves the sign-off gate through the CLI
 # when the run waits for it, and shows that no instance is left running.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,11 +44,11 @@ for _ in $(seq 1 60); do
 done
 echo "  leader: ${leader:-none yet}"
 for _ in $(seq 1 60); do
-  [ "$(kubectl get tasks -n maestro-system -l maestro.dev/library=standard -o name 2>/dev/null | wc -l)" -ge 7 ] && break; sleep 1
+  [ "$(kubectl get tasks -n maestro-system -l maestro.dev/library=standard -o name 2>/dev/null | wc -l)" -ge 9 ] && break; sleep 1
 done
 kubectl get deployment,tasks -n maestro-system
 
-log "starting the outside world on $node_ip: an HTTP server (Maven repository, deploy endpoint, git, webhook) and moto (EC2)"
+log "starting the outside world on $node_ip: an HTTP server (Maven repository, git, webhook) and moto (EC2)"
 world="$state/demo-world"
 rm -rf "$world"; mkdir -p "$world"
 bash "$here/servers/make-world.sh" "$world"
@@ -59,16 +61,25 @@ sink="http://$node_ip:$(cat "$world/.port")"
 if [ -f "$state/demo-moto.url" ]; then bash "$here/moto/moto.sh" stop "$(cat "$state/demo-moto.url")" >/dev/null 2>&1 || true; fi
 moto=$(MOTO_HOST="$node_ip" bash "$here/moto/moto.sh" start | tail -n1)
 echo "$moto" > "$state/demo-moto.url"
-echo "  artifacts, deploys, git and webhook: $sink"
+echo "  artifacts, git and webhook: $sink"
 echo "  EC2 API (moto):                      $moto"
 
 for _ in $(seq 1 60); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 1; done
 kubectl -n "$ns" create secret generic aws-credentials --from-literal=AWS_ACCESS_KEY_ID=demo \
   --from-literal=AWS_SECRET_ACCESS_KEY=demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# The Tomcat's deploy user: a password of this demo's own, by reference only.
+if ! kubectl -n "$ns" get secret tomcat-manager >/dev/null 2>&1; then
+  kubectl -n "$ns" create secret generic tomcat-manager --from-literal=TOMCAT_MANAGER_USER=deployer \
+    --from-literal=TOMCAT_MANAGER_PASSWORD="$(openssl rand -hex 16)" >/dev/null
+fi
 kubectl apply -n "$ns" -f "$top/examples/acceptance-tests/"
 kubectl wait -n "$ns" --for=condition=Ready composition/acceptance-tests composition/notify-qa --timeout=60s >/dev/null
+log "waiting for the Tomcat (Debian's tomcat10, standing in for the EC2 instance's)"
+kubectl rollout status -n "$ns" deployment/tomcat --timeout=180s
+tomcat="http://$(kubectl get svc tomcat -n "$ns" -o jsonpath='{.spec.clusterIP}'):8080"
+echo "  Tomcat (the instance moto records maps to this Service): $tomcat"
 
-run=$(kubectl maestro run acceptance-tests -n "$ns" -p version=1.4.2 -p artifactRepo="$sink" -p deployUrl="$sink" \
+run=$(kubectl maestro run acceptance-tests -n "$ns" -p version=1.4.2 -p artifactRepo="$sink" -p tomcatUrl="$tomcat" \
   -p testsRepo="$sink/qa/acceptance.git" -p awsEndpoint="$moto" -p notifyUrl="$sink/notify" \
   | sed -n 's#^compositionrun/\([^ ]*\) created#\1#p')
 [ -n "$run" ] || { log "could not start a run"; exit 1; }

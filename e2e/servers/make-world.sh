@@ -1,42 +1,71 @@
 #!/usr/bin/env bash
 # Makes the outside world of the acceptance-tests example in DIR, for the demo and the
-# e2e tests: a release in a Maven layout (com/acme/app/1.4.2/app-1.4.2.war) and the
-# acceptance tests as a git repository served over HTTP (qa/acceptance.git) with a
-# `main` branch that passes, a `failing` branch that does not, and an `until-fixed` branch
-# that passes once DIR/fixed exists.
+# e2e tests: a release in a Maven layout (com/acme/app/1.4.2/app-1.4.2.war, a tiny real
+# webapp built from e2e/servers/world/app with Maven) and the acceptance tests, a Maven
+# project of JUnit 5 tests (e2e/servers/world/acceptance), as a git repository served over
+# HTTP (qa/acceptance.git) with a `main` branch that passes, a `failing` branch whose
+# loginPageAnswers test fails, and an `until-fixed` branch whose environmentIsFixed test
+# passes once the Tomcat serves /fixed/ (the rerun test deploys it there).
 #   make-world.sh DIR
+#
+# The war is built once with the host's Maven (Maven Central's downloads cached under
+# $MAESTRO_CACHE/m2-v1) and cached by its sources under $MAESTRO_CACHE/world-v1.
 set -euo pipefail
 dir=${1:?usage: make-world.sh DIR}
-mkdir -p "$dir/com/acme/app/1.4.2" "$dir/qa"
-# A deterministic 256 KiB "war".
-python3 -c 'import sys; sys.stdout.buffer.write(bytes((i * 31) % 251 for i in range(256 * 1024)))' \
-  > "$dir/com/acme/app/1.4.2/app-1.4.2.war"
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${MAESTRO_CACHE:-$HOME/.cache/maestro}
+mkdir -p "$dir/com/acme/app/1.4.2" "$dir/qa" "$cache/world-v1"
+
+key=$(cd "$here/world/app" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+war="$cache/world-v1/app-1.4.2-$key.war"
+if [ ! -f "$war" ]; then
+  command -v mvn >/dev/null || { echo "make-world: mvn is missing: apt-get install -y maven" >&2; exit 1; }
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  cp -r "$here/world/app/." "$build/"
+  echo "make-world: building the war with Maven (downloads cached in $cache/m2-v1)" >&2
+  (cd "$build" && mvn -B -ntp -q -Dmaven.repo.local="$cache/m2-v1/repository" package) >&2
+  cp "$build/target/app-1.4.2.war" "$war.tmp" && mv "$war.tmp" "$war"
+fi
+cp "$war" "$dir/com/acme/app/1.4.2/app-1.4.2.war"
 
 work="$dir/work-tests"
 rm -rf "$work" "$dir/qa/acceptance.git"
 mkdir -p "$work"
+cp -r "$here/world/acceptance/." "$work/"
 git -C "$work" init -q -b main
 git -C "$work" config user.email qa@example.com
 git -C "$work" config user.name QA
-cat > "$work/run-tests.sh" <<'SH'
-#!/bin/sh
-# Acceptance tests: a stand-in for `mvn verify` (no Maven image can be pulled here).
-set -u
-url="$1"
-echo "Running acceptance tests against $url"
-curl -fsS -o /tmp/deployed.war "$url" || { echo "Tests run: 1, Failures: 1 (the app does not answer)"; exit 1; }
-cmp -s /tmp/deployed.war app.war || { echo "Tests run: 2, Failures: 1 (the deployed war differs)"; exit 1; }
-echo "Tests run: 2, Failures: 0"
-SH
 git -C "$work" add .
 git -C "$work" commit -q -m "acceptance tests"
+tests="$work/src/test/java/com/acme/qa/AppTest.java"
+# add_test FILE: appends the test method of FILE to AppTest (before its last brace).
+add_test() {
+  python3 - "$tests" "$1" <<'PY'
+import sys
+path, method = sys.argv[1], sys.argv[2]
+text = open(path).read().rstrip()
+assert text.endswith("}")
+open(path, "w").write(text[:-1] + method + "}\n")
+PY
+}
 git -C "$work" checkout -q -b failing
-sed -i 's/^echo "Tests run: 2, Failures: 0"$/echo "Tests run: 2, Failures: 1 (login page returns 500)"; exit 1/' "$work/run-tests.sh"
+add_test '
+    @Test
+    void loginPageAnswers() throws Exception {
+        assertEquals(200, get(app("/login")).statusCode());
+    }
+'
 git -C "$work" commit -q -am "a failing test"
-# `until-fixed`: fails until the environment is fixed, which the rerun test does by serving
-# a file `fixed` beside the deploy endpoint (a flaky environment, not a broken release).
+# `until-fixed`: fails until the environment is fixed, which the rerun test does by
+# deploying an app at /fixed on the same Tomcat (a flaky environment, not a broken release).
 git -C "$work" checkout -q -b until-fixed main
-sed -i 's|^echo "Tests run: 2, Failures: 0"$|curl -fsS -o /dev/null "${url%/deploy/*}/fixed" \|\| { echo "Tests run: 2, Failures: 1 (the environment is not fixed yet)"; exit 1; }\necho "Tests run: 2, Failures: 0"|' "$work/run-tests.sh"
+add_test '
+    @Test
+    void environmentIsFixed() throws Exception {
+        assertEquals(200, get(app("").resolve("/fixed/")).statusCode());
+    }
+'
 git -C "$work" commit -q -am "tests that pass once the environment is fixed"
 git -C "$work" checkout -q main
 git clone -q --bare "$work" "$dir/qa/acceptance.git"

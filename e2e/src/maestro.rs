@@ -184,6 +184,14 @@ fn resource_of(kind: &str) -> Result<(ApiResource, bool)> {
             ApiResource::from_gvk_with_plural(&gvk("", "v1"), "resourcequotas"),
             true,
         ),
+        "Service" => (
+            ApiResource::from_gvk_with_plural(&gvk("", "v1"), "services"),
+            true,
+        ),
+        "Deployment" => (
+            ApiResource::from_gvk_with_plural(&gvk("apps", "v1"), "deployments"),
+            true,
+        ),
         other => bail!("the e2e harness does not apply kind {other}"),
     })
 }

@@ -1,18 +1,22 @@
-//! The seed's seven-step delivery cycle end to end on the local cluster: the war from a
-//! local HTTP server, an instance from moto (a real EC2 API endpoint), the deploy as an
-//! HTTP call, the tests from a git repository served over HTTP, run with the container
-//! task, an approval, the deprovision. Also: failing tests (onFailure notifies QA, the
-//! instance is still terminated) and a run deleted in the middle (the finalizer
-//! terminates its instance).
+//! The seed's seven-step delivery cycle end to end on the local cluster, with its real
+//! tools: the war from a local HTTP server in a Maven-repository layout, an instance from
+//! moto (a real EC2 API endpoint), the deploy to a Tomcat (Debian's tomcat10, a Deployment
+//! and Service in the test namespace standing in for the instance) through its manager,
+//! the tests from a git repository served over HTTP, run with Maven (JUnit 5 tests that call
+//! the deployed app), an approval, the deprovision. Also: failing tests (the step names the
+//! failed test, onFailure notifies QA, the instance is still terminated), a run deleted in
+//! the middle (the finalizer terminates its instance), a rerun from the failed step, and a
+//! second run on an Agent slot whose Maven repository is warm.
 
 use std::{path::Path, time::Duration};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
 };
-use maestro_api::{CompositionRun, RunPhase, StepPhase};
+use maestro_api::{CompositionRun, RunPhase, StepPhase, StepStatus};
 use maestro_e2e::{
     maestro::Env,
     wait_for,
@@ -20,7 +24,12 @@ use maestro_e2e::{
 };
 use serde_json::json;
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+/// Maven's first run in a fresh workspace downloads its plugins and JUnit from Maven
+/// Central; a cycle takes a minute or two.
+const RUN_TIMEOUT: Duration = Duration::from_secs(360);
+const TOMCAT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The manager's answer to a good deploy, which the deploy step's log shows.
+const DEPLOYED: &str = "OK - Deployed application at context path [/app]";
 
 /// The release and the tests' git repository, made by e2e/servers/make-world.sh (the
 /// demo uses the same script); returns the war's bytes.
@@ -42,6 +51,10 @@ struct World {
     moto: Moto,
     _dir: TempDir,
     war: Vec<u8>,
+    /// The Tomcat Service's base URL, http://<cluster IP>:8080.
+    tomcat: String,
+    /// The deploy user's password, for the rerun test's own deploy.
+    tomcat_password: String,
 }
 
 async fn world(prefix: &str) -> anyhow::Result<World> {
@@ -56,16 +69,56 @@ async fn world(prefix: &str) -> anyhow::Result<World> {
         "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     }))?;
     secrets.create(&PostParams::default(), &secret).await?;
+    // A password of this test's own: the Tomcat image holds none.
+    let tomcat_password = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let manager: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tomcat-manager"},
+        "stringData": {"TOMCAT_MANAGER_USER": "deployer", "TOMCAT_MANAGER_PASSWORD": tomcat_password}
+    }))?;
+    secrets.create(&PostParams::default(), &manager).await?;
+    env.apply_example("acceptance-tests/tomcat.yaml").await?;
     env.apply_example("acceptance-tests/composition.yaml")
         .await?;
     env.apply_example("acceptance-tests/notify-qa.yaml").await?;
+    let tomcat = tomcat_ready(&env).await?;
     Ok(World {
         env,
         sink,
         moto,
         _dir: dir,
         war,
+        tomcat,
+        tomcat_password,
     })
+}
+
+/// Waits for the Tomcat Deployment to be ready and returns its Service's URL.
+async fn tomcat_ready(env: &Env) -> anyhow::Result<String> {
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns.name);
+    wait_for("the Tomcat to be ready", TOMCAT_TIMEOUT, || async {
+        let d = deployments.get("tomcat").await.map_err(|e| e.to_string())?;
+        let status = d.status.unwrap_or_default();
+        match status.ready_replicas {
+            Some(n) if n >= 1 => Ok(()),
+            _ => Err(format!("status: {:?}", status.conditions)),
+        }
+    })
+    .await?;
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let ip = services
+        .get("tomcat")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap_or_default();
+    anyhow::ensure!(!ip.is_empty(), "the tomcat Service has no cluster IP");
+    Ok(format!("http://{ip}:8080"))
 }
 
 impl World {
@@ -78,7 +131,7 @@ impl World {
                 "acceptance-tests",
                 &[
                     ("artifactRepo", url.as_str()),
-                    ("deployUrl", url.as_str()),
+                    ("tomcatUrl", self.tomcat.as_str()),
                     ("testsRepo", repo.as_str()),
                     ("testsRef", tests_ref),
                     ("awsEndpoint", self.moto.url.as_str()),
@@ -87,6 +140,31 @@ impl World {
             )
             .await
     }
+
+    /// What the Tomcat answers at `path` (curl from this machine, through the Service).
+    async fn tomcat_get(&self, path: &str) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-m", "20", &format!("{}{path}", self.tomcat)])
+            .output()
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The run's step pods' log (kubectl maestro logs).
+    async fn log(&self, run: &str) -> anyhow::Result<String> {
+        self.env.cli(&["logs", run]).await
+    }
+}
+
+fn step<'a>(run: &'a CompositionRun, name: &str) -> Option<&'a StepStatus> {
+    run.status.as_ref()?.steps.iter().find(|s| s.name == name)
+}
+
+/// Seconds from a step's start to its end.
+fn step_seconds(run: &CompositionRun, name: &str) -> Option<i64> {
+    let s = step(run, name)?;
+    let (start, end) = (s.start_time.as_ref()?, s.finish_time.as_ref()?);
+    Some(end.0.as_second() - start.0.as_second())
 }
 
 fn step_phase(run: &CompositionRun, step: &str) -> Option<StepPhase> {
@@ -125,15 +203,33 @@ async fn acceptance_cycle_succeeds_and_leaves_no_instance() -> anyhow::Result<()
         live[0].starts_with(ledger.first().copied().unwrap_or("none")),
         "ledger {ledger:?}, moto {live:?}"
     );
-    let deploys: Vec<_> = w
-        .sink
-        .records()
-        .await?
-        .into_iter()
-        .filter(|r| r["method"] == "PUT")
-        .collect();
-    assert_eq!(deploys.len(), 1, "deploys: {deploys:?}");
-    assert_eq!(deploys[0]["size"], json!(w.war.len()));
+    // The war the run fetched is what Tomcat serves at /app, and Maven's tests passed.
+    let deploy = step(&waiting, "deploy")
+        .map(|s| s.outputs.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        deploy.get("answer").map(String::as_str),
+        Some(DEPLOYED),
+        "{deploy:?}"
+    );
+    assert_eq!(deploy.get("url"), Some(&format!("{}/app", w.tomcat)));
+    let fetched = step(&waiting, "fetch-war")
+        .map(|s| s.outputs.clone())
+        .unwrap_or_default();
+    assert_eq!(fetched.get("bytes"), Some(&w.war.len().to_string()));
+    let page = w.tomcat_get("/app/").await?;
+    assert_eq!(page.trim(), "Hello from app 1.4.2 at /app");
+    let tests = step(&waiting, "run-tests")
+        .map(|s| s.outputs.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            tests.get("testsRun").map(String::as_str),
+            tests.get("failures").map(String::as_str)
+        ),
+        (Some("2"), Some("0")),
+        "run-tests outputs {tests:?}"
+    );
     let checkout = status
         .steps
         .iter()
@@ -161,10 +257,22 @@ async fn acceptance_cycle_succeeds_and_leaves_no_instance() -> anyhow::Result<()
         "moto still runs an instance"
     );
 
-    let log = w.env.cli(&["logs", &name]).await?;
+    let log = w.log(&name).await?;
+    // What a user reads in `kubectl maestro logs`: Tomcat's answer and Maven's summary.
+    for line in log
+        .lines()
+        .filter(|l| l.contains(DEPLOYED) || l.contains("Tests run:") || l.contains("maven: mvn"))
+    {
+        println!("acceptance: {line}");
+    }
     assert!(
         log.lines()
             .any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 2, Failures: 0")),
+        "log:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[deploy") && l.contains(DEPLOYED)),
         "log:\n{log}"
     );
     Ok(())
@@ -178,6 +286,23 @@ async fn failing_tests_notify_qa_and_still_terminate_the_instance() -> anyhow::R
     let status = done.status.clone().unwrap_or_default();
     assert_eq!(status.phase, RunPhase::Failed, "status: {status:#?}");
     assert_eq!(step_phase(&done, "run-tests"), Some(StepPhase::Failed));
+    let message = step(&done, "run-tests")
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains(
+            "1 of 3 tests failed: AppTest.loginPageAnswers (expected: <200> but was: <404>)"
+        ),
+        "run-tests message: {message}"
+    );
+    let tests = step(&done, "run-tests")
+        .map(|s| s.outputs.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        tests.get("failures").map(String::as_str),
+        Some("1"),
+        "{tests:?}"
+    );
     assert_eq!(step_phase(&done, "deprovision"), Some(StepPhase::Skipped));
     // The cleanup, not the skipped deprovision step, terminated the instance.
     assert_eq!(
@@ -208,7 +333,9 @@ async fn failing_tests_notify_qa_and_still_terminate_the_instance() -> anyhow::R
         .find(|r| r["method"] == "POST" && r["path"] == "/notify");
     let text = note.and_then(|r| r["body"].as_str()).unwrap_or_default();
     assert!(
-        text.contains(&name) && text.contains("run-tests"),
+        text.contains(&name)
+            && text.contains("run-tests")
+            && text.contains("AppTest.loginPageAnswers"),
         "notification: {text:?}"
     );
     Ok(())
@@ -288,8 +415,8 @@ async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instanc
         "ledger {instance:?}, moto {live:?}"
     );
 
-    // The environment is fixed; rerun from the failed step.
-    std::fs::write(w.sink.root.join("fixed"), "yes\n")?;
+    // The environment is fixed (the Tomcat serves /fixed/ now); rerun from the failed step.
+    w.deploy_fixed().await?;
     let said = w.env.cli(&["rerun", &name]).await?;
     let rerun = said
         .split_whitespace()
@@ -342,15 +469,7 @@ async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instanc
         source.cleanup.as_ref().map(|c| c.phase),
         Some(StepPhase::Skipped)
     );
-    // The war was deployed once, by the source.
-    let deploys = w
-        .sink
-        .records()
-        .await?
-        .into_iter()
-        .filter(|r| r["method"] == "PUT")
-        .count();
-    assert_eq!(deploys, 1);
+    assert_eq!(step_phase(&waiting, "deploy"), Some(StepPhase::Succeeded));
 
     // An approval is never reused: the rerun's gate asks again.
     w.env.cli(&["approve", &rerun, "sign-off"]).await?;
@@ -363,11 +482,89 @@ async fn a_rerun_runs_only_the_failed_tests_and_what_follows_on_the_same_instanc
         w.moto.live_instances().await?.is_empty(),
         "moto still runs an instance"
     );
-    let log = w.env.cli(&["logs", &rerun]).await?;
+    let log = w.log(&rerun).await?;
     assert!(
         log.lines()
-            .any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 2, Failures: 0")),
+            .any(|l| l.starts_with("[run-tests") && l.contains("Tests run: 3, Failures: 0")),
         "log:\n{log}"
+    );
+    Ok(())
+}
+
+impl World {
+    /// Deploys the war at /fixed through the manager, as an operator fixing the
+    /// environment would; the manager deploys before it answers.
+    async fn deploy_fixed(&self) -> anyhow::Result<()> {
+        let war = self._dir.0.join("com/acme/app/1.4.2/app-1.4.2.war");
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-m", "60", "-T"])
+            .arg(&war)
+            .args(["-u", &format!("deployer:{}", self.tomcat_password)])
+            .arg(format!(
+                "{}/manager/text/deploy?path=/fixed&update=true",
+                self.tomcat
+            ))
+            .output()
+            .await?;
+        let answer = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(answer.starts_with("OK"), "deploying /fixed: {answer}");
+        Ok(())
+    }
+}
+
+/// The warm cache: on an Agent slot (examples/agents/pool.yaml), the workspace is the
+/// slot's cache volume, and the maven task's local repository is in it. The second run of
+/// the composition goes to the same slot and finds every plugin and JUnit already there.
+/// Both Maven step times are printed; how much faster is measured, not asserted.
+#[tokio::test]
+async fn a_second_run_on_a_warm_slot_builds_from_the_cached_maven_repository() -> anyhow::Result<()>
+{
+    let w = world("accept-warm").await?;
+    w.env.apply_example("agents/pool.yaml").await?;
+    let mut seconds = Vec::new();
+    let mut hits = Vec::new();
+    for round in ["cold", "warm"] {
+        let name = w.start("main").await?;
+        let waiting = w
+            .env
+            .wait_phase(
+                &name,
+                &[RunPhase::WaitingApproval, RunPhase::Failed],
+                RUN_TIMEOUT,
+            )
+            .await?;
+        let status = waiting.status.clone().unwrap_or_default();
+        assert_eq!(
+            status.phase,
+            RunPhase::WaitingApproval,
+            "{round} run: {status:#?}"
+        );
+        w.env.cli(&["approve", &name, "sign-off"]).await?;
+        let done = w.env.wait_finished(&name, RUN_TIMEOUT).await?;
+        let status = done.status.clone().unwrap_or_default();
+        assert_eq!(
+            status.phase,
+            RunPhase::Succeeded,
+            "{round} run: {status:#?}"
+        );
+        let agent = status.agent.clone().unwrap_or_default();
+        hits.push((agent.slot, agent.cache_hit));
+        let took = step_seconds(&done, "run-tests").unwrap_or(-1);
+        println!(
+            "acceptance: the {round} run's Maven step (run-tests) took {took} s (slot {})",
+            agent.slot
+        );
+        seconds.push(took);
+    }
+    assert!(!hits[0].1, "the first run finds a cold slot: {hits:?}");
+    assert_eq!(
+        hits[1],
+        (hits[0].0, true),
+        "the second run takes the warm slot: {hits:?}"
+    );
+    println!(
+        "acceptance: Maven step cold {} s, warm {} s",
+        seconds[0], seconds[1]
     );
     Ok(())
 }

@@ -51,14 +51,16 @@ const CRDS: [&str; 5] = [
     "compositions.maestro.dev",
     "tasks.maestro.dev",
 ];
-const LIBRARY: [&str; 7] = [
+const LIBRARY: [&str; 9] = [
     "container",
     "ec2-deprovision",
     "ec2-provision",
     "git",
     "http",
+    "maven",
     "notify",
     "shell",
+    "tomcat-deploy",
 ];
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
