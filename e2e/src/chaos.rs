@@ -772,30 +772,18 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
 /// Drops every TCP packet `uid` sends (the operator's user, so the API server hears
 /// nothing from it) for `cut`. The rule goes when the guard does, also on an error.
 async fn cut_off(uid: u32, cut: Duration) -> Result<()> {
-    /// The rule, present while this lives.
-    struct Rule(Vec<String>);
-    fn iptables(op: &str, spec: &[String]) -> std::io::Result<std::process::ExitStatus> {
-        std::process::Command::new("iptables")
-            .arg(op)
-            .args(spec)
-            .status()
-    }
-    impl Drop for Rule {
-        fn drop(&mut self) {
-            if let Err(e) = iptables("-D", &self.0) {
-                eprintln!("[chaos] removing the iptables rule {:?}: {e}", self.0);
-            }
-        }
-    }
-    let spec: Vec<String> = ["OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([uid.to_string(), "-j".into(), "DROP".into()])
-        .collect();
-    if !iptables("-I", &spec)?.success() {
-        bail!("iptables -I {} failed", spec.join(" "));
-    }
-    let rule = Rule(spec);
+    let uid = uid.to_string();
+    let rule = crate::cluster::IptablesRule::insert(&[
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "owner",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "DROP",
+    ])?;
     tokio::time::sleep(cut).await;
     drop(rule);
     Ok(())

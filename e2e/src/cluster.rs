@@ -105,6 +105,37 @@ impl Component {
     }
 }
 
+/// An iptables rule of this machine's, present while this lives: the chaos suite adds
+/// one to cut traffic, and its guard removes it, also when the test fails on the way.
+pub struct IptablesRule(Vec<String>);
+
+impl IptablesRule {
+    /// Inserts the rule (`iptables -I SPEC...`, e.g. `OUTPUT -p tcp ... -j DROP`).
+    pub fn insert(spec: &[&str]) -> Result<Self> {
+        let spec: Vec<String> = spec.iter().map(|s| s.to_string()).collect();
+        if !iptables("-I", &spec)?.success() {
+            bail!("iptables -I {} failed", spec.join(" "));
+        }
+        Ok(Self(spec))
+    }
+}
+
+impl Drop for IptablesRule {
+    fn drop(&mut self) {
+        match iptables("-D", &self.0) {
+            Ok(done) if done.success() => {}
+            other => eprintln!("[chaos] removing iptables rule {:?}: {other:?}", self.0),
+        }
+    }
+}
+
+fn iptables(op: &str, spec: &[String]) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("iptables")
+        .arg(op)
+        .args(spec)
+        .status()
+}
+
 /// Waits until the API server answers `/readyz` (which checks etcd too).
 pub async fn wait_api_ready(client: &Client, timeout: Duration) -> Result<()> {
     let until = Instant::now() + timeout;

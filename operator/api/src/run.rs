@@ -349,6 +349,10 @@ pub struct CleanupStatus {
     /// While the cleanup is held for a rerun (phase Pending): until when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_until: Option<Time>,
+    /// After a failed attempt: when the next one starts (the cloud API may be down for a
+    /// while; each wait is twice the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
 }
 
 /// A run's ledger as it was handed to a rerun.

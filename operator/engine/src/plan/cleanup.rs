@@ -7,14 +7,20 @@ use maestro_api::{
     BuiltinTask, CleanupPolicy, CleanupStatus, RunPhase, Step, StepPhase, TaskSpec, labels,
 };
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use super::{
     Outcome, Planner,
     conditions::{normal, set_condition, warning},
+    durations::add,
     inputs::resolve_inputs,
 };
 
 /// How often the cleanup of leftovers is tried before it is reported failed.
-const CLEANUP_ATTEMPTS: u32 = 3;
+const CLEANUP_ATTEMPTS: u32 = 5;
+/// The wait after the first failed cleanup attempt; each next wait is twice the last
+/// (5, 10, 20, 40 s: a cloud API down for a minute does not leave the resources behind).
+const CLEANUP_FIRST_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Planner<'_> {
     /// Removes what the ledger still holds, per the composition's cleanup policy, through
@@ -123,6 +129,7 @@ impl Planner<'_> {
                         attempts: attempt,
                         message: Some(message),
                         held_until: None,
+                        next_attempt_time: None,
                     });
                     self.plan.events.push(event);
                     return true;
@@ -134,7 +141,31 @@ impl Planner<'_> {
                     .or(pod.message.clone())
                     .unwrap_or_else(|| format!("{left} resource(s) remain"));
                 if attempt < CLEANUP_ATTEMPTS {
-                    self.create_cleanup_pod(attempt + 1);
+                    let now = self.input.now;
+                    match state.as_ref().and_then(|c| c.next_attempt_time.as_ref()) {
+                        Some(at) if now >= at.0 => self.create_cleanup_pod(attempt + 1),
+                        Some(at) => self.requeue_at(at.0),
+                        None => {
+                            let wait = CLEANUP_FIRST_BACKOFF * 2u32.pow(attempt - 1);
+                            let at = add(now, wait);
+                            let message = format!(
+                                "cleanup attempt {attempt} failed: {why}; attempt {} at {at}; \
+                                 left: {}",
+                                attempt + 1,
+                                self.ledger_ids()
+                            );
+                            self.plan.status.cleanup = Some(CleanupStatus {
+                                phase: StepPhase::Running,
+                                pod_name: Some(name),
+                                attempts: attempt,
+                                message: Some(message.clone()),
+                                held_until: None,
+                                next_attempt_time: Some(Time(at)),
+                            });
+                            self.plan.events.push(warning("CleanupRetrying", message));
+                            self.requeue_at(at);
+                        }
+                    }
                 } else {
                     let message = format!(
                         "cleanup failed after {attempt} attempts: {why}; left: {}",
@@ -146,6 +177,7 @@ impl Planner<'_> {
                         attempts: attempt,
                         message: Some(message.clone()),
                         held_until: None,
+                        next_attempt_time: None,
                     });
                     self.plan.events.push(warning("CleanupFailed", message));
                     return true;
@@ -231,6 +263,7 @@ impl Planner<'_> {
             attempts: attempt,
             message: Some(format!("deprovisioning {}", self.ledger_ids())),
             held_until: None,
+            next_attempt_time: None,
         });
     }
 

@@ -1,0 +1,118 @@
+//! The chaos suite's cloud fault, on the real node with real containers: the EC2 API
+//! (a moto server on this machine) becomes unreachable just as a failed run's cleanup
+//! starts removing its instance. The cleanup must try again, with a growing wait, and
+//! remove the instance once the API answers; the run ends with nothing left in moto and
+//! the failed attempt on record.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, api::PostParams};
+use maestro_api::{CompositionRun, RunPhase, StepPhase};
+use maestro_e2e::{cluster::IptablesRule, maestro::Env, wait_for, world::Moto};
+use serde_json::json;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[tokio::test]
+async fn a_cleanup_outlasts_an_ec2_api_outage_and_then_removes_the_instance() -> Result<()> {
+    let moto = Moto::start().await?;
+    let env = Env::new("chaos-cloud").await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "aws-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let composition = format!(
+        r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {{name: provision-then-fail}}
+spec:
+  context: {{awsRegion: us-east-1, awsEndpoint: "{}"}}
+  cleanup: Always
+  steps:
+    - name: provision
+      task: ec2-provision
+      secretEnv: [aws-credentials]
+      with: {{imageId: ami-12c6146b, instanceType: t3.small}}
+    - name: tests
+      task: shell
+      with: {{script: "sleep 4; echo the tests failed; exit 1"}}
+"#,
+        moto.url
+    );
+    let names = env.apply_yaml(&composition).await?;
+    env.wait_compositions_ready(&names).await?;
+    let run = env.start_run("provision-then-fail", &[]).await?;
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+
+    // While the failing step runs, the instance exists; then the EC2 API goes away.
+    wait_for("the tests step to run", RUN_TIMEOUT, || async {
+        let r = runs.get(&run).await.map_err(|e| e.to_string())?;
+        let status = r.status.unwrap_or_default();
+        let tests = status.steps.iter().find(|s| s.name == "tests");
+        match tests.map(|s| s.phase) {
+            Some(StepPhase::Running) => Ok(()),
+            other => Err(format!("tests is {other:?}")),
+        }
+    })
+    .await?;
+    assert_eq!(moto.live_instances().await?.len(), 1, "the instance runs");
+    let port = moto
+        .url
+        .rsplit(':')
+        .next()
+        .context("moto's URL has no port")?
+        .to_string();
+    // Pods reach moto on the node's address: refuse those connections at once.
+    let outage = IptablesRule::insert(&[
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ])?;
+    let retrying = wait_for("a cleanup attempt to fail", RUN_TIMEOUT, || async {
+        let r = runs.get(&run).await.map_err(|e| e.to_string())?;
+        let cleanup = r.status.unwrap_or_default().cleanup.unwrap_or_default();
+        match cleanup.next_attempt_time {
+            Some(_) => Ok(cleanup),
+            None => Err(format!("cleanup: {cleanup:?}")),
+        }
+    })
+    .await?;
+    let said = retrying.message.clone().unwrap_or_default();
+    assert!(
+        said.contains("cleanup attempt 1 failed") && said.contains("attempt 2 at"),
+        "{said}"
+    );
+    assert_eq!(retrying.phase, StepPhase::Running);
+    // The API comes back before the next attempt.
+    drop(outage);
+
+    let done = env.wait_finished(&run, RUN_TIMEOUT).await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Failed, "{status:#?}");
+    let cleanup = status.cleanup.clone().context("no cleanup status")?;
+    assert_eq!(cleanup.phase, StepPhase::Succeeded, "{cleanup:#?}");
+    assert!(cleanup.attempts >= 2, "{cleanup:#?}");
+    assert!(status.resources.is_empty(), "{:?}", status.resources);
+    assert!(
+        moto.live_instances().await?.is_empty(),
+        "instances left in moto: {:?}",
+        moto.live_instances().await?
+    );
+    println!(
+        "cleanup: {} attempts; {}",
+        cleanup.attempts,
+        cleanup.message.unwrap_or_default()
+    );
+    Ok(())
+}
