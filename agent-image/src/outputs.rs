@@ -250,6 +250,27 @@ mod tests {
     }
 
     #[test]
+    fn a_result_handed_to_exec_comes_back_from_its_files() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let outputs_dir = dir.path().join("outputs");
+        let result = maestro_protocol::StepResult {
+            outputs: BTreeMap::from([("testsRun".to_owned(), "3".to_owned())]),
+            report: BTreeMap::from([("testsRun".to_owned(), ReportValue::Number(3.into()))]),
+            exit_code: 1,
+            error: Some("1 of 3 tests failed".to_owned()),
+            ..maestro_protocol::StepResult::default()
+        };
+        let exit_code = write_for_exec(&result, &outputs_dir, &outputs_dir.join(REPORT_FILE));
+        assert_eq!(exit_code, 1);
+        assert_eq!(collect_outputs(&outputs_dir)?, result.outputs);
+        assert_eq!(
+            collect_report(&outputs_dir).map_err(anyhow::Error::msg)?,
+            result.report
+        );
+        Ok(())
+    }
+
+    #[test]
     fn missing_directory_has_no_outputs() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         assert!(collect_outputs(&dir.path().join("gone"))?.is_empty());

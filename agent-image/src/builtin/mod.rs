@@ -140,6 +140,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unknown_library_tasks_fail_naming_the_ones_there_are() {
+        let paths = StepPaths::from_lookup(|_| None);
+        let result = run_library_task("gradle", &paths).await;
+        assert_eq!(result.exit_code, 2);
+        assert_eq!(
+            result.error.as_deref(),
+            Some("unknown library task \"gradle\"; the agent runs maven, tomcat-deploy")
+        );
+    }
+
+    #[tokio::test]
     async fn unknown_builtins_fail_with_exit_code_2() {
         let paths = StepPaths::from_lookup(|_| None);
         let result = run_builtin("teleport", &paths).await;
