@@ -527,6 +527,76 @@ async fn the_cancel_button_cancels_a_running_run_and_run_again_starts_a_new_one(
     Ok(())
 }
 
+/// A composition whose second step fails the first time and passes when it runs again
+/// in the same workspace (it leaves a mark there): a rerun needs no changed param.
+const SECOND_TRY: &str = r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: second-try}
+spec:
+  steps:
+    - name: prepare
+      task: shell
+      with: {script: echo prepared > "$MAESTRO_OUTPUTS/what"}
+    - name: flaky
+      task: shell
+      with:
+        script: |
+          if [ -f "$MAESTRO_WORKSPACE/tried" ]; then echo passed; exit 0; fi
+          touch "$MAESTRO_WORKSPACE/tried"; echo the first try fails; exit 1
+"#;
+
+#[tokio::test]
+async fn the_rerun_button_reruns_the_failed_step_and_opens_the_rerun() -> Result<()> {
+    let env = Env::new("ui-rerun").await?;
+    let names = env.apply_yaml(SECOND_TRY).await?;
+    env.wait_compositions_ready(&names).await?;
+    let run = env.start_run("second-try", &[]).await?;
+    let failed = env.wait_finished(&run, TIMEOUT).await?;
+    assert_eq!(
+        failed.status.as_ref().map(|s| s.phase),
+        Some(RunPhase::Failed)
+    );
+    let server = UiServer::start(&env, None).await?;
+    let shot = screenshot("rerun")?;
+    let seen = browser(
+        "rerun.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &env.ns.name),
+            ("run", &run),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    assert_eq!(seen["button"], "Rerun failed steps", "{seen}");
+    assert_eq!(seen["rerunOf"], run.as_str(), "{seen}");
+    let rerun = seen["rerun"].as_str().context("no rerun")?;
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let done = runs.get(rerun).await?;
+    let of = done.spec.rerun_of.clone().context("not a rerun")?;
+    assert_eq!((of.run.as_str(), of.from.as_deref()), (run.as_str(), None));
+    assert_eq!(done.spec.started_by.as_deref(), seen["user"].as_str());
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, RunPhase::Succeeded, "{status:#?}");
+    let prepare = status.steps.iter().find(|s| s.name == "prepare");
+    assert_eq!(
+        prepare.and_then(|s| s.message.as_deref()),
+        Some(format!("reused from {run}").as_str())
+    );
+    let pods = env.step_pods(rerun).await?;
+    let steps: Vec<&str> = pods.iter().map(|(step, _, _)| step.as_str()).collect();
+    assert_eq!(steps, ["flaky"], "only the failed step ran again: {pods:?}");
+    assert_eq!(
+        seen["notes"],
+        serde_json::json!([format!(
+            "step prepare: reused from {run}, which ran it; its log is with that run"
+        )]),
+        "{seen}"
+    );
+    Ok(())
+}
+
 /// A ServiceAccount that may see runs (the ui-viewer Role of [`USERS`]) but not approve.
 const READER: &str = r#"
 apiVersion: v1

@@ -138,6 +138,19 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
+/// The name a rerun of `run` is generated from (the API server adds a 5-character
+/// suffix): `<run>-rerun`, or for a rerun of a rerun the same base again (not
+/// `-rerun-xxxxx-rerun`), cut to leave room for `-` and the suffix in 63 characters.
+pub fn rerun_name_base(run: &str) -> String {
+    let base = match run.rsplit_once("-rerun-") {
+        Some((first, suffix)) if suffix.len() == 5 => first,
+        _ => run,
+    };
+    let mut name = format!("{base}-rerun");
+    name.truncate(57);
+    name.trim_end_matches('-').to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +171,16 @@ mod tests {
         assert!(one.len() <= 63 && two.len() <= 63);
         assert_ne!(one, two);
         assert_eq!(one, step_pod_name(&run, "deploy", 1));
+    }
+
+    #[test]
+    fn a_rerun_is_named_after_the_first_run_and_fits() {
+        assert_eq!(rerun_name_base("release-x7k2p"), "release-x7k2p-rerun");
+        assert_eq!(
+            rerun_name_base("release-x7k2p-rerun-ab3cd"),
+            "release-x7k2p-rerun"
+        );
+        let long = "a".repeat(63);
+        assert!(rerun_name_base(&long).len() + 1 + 5 <= 63);
     }
 }

@@ -1,5 +1,6 @@
 //! The JSON endpoints: who the user is, one run, the compositions, and the actions
-//! (approve or reject a gate, cancel a run). Each works as the request's user.
+//! (approve or reject a gate, cancel a run, run again, rerun). Each works as the request's
+//! user.
 
 use std::sync::Arc;
 
@@ -245,11 +246,92 @@ pub async fn run_again(
     })))
 }
 
+/// What a rerun request may say: the step to rerun from (default: the steps that did
+/// not succeed, and those after them).
+#[derive(Deserialize, Default)]
+pub struct RerunRequest {
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// Reruns an ended run as the request's user (`kubectl maestro rerun`): a new run that
+/// names its source by UID, keeps its params, and reruns its failed steps (or `from` and
+/// what follows it). The operator checks the rest and says so in the new run's status.
+pub async fn rerun(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(request): Json<RerunRequest>,
+) -> Answer {
+    let client = app.access.client_for(&headers)?;
+    let run = get_run(client.clone(), &namespace, &name).await?;
+    let status = run.status.clone().unwrap_or_default();
+    if !status.phase.is_finished() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{name} is {}: rerun it once it has ended",
+                wire_name(&status.phase)
+            ),
+        ));
+    }
+    let steps = snapshot_of(&run).map(|spec| spec.steps).unwrap_or_default();
+    if let Some(from) = &request.from
+        && !steps.iter().any(|step| &step.name == from)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name} has no step {from:?}"),
+        ));
+    }
+    let uid = run
+        .uid()
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, format!("{name} has no uid")))?;
+    let caller = ask_who(&client).await?;
+    let mut rerun = CompositionRun::new(
+        "",
+        maestro_api::CompositionRunSpec {
+            composition: run.spec.composition.clone(),
+            params: run.spec.params.clone(),
+            cancel: false,
+            priority: run.spec.priority,
+            started_by: Some(caller.username),
+            rerun_of: Some(maestro_api::RerunOf {
+                run: name.clone(),
+                uid,
+                from: request.from.clone(),
+            }),
+        },
+    );
+    rerun.metadata.name = None;
+    rerun.metadata.generate_name =
+        Some(format!("{}-", maestro_api::labels::rerun_name_base(&name)));
+    let runs: Api<CompositionRun> = Api::namespaced(client, &namespace);
+    let created = runs
+        .create(&PostParams::default(), &rerun)
+        .await
+        .map_err(|error| ApiError::kube(error, "creating the rerun"))?;
+    let started = created.name_any();
+    let what = match &request.from {
+        Some(from) => format!("from step {from}"),
+        None => "its steps that did not succeed".to_string(),
+    };
+    Ok(Json(json!({
+        "run": started,
+        "message": format!("{started} reruns {name} ({what})"),
+    })))
+}
+
+/// The composition snapshot the run follows.
+fn snapshot_of(run: &CompositionRun) -> Option<CompositionSpec> {
+    let snapshot = run.status.as_ref()?.composition_spec.clone()?;
+    serde_json::from_value(snapshot).ok()
+}
+
 /// The approval gate of `step`, from the composition snapshot the run follows.
 fn gate_of(run: &CompositionRun, step: &str) -> Option<ApprovalGate> {
-    let snapshot = run.status.as_ref()?.composition_spec.clone()?;
-    let spec: CompositionSpec = serde_json::from_value(snapshot).ok()?;
-    spec.steps
+    snapshot_of(run)?
+        .steps
         .into_iter()
         .find(|candidate| candidate.name == step)?
         .approval

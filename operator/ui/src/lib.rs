@@ -60,6 +60,7 @@ pub fn router(settings: Settings) -> Router {
         .route("/api/runs/{namespace}/{name}/decide", post(api::decide))
         .route("/api/runs/{namespace}/{name}/cancel", post(api::cancel))
         .route("/api/runs/{namespace}/{name}/again", post(api::run_again))
+        .route("/api/runs/{namespace}/{name}/rerun", post(api::rerun))
         .route("/api/compositions", get(api::compositions))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

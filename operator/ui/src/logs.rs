@@ -210,14 +210,32 @@ fn execution_order(pods: &mut [StepPod]) {
     });
 }
 
-/// The steps whose latest pod the run's status names but that no longer exists.
+/// The steps whose latest pod the run's status names but that no longer exists (a
+/// rerun's reused steps aside: their pods are the source run's).
 fn gone_pods(run: &CompositionRun, pods: &[StepPod]) -> Vec<(String, String)> {
     let existing: HashSet<&str> = pods.iter().map(|pod| pod.name.as_str()).collect();
+    let reused = reused_steps(run);
     run.status
         .iter()
         .flat_map(|status| &status.steps)
+        .filter(|step| !reused.iter().any(|(name, _)| name == &step.name))
         .filter_map(|step| Some((step.name.clone(), step.pod_name.clone()?)))
         .filter(|(_, pod)| !existing.contains(pod.as_str()))
+        .collect()
+}
+
+/// A rerun's steps that kept their source's outcome (the engine says `reused from RUN`),
+/// with that run: their log is the source's.
+fn reused_steps(run: &CompositionRun) -> Vec<(String, String)> {
+    let Some(source) = run.spec.rerun_of.as_ref().map(|of| of.run.clone()) else {
+        return Vec::new();
+    };
+    let said = format!("reused from {source}");
+    run.status
+        .iter()
+        .flat_map(|status| &status.steps)
+        .filter(|step| step.message.as_deref() == Some(said.as_str()))
+        .map(|step| (step.name.clone(), source.clone()))
         .collect()
 }
 
@@ -318,6 +336,17 @@ impl RunLog {
                 }
             };
             failures = 0;
+            for (step, source) in reused_steps(&run) {
+                if announced.insert(format!("reused {step}")) {
+                    self.note(
+                        Some(&step),
+                        format!(
+                            "step {step}: reused from {source}, which ran it; its log is with that run"
+                        ),
+                    )
+                    .await?;
+                }
+            }
             for (step, pod) in gone_pods(&run, &pods) {
                 if !printed.contains(&pod) && announced.insert(pod.clone()) {
                     self.note(
@@ -540,6 +569,21 @@ mod tests {
         });
         let gone = gone_pods(&run, &[pod("deploy", 1, at(1))]);
         assert_eq!(gone, vec![("build".to_string(), "r-build-1".to_string())]);
+
+        // In a rerun, a reused step's pod is its source's: not gone, reused.
+        run.spec.rerun_of = Some(maestro_api::RerunOf {
+            run: "src".into(),
+            uid: "uid-src".into(),
+            from: None,
+        });
+        if let Some(status) = run.status.as_mut() {
+            status.steps[0].message = Some("reused from src".into());
+        }
+        assert!(gone_pods(&run, &[pod("deploy", 1, at(1))]).is_empty());
+        assert_eq!(
+            reused_steps(&run),
+            vec![("build".to_string(), "src".to_string())]
+        );
     }
 
     #[test]

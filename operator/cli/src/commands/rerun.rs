@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
-use maestro_api::{CompositionRun, CompositionRunSpec, CompositionSpec, RerunOf};
+use maestro_api::{CompositionRun, CompositionRunSpec, CompositionSpec, RerunOf, labels};
 
 use crate::Target;
 use crate::commands::run::wait_and_report;
@@ -88,7 +88,7 @@ pub async fn run(target: &Target, args: RerunArgs) -> anyhow::Result<ExitCode> {
         },
     );
     rerun.metadata.name = None;
-    rerun.metadata.generate_name = Some(format!("{}-", rerun_base(&args.run)));
+    rerun.metadata.generate_name = Some(format!("{}-", labels::rerun_name_base(&args.run)));
     let runs: Api<CompositionRun> = Api::namespaced(target.client.clone(), &target.namespace);
     let created = runs
         .create(&PostParams::default(), &rerun)
@@ -158,33 +158,9 @@ fn changed(
         .collect()
 }
 
-/// The rerun's name before the API server's random suffix: `<run>-rerun-`, or for a rerun
-/// of a rerun the same base again (not `-rerun-xxxxx-rerun-`), cut to leave room for the
-/// suffix in a 63-character name.
-fn rerun_base(run: &str) -> String {
-    let base = match run.rsplit_once("-rerun-") {
-        Some((first, suffix)) if suffix.len() == 5 => first,
-        _ => run,
-    };
-    let mut name = format!("{base}-rerun");
-    name.truncate(57);
-    name.trim_end_matches('-').to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_rerun_is_named_after_the_first_run_and_fits() {
-        assert_eq!(rerun_base("release-x7k2p"), "release-x7k2p-rerun");
-        assert_eq!(
-            rerun_base("release-x7k2p-rerun-ab3cd"),
-            "release-x7k2p-rerun"
-        );
-        let long = "a".repeat(63);
-        assert!(rerun_base(&long).len() + 1 + 5 <= 63);
-    }
 
     #[test]
     fn params_keep_the_runs_values_and_change_only_those_given() {

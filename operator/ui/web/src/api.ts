@@ -39,6 +39,7 @@ export interface StepStatus {
   nextAttemptTime?: string;
   outputs?: Record<string, string>;
   childRuns?: string[];
+  reusedRuns?: string[];
   approvedBy?: string;
   approvals?: ApprovalRecord[];
   message?: string;
@@ -94,7 +95,13 @@ export interface LedgerEntry {
 
 export interface Run {
   metadata: Metadata;
-  spec: { composition: string; params?: Record<string, string>; cancel?: boolean; startedBy?: string };
+  spec: {
+    composition: string;
+    params?: Record<string, string>;
+    cancel?: boolean;
+    startedBy?: string;
+    rerunOf?: { run: string; uid: string; from?: string };
+  };
   status?: {
     phase?: string;
     progress?: string;
@@ -164,6 +171,11 @@ export function decide(namespace: string, run: string, step: string, decision: '
 
 export function runAgain(namespace: string, run: string) {
   return post<{ run: string; message: string }>(`${runPath(namespace, run)}/again`, {});
+}
+
+// Reruns an ended run: its failed steps, or `from` and what follows it.
+export function rerun(namespace: string, run: string, from: string | null) {
+  return post<{ run: string; message: string }>(`${runPath(namespace, run)}/rerun`, from ? { from } : {});
 }
 
 export function cancel(namespace: string, run: string) {

@@ -1,7 +1,7 @@
 // One run: its graph, steps, approvals, outputs, context, ledger, cleanup and log, live.
 import { useEffect, useState } from 'preact/hooks';
 import type { Run as RunObject, StepStatus } from './api';
-import { cancel, decide, follow, runAgain, runPath, since } from './api';
+import { cancel, decide, follow, rerun, runAgain, runPath, since } from './api';
 import { Graph } from './graph';
 import { Log } from './log';
 
@@ -41,12 +41,13 @@ export function Run(props: { namespace: string; name: string; now: number }) {
         <dt>Took</dt><dd>{since(status.startTime, status.completionTime, props.now)}</dd>
         {status.agent && <><dt>Agent</dt><dd>{status.agent.name} slot {status.agent.slot} · cache {status.agent.cacheHit ? 'warm' : 'cold'}</dd></>}
         {parent && <><dt>Parent run</dt><dd><a href={`#/runs/${props.namespace}/${parent}`}>{parent}</a></dd></>}
+        {run.spec.rerunOf && <><dt>Rerun of</dt><dd><a href={`#/runs/${props.namespace}/${run.spec.rerunOf.run}`}>{run.spec.rerunOf.run}</a>{run.spec.rerunOf.from ? ` from step ${run.spec.rerunOf.from}` : ''}</dd></>}
         {failedRun && <><dt>Handles failure of</dt><dd><a href={`#/runs/${props.namespace}/${failedRun}`}>{failedRun}</a></dd></>}
         {status.onFailureRun && <><dt>onFailure run</dt><dd><a href={`#/runs/${props.namespace}/${status.onFailureRun}`}>{status.onFailureRun}</a></dd></>}
         {Object.keys(run.spec.params ?? {}).length > 0 && <><dt>Params</dt><dd>{Object.entries(run.spec.params ?? {}).map(([k, v]) => <code>{k}={v} </code>)}</dd></>}
       </dl>
       {invalid && <p class="error">{invalid.message}</p>}
-      <Actions key={props.name} run={run} phase={phase} />
+      <Actions key={props.name} run={run} phase={phase} steps={specSteps.map((s) => s.name)} />
       {steps.filter((s) => s.phase === 'WaitingApproval').map((s) => <Gate key={`${props.name}/${s.name}`} namespace={props.namespace} run={props.name} step={s} />)}
       <div class="graph-box"><Graph steps={specSteps} status={steps} namespace={props.namespace} now={props.now} /></div>
       <Steps steps={steps} namespace={props.namespace} now={props.now} />
@@ -56,8 +57,10 @@ export function Run(props: { namespace: string; name: string; now: number }) {
   );
 }
 
-function Actions(props: { run: RunObject; phase: string }) {
+function Actions(props: { run: RunObject; phase: string; steps: string[] }) {
   const [said, setSaid] = useState<{ ok: boolean; text: string } | null>(null);
+  // '' reruns the steps that did not succeed; a step's name reruns from it.
+  const [from, setFrom] = useState('');
   const { namespace, name } = props.run.metadata;
   const requested = props.run.spec.cancel;
   const fail = (e: Error) => setSaid({ ok: false, text: e.message });
@@ -73,6 +76,19 @@ function Actions(props: { run: RunObject; phase: string }) {
           location.hash = `#/runs/${namespace}/${a.run}`;
         }, fail)
       }>Run again with these params</button>
+      {ENDED.includes(props.phase) && props.phase !== 'Invalid' && (
+        <span class="rerun">
+          <button type="button" id="rerun" title="a new run that reuses what succeeded here, in the same workspace" onClick={() =>
+            rerun(namespace, name, from || null).then((a) => {
+              location.hash = `#/runs/${namespace}/${a.run}`;
+            }, fail)
+          }>{from ? `Rerun from ${from}` : 'Rerun failed steps'}</button>
+          <select id="rerun-from" value={from} onChange={(e) => setFrom((e.target as HTMLSelectElement).value)}>
+            <option value="">the steps that did not succeed</option>
+            {props.steps.map((s) => <option value={s}>from {s}</option>)}
+          </select>
+        </span>
+      )}
       {said && <span class={said.ok ? 'said' : 'error'}>{said.text}</span>}
     </div>
   );
@@ -117,7 +133,7 @@ function Steps(props: { steps: StepStatus[]; namespace: string; now: number }) {
             <td>{Object.entries(s.outputs ?? {}).map(([k, v]) => <div><code>{k}</code> = {v}</div>)}</td>
             <td>
               {s.message && <div>{s.message}{s.exitCode !== undefined ? ` (exit ${s.exitCode})` : ''}</div>}
-              {(s.childRuns ?? []).map((c) => <div><a href={`#/runs/${props.namespace}/${c}`}>{c}</a></div>)}
+              {(s.childRuns ?? []).map((c) => <div><a href={`#/runs/${props.namespace}/${c}`}>{c}</a>{s.reusedRuns?.includes(c) ? ' (reused)' : ''}</div>)}
               {(s.approvals ?? []).map((a) => (
                 <div class="decision">{a.decision === 'Reject' ? 'rejected' : 'approved'} by <strong>{a.by}</strong>{a.comment ? `: “${a.comment}”` : ''}{a.ignored ? ` (does not count: ${a.ignored})` : ''}</div>
               ))}
