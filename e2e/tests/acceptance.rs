@@ -275,6 +275,30 @@ async fn acceptance_cycle_succeeds_and_leaves_no_instance() -> anyhow::Result<()
             .any(|l| l.starts_with("[deploy") && l.contains(DEPLOYED)),
         "log:\n{log}"
     );
+
+    // Maven's counts are report values: the operator exports them to Prometheus.
+    let metrics_addr = wait_for(
+        "the operator's metrics address",
+        Duration::from_secs(10),
+        || async { maestro_e2e::maestro::metrics_addr_from_log(&w.env.operator.log) },
+    )
+    .await?;
+    let metrics = run(
+        Path::new("."),
+        "curl",
+        &["-fsS", &format!("http://{metrics_addr}/metrics")],
+    )?;
+    let tests_run =
+        r#"maestro_task_report{composition="acceptance-tests",key="testsRun",step="run-tests"} 2"#;
+    assert!(
+        metrics.lines().any(|l| l == tests_run),
+        "no {tests_run} in:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("maestro_task_report"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     Ok(())
 }
 
