@@ -28,6 +28,7 @@ stop_pid() {
   rm -f "$f"
 }
 stop_pid maestro-operator   # an operator process of an older demo
+stop_pid maestro-ui         # the web UI of an older demo
 
 # Maestro as a user installs it: the Helm chart (CRDs, operator with 2 replicas and
 # leader election, RBAC, the Task library, the approval policy, the dashboard). The
@@ -83,6 +84,20 @@ run=$(kubectl maestro run acceptance-tests -n "$ns" -p version=1.4.2 -p artifact
   -p testsRepo="$sink/qa/acceptance.git" -p awsEndpoint="$moto" -p notifyUrl="$sink/notify" \
   | sed -n 's#^compositionrun/\([^ ]*\) created#\1#p')
 [ -n "$run" ] || { log "could not start a run"; exit 1; }
+# The web UI beside the log: `kubectl maestro ui` as you (this kubeconfig), left running.
+setsid kubectl maestro ui -n "$ns" --port 0 --no-open >"$state/logs/maestro-ui.log" 2>&1 </dev/null &
+echo $! >"$state/pids/maestro-ui.pid"
+ui_url=""
+for _ in $(seq 1 20); do
+  ui_url=$(sed -n 's/^Maestro UI: //p' "$state/logs/maestro-ui.log" | head -n1)
+  [ -n "$ui_url" ] && break
+  sleep 0.5
+done
+if [ -n "$ui_url" ]; then
+  echo "  Web UI: ${ui_url}#/runs/$ns/$run   (kubectl maestro ui, left running; stop it: kill $(cat "$state/pids/maestro-ui.pid"))"
+else
+  echo "  Web UI: did not start; see $state/logs/maestro-ui.log"
+fi
 log "started $run; following its aggregated log"
 
 kubectl maestro logs "$run" -f -n "$ns" &

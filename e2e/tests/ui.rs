@@ -597,6 +597,60 @@ async fn the_rerun_button_reruns_the_failed_step_and_opens_the_rerun() -> Result
     Ok(())
 }
 
+#[tokio::test]
+async fn the_agents_page_shows_the_slot_holding_a_run_then_its_warm_composition_live() -> Result<()>
+{
+    let env = Env::new("ui-agents").await?;
+    let names = env
+        .apply_yaml(
+            r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Agent
+metadata: {name: builders}
+spec:
+  capacity: 2
+  slots: 1
+  cache:
+    persistentVolumeClaim: {size: 100Mi}
+---
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: build}
+spec:
+  steps:
+    - {name: compile, task: shell, with: {script: "sleep 8; echo built"}}
+"#,
+        )
+        .await?;
+    let compositions: Vec<String> = names.into_iter().filter(|n| n == "build").collect();
+    env.wait_compositions_ready(&compositions).await?;
+    let server = UiServer::start(&env, None).await?;
+    let run = env.start_run("build", &[]).await?;
+    let shot = screenshot("agents")?;
+    let seen = browser(
+        "agents.mjs",
+        &[
+            ("url", &server.url),
+            ("namespace", &env.ns.name),
+            ("agent", "builders"),
+            ("run", &run),
+            ("composition", "build"),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    assert_eq!(seen["busy"], "1", "{seen}");
+    assert_eq!(seen["freed"], serde_json::json!(["free"]), "{seen}");
+    assert_eq!(
+        seen["misses"], "1",
+        "the first run on a slot is a miss: {seen}"
+    );
+    assert_eq!(seen["same"], true, "the page was reloaded: {seen}");
+    let done = env.wait_finished(&run, TIMEOUT).await?;
+    assert_eq!(done.status.map(|s| s.phase), Some(RunPhase::Succeeded));
+    Ok(())
+}
+
 /// A ServiceAccount that may see runs (the ui-viewer Role of [`USERS`]) but not approve.
 const READER: &str = r#"
 apiVersion: v1

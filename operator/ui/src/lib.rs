@@ -62,6 +62,7 @@ pub fn router(settings: Settings) -> Router {
         .route("/api/runs/{namespace}/{name}/again", post(api::run_again))
         .route("/api/runs/{namespace}/{name}/rerun", post(api::rerun))
         .route("/api/compositions", get(api::compositions))
+        .route("/api/agents/watch", get(watch::agents))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             security::guard,

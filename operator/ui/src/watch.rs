@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt, future};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use maestro_api::CompositionRun;
+use maestro_api::{Agent, CompositionRun};
 use serde::{Deserialize, Serialize};
 
 use crate::summary::{summarise, without_managed_fields};
@@ -57,6 +57,18 @@ pub async fn one_run(
     let runs: Api<CompositionRun> = Api::namespaced(app.access.client_for(&headers)?, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let events = watcher(runs, config).default_backoff();
+    Ok(Sse::new(as_events(events, without_managed_fields)).keep_alive(KeepAlive::default()))
+}
+
+/// The Agents of a namespace (or all), whole, live: slots, the run each holds, the
+/// composition each last ran, cache hits and misses, the queue.
+pub async fn agents(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let agents: Api<Agent> = query.api(app.access.client_for(&headers)?);
+    let events = watcher(agents, watcher::Config::default()).default_backoff();
     Ok(Sse::new(as_events(events, without_managed_fields)).keep_alive(KeepAlive::default()))
 }
 

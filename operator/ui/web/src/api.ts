@@ -118,6 +118,20 @@ export interface Run {
   };
 }
 
+export interface Agent {
+  metadata: Metadata;
+  spec: { capabilities?: string[]; capacity?: number; slots?: number };
+  status?: {
+    slots?: { index: number; run?: string; lastComposition?: string; lastUsed?: string }[];
+    busySlots?: number;
+    idleSlots?: number;
+    queuedRuns?: number;
+    cacheHits?: number;
+    cacheMisses?: number;
+    conditions?: Condition[];
+  };
+}
+
 export interface Composition {
   metadata: Metadata;
   spec: CompositionSpec;

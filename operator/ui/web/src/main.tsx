@@ -1,7 +1,9 @@
-// Maestro's web UI: hash routes (#/, #/runs/NS/NAME, #/compositions) over the server's API.
+// Maestro's web UI: hash routes (#/, #/runs/NS/NAME, #/compositions, #/agents) over the
+// server's API.
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import './app.css';
+import { Agents } from './agents';
 import { getJson } from './api';
 import { Compositions } from './compositions';
 import { Run } from './run';
@@ -41,12 +43,13 @@ function App() {
   let page;
   if (parts[0] === 'runs' && parts.length === 3) page = <Run namespace={parts[1]} name={parts[2]} now={now} />;
   else if (parts[0] === 'compositions') page = <Compositions namespace={namespace} now={now} />;
+  else if (parts[0] === 'agents') page = <Agents namespace={namespace} now={now} />;
   else page = <Runs namespace={namespace} setNamespace={setNamespace} now={now} />;
   return (
     <>
       <header>
         <a class="brand" href="#/">Maestro</a>
-        <nav><a href="#/">Runs</a><a href="#/compositions">Compositions</a></nav>
+        <nav><a href="#/">Runs</a><a href="#/compositions">Compositions</a><a href="#/agents">Agents</a></nav>
         <span class="user" id="user">{user}</span>
       </header>
       <main>{page}</main>
