@@ -43,13 +43,51 @@ if [ "$mode" != tests ]; then
   bash "$here/images/build-images.sh"
 fi
 
+# Every e2e test binary (one per area), in two lanes at once: the tests wait on the
+# cluster far more than they compute, and each lane runs a binary's tests two at a time.
+# The lanes are balanced by a warm run's durations (about 7 min each). Then, alone: helm
+# installs and removes cluster-wide objects (the approval policy, the chart's CRDs), and
+# the chaos binaries restart the control plane and the kubelet; a test beside them would
+# fail for their reasons. --no-fail-fast: one failing area does not hide the others.
+lane_a=(acceptance triggers leader observability plugins approvals storage smoke)
+lane_b=(operator_core agents ui bench_smoke hostile rerun api_validation)
+alone=(helm chaos_real_node chaos_smoke)
+
+# run_lane NAME BINARY...: those test binaries, their output prefixed with NAME.
+run_lane() {
+  local name=$1; shift
+  local args=()
+  for t in "$@"; do args+=(--test "$t"); done
+  cargo test -p maestro-e2e --no-fail-fast "${args[@]}" -- --test-threads=2 2>&1 |
+    sed -u "s/^/[$name] /"
+}
+
+run_e2e() {
+  # A new binary must be given a lane: never skip one silently.
+  local listed=" ${lane_a[*]} ${lane_b[*]} ${alone[*]} " missing=()
+  for f in "$here"/tests/*.rs; do
+    t=$(basename "$f" .rs)
+    case "$listed" in *" $t "*) ;; *) missing+=("$t") ;; esac
+  done
+  [ ${#missing[@]} -eq 0 ] || { echo "[e2e] not in any lane of e2e/run.sh: ${missing[*]}" >&2; exit 1; }
+  # Build once, before the lanes start, so they only run.
+  cargo test -p maestro-e2e --no-run
+  # The harness's own unit tests, and the binaries' (the workspace's `make unit` leaves e2e out).
+  cargo test -p maestro-e2e --lib --bins
+  local failed=0
+  run_lane e2e-a "${lane_a[@]}" & local a=$!
+  run_lane e2e-b "${lane_b[@]}" & local b=$!
+  wait "$a" || failed=1
+  wait "$b" || failed=1
+  run_lane e2e-alone "${alone[@]}" || failed=1
+  [ $failed -eq 0 ] || { echo "[e2e] some e2e tests failed: see the lines above" >&2; exit 1; }
+}
+
 case "$mode" in
   all|tests)
     # The bench's smoke test needs kwok (built once, then cached).
     bash "$here/bench/build.sh"
-    # One test binary per area; tests in it share the cluster, so keep them few at a time.
-    # --no-fail-fast: one failing area does not hide the others' results.
-    cargo test -p maestro-e2e --no-fail-fast -- --test-threads=2
+    run_e2e
     ;;
   bench)
     # Argo only when it is measured (`BENCH_ARGS=--smoke` leaves it out).

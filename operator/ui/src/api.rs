@@ -220,8 +220,28 @@ pub async fn run_again(
 ) -> Answer {
     let client = app.access.client_for(&headers)?;
     let run = get_run(client.clone(), &namespace, &name).await?;
+    let started = start_like(client, &namespace, &run, None, "starting the run").await?;
+    Ok(Json(json!({
+        "run": started,
+        "message": format!("{started} started with the params of {name}"),
+    })))
+}
+
+/// Creates, as the client's user (its starter), a run of `run`'s composition with its
+/// params and priority: a plain new run, or a rerun of it. Returns the new run's name.
+async fn start_like(
+    client: Client,
+    namespace: &str,
+    run: &CompositionRun,
+    rerun_of: Option<maestro_api::RerunOf>,
+    doing: &str,
+) -> Result<String, ApiError> {
     let caller = ask_who(&client).await?;
-    let mut again = CompositionRun::new(
+    let base = match &rerun_of {
+        Some(of) => maestro_api::labels::rerun_name_base(&of.run),
+        None => run.spec.composition.clone(),
+    };
+    let mut new = CompositionRun::new(
         "",
         maestro_api::CompositionRunSpec {
             composition: run.spec.composition.clone(),
@@ -229,21 +249,17 @@ pub async fn run_again(
             cancel: false,
             priority: run.spec.priority,
             started_by: Some(caller.username),
-            rerun_of: None,
+            rerun_of,
         },
     );
-    again.metadata.name = None;
-    again.metadata.generate_name = Some(format!("{}-", run.spec.composition));
-    let runs: Api<CompositionRun> = Api::namespaced(client, &namespace);
+    new.metadata.name = None;
+    new.metadata.generate_name = Some(format!("{base}-"));
+    let runs: Api<CompositionRun> = Api::namespaced(client, namespace);
     let created = runs
-        .create(&PostParams::default(), &again)
+        .create(&PostParams::default(), &new)
         .await
-        .map_err(|error| ApiError::kube(error, "starting the run"))?;
-    let started = created.name_any();
-    Ok(Json(json!({
-        "run": started,
-        "message": format!("{started} started with the params of {name}"),
-    })))
+        .map_err(|error| ApiError::kube(error, doing))?;
+    Ok(created.name_any())
 }
 
 /// What a rerun request may say: the step to rerun from (default: the steps that did
@@ -287,31 +303,12 @@ pub async fn rerun(
     let uid = run
         .uid()
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, format!("{name} has no uid")))?;
-    let caller = ask_who(&client).await?;
-    let mut rerun = CompositionRun::new(
-        "",
-        maestro_api::CompositionRunSpec {
-            composition: run.spec.composition.clone(),
-            params: run.spec.params.clone(),
-            cancel: false,
-            priority: run.spec.priority,
-            started_by: Some(caller.username),
-            rerun_of: Some(maestro_api::RerunOf {
-                run: name.clone(),
-                uid,
-                from: request.from.clone(),
-            }),
-        },
-    );
-    rerun.metadata.name = None;
-    rerun.metadata.generate_name =
-        Some(format!("{}-", maestro_api::labels::rerun_name_base(&name)));
-    let runs: Api<CompositionRun> = Api::namespaced(client, &namespace);
-    let created = runs
-        .create(&PostParams::default(), &rerun)
-        .await
-        .map_err(|error| ApiError::kube(error, "creating the rerun"))?;
-    let started = created.name_any();
+    let of = maestro_api::RerunOf {
+        run: name.clone(),
+        uid,
+        from: request.from.clone(),
+    };
+    let started = start_like(client, &namespace, &run, Some(of), "creating the rerun").await?;
     let what = match &request.from {
         Some(from) => format!("from step {from}"),
         None => "its steps that did not succeed".to_string(),
