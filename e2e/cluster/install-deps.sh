@@ -12,8 +12,6 @@ want conntrack conntrack
 want openssl openssl
 want git git
 want curl curl
-# make-world.sh builds the acceptance example's war with Maven.
-want mvn maven
 want gcc gcc
 want ip iproute2
 # The observability e2e test scrapes the operator with a real Prometheus server.
