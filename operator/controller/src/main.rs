@@ -14,7 +14,7 @@ use maestro_operator::{
         leader::{self, LeaseSettings},
         pods::WorkspaceClaim,
     },
-    library::LibraryInstall,
+    library::{self, LibraryImages, LibraryInstall},
     metrics::{self, Metrics},
     telemetry::{self, LogFormat},
     webhook,
@@ -46,6 +46,21 @@ struct Args {
         default_value = "IfNotPresent"
     )]
     agent_pull_policy: String,
+    /// The image of the library's `maven` Task (Debian's Maven and a JDK,
+    /// operator/library/images/maven), in the Tasks this operator installs.
+    #[arg(
+        long,
+        env = "MAESTRO_MAVEN_IMAGE",
+        default_value = library::SHIPPED_MAVEN_IMAGE
+    )]
+    maven_image: String,
+    /// Pull policy of the `maven` Task's image.
+    #[arg(
+        long,
+        env = "MAESTRO_MAVEN_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    maven_pull_policy: String,
     /// The namespace of the standard Task library, searched after a run's own namespace.
     #[arg(
         long,
@@ -119,8 +134,8 @@ async fn main() -> anyhow::Result<()> {
         kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
     let settings = Settings {
         pods: PodSettings {
-            agent_image: args.agent_image,
-            agent_pull_policy: args.agent_pull_policy,
+            agent_image: args.agent_image.clone(),
+            agent_pull_policy: args.agent_pull_policy.clone(),
             workspace: (args.workspace == "claim").then_some(WorkspaceClaim {
                 storage_class: args.workspace_storage_class,
                 size: args.workspace_size,
@@ -129,6 +144,14 @@ async fn main() -> anyhow::Result<()> {
         library: args.install_library.then(|| LibraryInstall {
             namespace: args.library_namespace.clone(),
             owner_deployment: args.library_owner_deployment.clone(),
+            // Tasks that run maestro-agent in a container get the agent image built-ins
+            // run in.
+            images: LibraryImages {
+                agent: args.agent_image.clone(),
+                agent_pull_policy: args.agent_pull_policy.clone(),
+                maven: args.maven_image.clone(),
+                maven_pull_policy: args.maven_pull_policy.clone(),
+            },
         }),
         library_namespace: args.library_namespace,
         finished_run_ttl: args.finished_run_ttl,
