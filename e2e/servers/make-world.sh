@@ -5,7 +5,8 @@
 # project of JUnit 5 tests (e2e/servers/world/acceptance), as a git repository served over
 # HTTP (qa/acceptance.git) with a `main` branch that passes, a `failing` branch whose
 # loginPageAnswers test fails, and an `until-fixed` branch whose environmentIsFixed test
-# passes once the Tomcat serves /fixed/ (the rerun test deploys it there).
+# passes once the Tomcat serves /fixed/ (the rerun test deploys it there), and a
+# `with-settings` branch that needs the release from a repository only a settings.xml names.
 #   make-world.sh DIR
 #
 # The war is built once with Maven in the Maven image (localhost/maestro/maven:dev, the
@@ -185,6 +186,27 @@ add_test '
     }
 '
 git -C "$work" commit -q -am "tests that pass once the environment is fixed"
+# `with-settings`: the tests also depend on the release itself (com.acme:app:war, test
+# scope), which only the world's repository holds, declared in no POM: the build resolves
+# it only with a settings.xml that names that repository (the settings e2e test).
+git -C "$work" checkout -q -b with-settings main
+python3 - "$work/pom.xml" <<'PY2'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+anchor = "  <dependencies>\n"
+assert anchor in text
+release = """    <dependency>
+      <groupId>com.acme</groupId>
+      <artifactId>app</artifactId>
+      <version>1.4.2</version>
+      <type>war</type>
+      <scope>test</scope>
+    </dependency>
+"""
+open(path, "w").write(text.replace(anchor, anchor + release, 1))
+PY2
+git -C "$work" commit -q -am "tests that need the release from the company's repository"
 git -C "$work" checkout -q main
 git clone -q --bare "$work" "$dir/qa/acceptance.git"
 # git's "dumb" HTTP protocol needs these index files; any static file server then works.

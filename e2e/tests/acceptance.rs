@@ -592,3 +592,120 @@ async fn a_second_run_on_a_warm_slot_builds_from_the_cached_maven_repository() -
     );
     Ok(())
 }
+
+/// The maven Task's `settings`: a settings.xml from a Secret, by reference. The tests'
+/// `with-settings` branch depends on the release (com.acme:app:war), which only the world's
+/// repository holds and no POM names; the Secret's settings.xml makes that repository a
+/// mirror, with a server password. The same build fails without the settings (Maven cannot
+/// resolve the release) and succeeds with them, and the password is nowhere in the step's
+/// log or the run's status. `test-compile` resolves the test classpath without needing the
+/// deployed app, so the test needs no Tomcat or instance.
+#[tokio::test]
+async fn maven_settings_from_a_secret_reach_maven_and_stay_secret() -> anyhow::Result<()> {
+    let env = Env::new("accept-settings").await?;
+    let dir = TempDir::new("maestro-accept-settings")?;
+    make_world(&dir.0)?;
+    let sink = Sink::start(&dir.0).await?;
+    let password = format!(
+        "s3cret-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    // Maven blocks plain-HTTP repositories through a mirror of its own
+    // (maven-default-http-blocker); a mirror of the repository's exact id wins over it.
+    let settings = format!(
+        r#"<settings>
+  <servers>
+    <server><id>acme-mirror</id><username>qa</username><password>{password}</password></server>
+  </servers>
+  <mirrors>
+    <mirror><id>acme-mirror</id><mirrorOf>acme-releases</mirrorOf><url>{url}</url><blocked>false</blocked></mirror>
+  </mirrors>
+  <profiles>
+    <profile>
+      <id>acme</id>
+      <repositories>
+        <repository><id>acme-releases</id><url>https://repo.acme.invalid/releases</url>
+          <snapshots><enabled>false</enabled></snapshots></repository>
+      </repositories>
+    </profile>
+  </profiles>
+  <activeProfiles><activeProfile>acme</activeProfile></activeProfiles>
+</settings>
+"#,
+        url = sink.url
+    );
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "maven-settings"},
+        "stringData": {"MAVEN_SETTINGS_XML": settings}
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let names = env
+        .apply_yaml(
+            r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata:
+  name: settings-build
+spec:
+  params:
+    - {name: testsRepo}
+  steps:
+    - name: checkout
+      task: git
+      with: {repo: "{{ params.testsRepo }}", ref: with-settings, path: tests}
+    - name: without-settings
+      task: maven
+      continueOnFailure: true
+      with: {goals: test-compile}
+    - name: with-settings
+      task: maven
+      secretEnv: [maven-settings]
+      with: {goals: test-compile, settings: MAVEN_SETTINGS_XML}
+"#,
+        )
+        .await?;
+    env.wait_compositions_ready(&names).await?;
+    let repo = format!("{}/qa/acceptance.git", sink.url);
+    let name = env
+        .start_run("settings-build", &[("testsRepo", repo.as_str())])
+        .await?;
+    let done = env.wait_finished(&name, RUN_TIMEOUT).await?;
+    let status = done.status.clone().unwrap_or_default();
+    let without = step(&done, "without-settings").cloned().unwrap_or_default();
+    assert_eq!(without.phase, StepPhase::Failed, "status: {status:#?}");
+    let message = without.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("com.acme:app:war:1.4.2"),
+        "without settings, Maven cannot resolve the release: {message}"
+    );
+    assert_eq!(
+        step_phase(&done, "with-settings"),
+        Some(StepPhase::Succeeded),
+        "status: {status:#?}"
+    );
+    let log = env.cli(&["logs", &name]).await?;
+    for line in log
+        .lines()
+        .filter(|l| l.contains("maven: mvn") || l.contains("BUILD") || l.contains("com.acme:app"))
+    {
+        println!("acceptance settings: {line}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[with-settings") && l.contains("--settings")),
+        "log:\n{log}"
+    );
+    assert!(
+        !log.contains(&password),
+        "the password is in the log:\n{log}"
+    );
+    let status_json = serde_json::to_string(&status)?;
+    assert!(
+        !status_json.contains(&password) && !status_json.contains("acme-mirror"),
+        "the settings are in the status: {status_json}"
+    );
+    Ok(())
+}
