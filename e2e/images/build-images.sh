@@ -9,16 +9,17 @@
 #   e2e/images/build-images.sh --prepare   only warm the cache (base layers, pause binary):
 #                   needs no Rust binaries, so it can run beside cargo build
 #
-# Env: BIN_DIR      where maestro-agent and maestro-operator are read from
+# Env: BIN_DIR      where maestro-agent, maestro-operator and maestro-ui are read from
 #                   (default ${CARGO_TARGET_DIR:-$HOME/.cache/maestro/target}/debug)
 #      CONTAINERD_ADDRESS  containerd socket to import into; unset: only build
-#      MAESTRO_AGENT_IMAGE, MAESTRO_OPERATOR_IMAGE, MAESTRO_PAUSE_IMAGE  image names
+#      MAESTRO_AGENT_IMAGE, MAESTRO_OPERATOR_IMAGE, MAESTRO_UI_IMAGE, MAESTRO_PAUSE_IMAGE  image names
 #      MAESTRO_CACHE  cache root (default $HOME/.cache/maestro)
 #      DEBIAN_MIRROR  (default http://deb.debian.org/debian)
 #      MAESTRO_EXTRA_CA_DIR  CA certificates (*.crt) this machine trusts beyond Debian's, added
 #                   to every base (default /usr/local/share/ca-certificates)
 #
 # The images are defined by agent-image/Containerfile, operator/controller/Containerfile,
+# operator/ui/Containerfile,
 # e2e/images/pause/Containerfile and examples/plugins/NAME/Containerfile (built from its
 # own folder as localhost/maestro/plugin-NAME:dev); oci_archive.py reads their final
 # stages, so this script holds no package list, user or entrypoint of its own. No registry is reachable from the
@@ -36,6 +37,7 @@ out="$cache/out"
 bin_dir="${BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/maestro/target}/debug}"
 agent_image="${MAESTRO_AGENT_IMAGE:-localhost/maestro/agent:dev}"
 operator_image="${MAESTRO_OPERATOR_IMAGE:-localhost/maestro/operator:dev}"
+ui_image="${MAESTRO_UI_IMAGE:-localhost/maestro/ui:dev}"
 pause_image="${MAESTRO_PAUSE_IMAGE:-localhost/maestro/pause:3.10}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 extra_ca_dir="${MAESTRO_EXTRA_CA_DIR:-/usr/local/share/ca-certificates}"
@@ -181,8 +183,8 @@ fi
 
 archives=() names=()
 if [ "$mode" = all ]; then
-  for b in maestro-agent maestro-operator; do
-    [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: cargo build -p maestro-agent -p maestro-operator (or set BIN_DIR)"
+  for b in maestro-agent maestro-operator maestro-ui; do
+    [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: cargo build -p maestro-agent -p maestro-operator -p maestro-ui (or set BIN_DIR)"
   done
 
   build_base_layer "$repo/agent-image/Containerfile"
@@ -194,6 +196,12 @@ if [ "$mode" = all ]; then
   "${oci[@]}" build "$repo/operator/controller/Containerfile" --base-layer "$BASE_LAYER" \
     --file "$bin_dir/maestro-operator" --tag "$operator_image" --out "$out/operator.tar" >&2
   archives+=("$out/operator.tar") names+=("$operator_image")
+
+  # The web UI's in-cluster server (the chart's ui.enabled): the operator's base.
+  build_base_layer "$repo/operator/ui/Containerfile"
+  "${oci[@]}" build "$repo/operator/ui/Containerfile" --base-layer "$BASE_LAYER" \
+    --file "$bin_dir/maestro-ui" --tag "$ui_image" --out "$out/ui.tar" >&2
+  archives+=("$out/ui.tar") names+=("$ui_image")
 
   # Example plugin images: no Rust binary in them; a plain COPY takes the plugin's files
   # from the Containerfile's folder. The tests run them with imagePullPolicy IfNotPresent.

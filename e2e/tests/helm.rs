@@ -496,6 +496,123 @@ fn files(dir: &Path) -> Result<BTreeMap<String, String>> {
 /// reach the webhook port from anywhere. (The local cluster's bridge network plugin does not
 /// enforce NetworkPolicy, so the render is what can be checked; the install tests have the
 /// API server admit it.)
+/// The chart's UI (ui.enabled): off by default; when on, a restricted pod with a
+/// read-only root filesystem whose ServiceAccount has no token mounted and no rights;
+/// the read-only mode adds only a Role that reads, in its one namespace, and mounts the
+/// token that Role is bound to.
+#[tokio::test]
+async fn the_ui_has_no_rights_of_its_own_beyond_the_read_only_viewer() -> Result<()> {
+    run(
+        "helm",
+        &["lint", "--strict", CHART, "--set", "ui.enabled=true"],
+    )
+    .await?;
+    let defaults = render("maestro", &[]).await?;
+    assert!(
+        !defaults
+            .iter()
+            .any(|d| name_of(d).starts_with("maestro-ui")),
+        "the UI is off by default"
+    );
+
+    let docs = render(
+        "maestro",
+        &["--set", "ui.enabled=true,ui.grafanaUrl=http://grafana"],
+    )
+    .await?;
+    let ui: Vec<&serde_yaml::Value> = docs.iter().filter(|d| name_of(d) == "maestro-ui").collect();
+    let mut kinds: Vec<&str> = ui.iter().map(|d| kind_of(d)).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
+    );
+    let account = ui
+        .iter()
+        .find(|d| kind_of(d) == "ServiceAccount")
+        .context("no UI ServiceAccount")?;
+    assert_eq!(
+        account["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    let deployment = ui
+        .iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .context("no UI Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(65532));
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"].as_str(),
+        Some("localhost/maestro/ui:dev")
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    let projected = serde_yaml::to_string(&pod["volumes"])?;
+    assert!(!projected.contains("serviceAccountToken"), "{projected}");
+    let env = serde_yaml::to_string(&container["env"])?;
+    assert!(env.contains("http://grafana"), "{env}");
+    assert!(!env.contains("READ_ONLY"), "{env}");
+    assert!(
+        !docs.iter().any(|d| {
+            matches!(kind_of(d), "RoleBinding" | "ClusterRoleBinding")
+                && serde_yaml::to_string(&d["subjects"])
+                    .unwrap_or_default()
+                    .contains("maestro-ui")
+        }),
+        "the UI's ServiceAccount is bound to a role"
+    );
+
+    let docs = render(
+        "maestro",
+        &["--set", "ui.enabled=true,ui.readOnly.namespace=public"],
+    )
+    .await?;
+    let role = docs
+        .iter()
+        .find(|d| kind_of(d) == "Role" && name_of(d) == "maestro-ui-viewer")
+        .context("no viewer Role")?;
+    assert_eq!(role["metadata"]["namespace"].as_str(), Some("public"));
+    for rule in role["rules"].as_sequence().context("rules")? {
+        for verb in strings(&rule["verbs"]) {
+            assert!(
+                matches!(verb, "get" | "list" | "watch"),
+                "the viewer may {verb}"
+            );
+        }
+    }
+    let binding = docs
+        .iter()
+        .find(|d| kind_of(d) == "RoleBinding" && name_of(d) == "maestro-ui-viewer")
+        .context("no viewer RoleBinding")?;
+    assert_eq!(binding["metadata"]["namespace"].as_str(), Some("public"));
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("maestro-ui"));
+    assert!(
+        !docs.iter().any(|d| kind_of(d) == "ClusterRoleBinding"
+            && serde_yaml::to_string(&d["subjects"])
+                .unwrap_or_default()
+                .contains("maestro-ui")),
+        "the viewer is bound cluster-wide"
+    );
+    let deployment = docs
+        .iter()
+        .find(|d| kind_of(d) == "Deployment" && name_of(d) == "maestro-ui")
+        .context("no UI Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert!(serde_yaml::to_string(&pod["volumes"])?.contains("serviceAccountToken"));
+    let env = serde_yaml::to_string(&pod["containers"][0]["env"])?;
+    assert!(env.contains("MAESTRO_UI_READ_ONLY_NAMESPACE"), "{env}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn network_policy_opens_metrics_to_the_release_namespace_only() -> Result<()> {
     let docs = render("maestro", &[]).await?;

@@ -9,10 +9,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use maestro_api::{Approval, CompositionRun, RunPhase, StepPhase};
 use maestro_e2e::maestro::{Env, repo_root, workspace_bin};
 use serde_json::Value;
@@ -750,6 +751,290 @@ async fn the_in_cluster_server_acts_with_each_requests_own_token_only() -> Resul
     );
     let approvals: Api<Approval> = Api::namespaced(env.client.clone(), &ns);
     assert!(approvals.list(&Default::default()).await?.items.is_empty());
+    Ok(())
+}
+
+/// A composition with a required param and one with a default and a choice of values,
+/// for the Run form.
+const GREET: &str = r#"
+apiVersion: maestro.dev/v1alpha1
+kind: Composition
+metadata: {name: ui-greet}
+spec:
+  params:
+    - {name: who, description: "whom to greet"}
+    - {name: mood, default: calm, enum: [calm, loud]}
+  steps:
+    - name: greet
+      task: shell
+      with:
+        script: echo "hello $WHO"
+        env: {WHO: "{{ params.who }}"}
+"#;
+
+/// A ServiceAccount that may see the test namespace's runs and start them: the user who
+/// signs in on the login page.
+const RUNNER: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ui-runner}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: ui-runner}
+rules:
+- apiGroups: [maestro.dev]
+  resources: [compositions, compositionruns, agents]
+  verbs: [get, list, watch]
+- apiGroups: [maestro.dev]
+  resources: [compositionruns]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [pods, pods/log]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ui-runner}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ui-runner}
+subjects:
+- {kind: ServiceAccount, name: ui-runner}
+"#;
+
+/// A token of the test namespace's ServiceAccount `name`, for ten minutes.
+async fn token_of(env: &Env, name: &str) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    Ok(accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("the TokenRequest has no status")?
+        .token)
+}
+
+/// The chart's UI (ui.enabled, image localhost/maestro/ui:dev) installed into the test
+/// namespace with `sets`, alone: no operator replica (the test's own operator runs the
+/// runs) and nothing cluster-wide. Returns its URL once its Deployment is Ready: the
+/// Service's ClusterIP (this machine is the node and runs kube-proxy), else the pod's IP.
+/// The namespace's deletion removes it.
+async fn install_chart_ui(env: &Env, release: &str, sets: &str) -> Result<String> {
+    let ns = &env.ns.name;
+    let chart = repo_root().join("charts/maestro");
+    let values = format!(
+        "ui.enabled=true,ui.namespace={ns},replicas=0,crds.install=false,rbac.create=false,\
+         rbac.userRoles=false,approvalPolicy.install=false,dashboards.enabled=false,\
+         webhook.enabled=false,library.install=false{sets}"
+    );
+    let out = Command::new("helm")
+        .arg("install")
+        .arg(release)
+        .arg(&chart)
+        .args([
+            "--namespace",
+            ns,
+            "--set",
+            &values,
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .output()
+        .await
+        .context("running helm (source /var/lib/maestro-cluster/env for PATH)")?;
+    if !out.status.success() {
+        let pods = Command::new("kubectl")
+            .args(["get", "pods,events", "-n", ns, "-o", "wide"])
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        bail!(
+            "helm install {release} failed: {}{}\n{pods}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let name = format!("{release}-maestro-ui");
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), ns);
+    let ready = deployments
+        .get(&name)
+        .await?
+        .status
+        .and_then(|status| status.ready_replicas);
+    assert_eq!(ready, Some(1), "the UI Deployment is not Ready");
+    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
+    let service = services.get(&name).await?;
+    let spec = service.spec.context("the UI Service has no spec")?;
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let cluster_ip = spec.cluster_ip.context("the UI Service has no ClusterIP")?;
+    let port = spec
+        .ports
+        .and_then(|ports| ports.first().map(|port| port.port))
+        .context("the UI Service has no port")?;
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect((cluster_ip.as_str(), u16::try_from(port)?)),
+    )
+    .await
+    .is_ok_and(|connected| connected.is_ok());
+    if reachable {
+        return Ok(format!("http://{cluster_ip}:{port}"));
+    }
+    eprintln!("[ui] the Service's ClusterIP {cluster_ip} is not reachable here: the pod's IP");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=ui");
+    let pod_ip = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .find_map(|pod| pod.status?.pod_ip)
+        .context("the UI pod has no IP")?;
+    Ok(format!("http://{pod_ip}:8080"))
+}
+
+/// The chart's UI with no auth proxy in front: the page asks for a token, a
+/// ServiceAccount's token signs in (kept in an HttpOnly, SameSite=Strict cookie, nowhere
+/// a script reads), the runs list shows the namespace's run, the Run form starts a run
+/// with the typed param as that user and opens it, the Grafana link points at the
+/// chart's dashboard, and signing out clears the cookie and shows the login page again.
+#[tokio::test]
+async fn the_charts_ui_signs_in_with_a_token_runs_a_composition_from_its_form_and_signs_out()
+-> Result<()> {
+    let env = Env::new("ui-chart").await?;
+    env.apply_yaml(GREET).await?;
+    env.wait_compositions_ready(&["ui-greet".to_string()])
+        .await?;
+    env.apply_yaml(RUNNER).await?;
+    let ns = env.ns.name.clone();
+    let runner = format!("system:serviceaccount:{ns}:ui-runner");
+    maestro_e2e::wait_until_allowed(
+        &env.client,
+        &runner,
+        "create",
+        "maestro.dev",
+        "compositionruns",
+        &ns,
+    )
+    .await?;
+    let token = token_of(&env, "ui-runner").await?;
+    let first = env.start_run("ui-greet", &[("who", "first")]).await?;
+    let url = install_chart_ui(&env, "ui-login", ",ui.grafanaUrl=http://grafana.example/").await?;
+
+    let shot = screenshot("chart-login")?;
+    let seen = browser_with_token(
+        "login.mjs",
+        &[
+            ("url", &url),
+            ("run", &first),
+            ("composition", "ui-greet"),
+            ("param", "who"),
+            ("value", "from the form"),
+            ("screenshot", &shot),
+        ],
+        Some(&token),
+    )
+    .await?;
+    assert_eq!(seen["apiWithoutToken"], 401, "{seen}");
+    assert_eq!(seen["user"], runner.as_str(), "{seen}");
+    assert_eq!(
+        seen["cookie"],
+        serde_json::json!({"name": "maestro-token", "httpOnly": true, "sameSite": "Strict"}),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["stored"],
+        serde_json::json!({"script": false, "local": false}),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["grafana"], "http://grafana.example/d/maestro-overview",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["fields"],
+        serde_json::json!(["who*", "mood"]),
+        "{seen}"
+    );
+    assert_eq!(seen["afterLogout"], false, "{seen}");
+
+    let started = seen["started"].as_str().context("no run opened")?;
+    assert_ne!(started, first);
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
+    let started = runs.get(started).await?;
+    assert_eq!(started.spec.composition, "ui-greet");
+    assert_eq!(
+        started.spec.params.get("who").map(String::as_str),
+        Some("from the form")
+    );
+    assert_eq!(started.spec.started_by.as_deref(), Some(runner.as_str()));
+    let shown = seen["shownParams"].as_str().unwrap_or_default();
+    assert!(shown.contains("who=from the form"), "{seen}");
+    Ok(())
+}
+
+/// The chart's read-only mode: a visitor who has not signed in sees the namespace's
+/// runs through the viewer ServiceAccount, with no action buttons and no Grafana link
+/// (none is configured), and an approval sent anyway is refused with a clear message;
+/// no Approval is created.
+#[tokio::test]
+async fn the_charts_read_only_mode_shows_runs_without_signing_in_and_refuses_to_approve()
+-> Result<()> {
+    let env = Env::new("ui-readonly").await?;
+    env.apply_example_ready("approval/release-gate.yaml")
+        .await?;
+    let ns = env.ns.name.clone();
+    let run = env.start_run("release-gate", &[]).await?;
+    env.wait_phase(&run, &[RunPhase::WaitingApproval], TIMEOUT)
+        .await?;
+    let url = install_chart_ui(&env, "ui-public", &format!(",ui.readOnly.namespace={ns}")).await?;
+    let viewer = format!("system:serviceaccount:{ns}:ui-public-maestro-ui");
+    maestro_e2e::wait_until_allowed(
+        &env.client,
+        &viewer,
+        "watch",
+        "maestro.dev",
+        "compositionruns",
+        &ns,
+    )
+    .await?;
+
+    let shot = screenshot("chart-read-only")?;
+    let seen = browser(
+        "read-only.mjs",
+        &[
+            ("url", &url),
+            ("namespace", &ns),
+            ("run", &run),
+            ("step", "sign-off"),
+            ("screenshot", &shot),
+        ],
+    )
+    .await?;
+    assert_eq!(seen["user"], viewer.as_str(), "{seen}");
+    assert_eq!(seen["approveButtons"], 0, "{seen}");
+    assert_eq!(seen["runPageButtons"], 0, "{seen}");
+    assert_eq!(seen["grafanaLinks"], 0, "{seen}");
+    assert_eq!(seen["refusal"]["status"], 403, "{seen}");
+    let error = seen["refusal"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!(
+            "read-only: this UI shows namespace {ns} to visitors"
+        )),
+        "{seen}"
+    );
+    let approvals: Api<Approval> = Api::namespaced(env.client.clone(), &ns);
+    assert!(approvals.list(&Default::default()).await?.items.is_empty());
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
+    let still = runs.get(&run).await?.status.map(|status| status.phase);
+    assert_eq!(still, Some(RunPhase::WaitingApproval));
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The JSON endpoints: who the user is, one run, the compositions, and the actions
-//! (approve or reject a gate, cancel a run, run again, rerun). Each works as the request's
-//! user.
+//! (approve or reject a gate, cancel a run, run again, rerun, run a composition). Each
+//! works as the request's user; the read-only viewer only reads.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -13,7 +14,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use maestro_api::{
     Approval, ApprovalGate, ApprovalSpec, Composition, CompositionRun, CompositionSpec, Decision,
-    StepPhase,
+    ParamSpec, StepPhase,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -24,8 +25,16 @@ use crate::{ApiError, App};
 
 type Answer = Result<Json<Value>, ApiError>;
 
-pub async fn config(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(json!({ "defaultNamespace": app.default_namespace }))
+/// What the page needs to know before its first page: where to look first, who it is
+/// served as (the login page when nobody; no action buttons for the read-only viewer),
+/// and the dashboard's link.
+pub async fn config(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<Value> {
+    Json(json!({
+        "defaultNamespace": app.default_namespace,
+        "session": app.access.session(&headers),
+        "login": app.access.has_login(),
+        "dashboardUrl": app.dashboard_url,
+    }))
 }
 
 /// The user, as the API server authenticates them.
@@ -42,7 +51,7 @@ pub async fn whoami(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer {
 
 /// Asks the API server who the caller is (a SelfSubjectReview): the only name an
 /// Approval's approvedBy may carry.
-async fn ask_who(client: &Client) -> Result<Caller, ApiError> {
+pub(crate) async fn ask_who(client: &Client) -> Result<Caller, ApiError> {
     let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
     let review = reviews
         .create(&PostParams::default(), &SelfSubjectReview::default())
@@ -119,7 +128,7 @@ pub async fn decide(
     Path((namespace, name)): Path<(String, String)>,
     Json(request): Json<DecideRequest>,
 ) -> Answer {
-    let client = app.access.client_for(&headers)?;
+    let client = app.access.client_to_act(&headers)?;
     let run = get_run(client.clone(), &namespace, &name).await?;
     check_waiting(&run, &request.step).map_err(|why| ApiError::new(StatusCode::CONFLICT, why))?;
     let caller = ask_who(&client).await?;
@@ -188,7 +197,7 @@ pub async fn cancel(
     headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Answer {
-    let client = app.access.client_for(&headers)?;
+    let client = app.access.client_to_act(&headers)?;
     let run = get_run(client.clone(), &namespace, &name).await?;
     if let Some(phase) = run.status.as_ref().map(|status| status.phase)
         && phase.is_finished()
@@ -218,7 +227,7 @@ pub async fn run_again(
     headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Answer {
-    let client = app.access.client_for(&headers)?;
+    let client = app.access.client_to_act(&headers)?;
     let run = get_run(client.clone(), &namespace, &name).await?;
     let started = start_like(client, &namespace, &run, None, "starting the run").await?;
     Ok(Json(json!({
@@ -236,22 +245,33 @@ async fn start_like(
     rerun_of: Option<maestro_api::RerunOf>,
     doing: &str,
 ) -> Result<String, ApiError> {
-    let caller = ask_who(&client).await?;
     let base = match &rerun_of {
         Some(of) => maestro_api::labels::rerun_name_base(&of.run),
         None => run.spec.composition.clone(),
     };
-    let mut new = CompositionRun::new(
-        "",
-        maestro_api::CompositionRunSpec {
-            composition: run.spec.composition.clone(),
-            params: run.spec.params.clone(),
-            cancel: false,
-            priority: run.spec.priority,
-            started_by: Some(caller.username),
-            rerun_of,
-        },
-    );
+    let spec = maestro_api::CompositionRunSpec {
+        composition: run.spec.composition.clone(),
+        params: run.spec.params.clone(),
+        cancel: false,
+        priority: run.spec.priority,
+        started_by: None,
+        rerun_of,
+    };
+    create_run(client, namespace, spec, &base, doing).await
+}
+
+/// Creates a run with `spec`, named `<base>-<random>`, as the client's user, who is
+/// recorded as its starter (the run-identity policy refuses any other name). Returns the
+/// new run's name.
+async fn create_run(
+    client: Client,
+    namespace: &str,
+    mut spec: maestro_api::CompositionRunSpec,
+    base: &str,
+    doing: &str,
+) -> Result<String, ApiError> {
+    spec.started_by = Some(ask_who(&client).await?.username);
+    let mut new = CompositionRun::new("", spec);
     new.metadata.name = None;
     new.metadata.generate_name = Some(format!("{base}-"));
     let runs: Api<CompositionRun> = Api::namespaced(client, namespace);
@@ -260,6 +280,91 @@ async fn start_like(
         .await
         .map_err(|error| ApiError::kube(error, doing))?;
     Ok(created.name_any())
+}
+
+/// What the Run form sends: the values of the composition's params.
+#[derive(Deserialize, Default)]
+pub struct RunRequest {
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// Runs a composition with the Run form's params, as the request's user (`kubectl
+/// maestro run`). A param it does not declare, or a required one left out, is refused
+/// here; the operator checks enum and pattern and says so in the run's status.
+pub async fn run_composition(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(request): Json<RunRequest>,
+) -> Answer {
+    let client = app.access.client_to_act(&headers)?;
+    let compositions: Api<Composition> = Api::namespaced(client.clone(), &namespace);
+    let composition = compositions
+        .get_opt(&name)
+        .await
+        .map_err(|error| ApiError::kube(error, &format!("reading composition {name:?}")))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("composition {name:?} not found in namespace {namespace:?}"),
+            )
+        })?;
+    let params = params_for(&name, &composition.spec.params, request.params)
+        .map_err(ApiError::bad_request)?;
+    let spec = maestro_api::CompositionRunSpec {
+        composition: name.clone(),
+        params,
+        cancel: false,
+        priority: 0,
+        started_by: None,
+        rerun_of: None,
+    };
+    let started = create_run(
+        client,
+        &namespace,
+        spec,
+        &name,
+        "creating the compositionrun",
+    )
+    .await?;
+    Ok(Json(json!({
+        "run": started,
+        "message": format!("{started} started"),
+    })))
+}
+
+/// The form's values as a run's params: empty fields left to their default (or refused
+/// when the param has none), undeclared names refused.
+fn params_for(
+    composition: &str,
+    declared: &[ParamSpec],
+    given: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    if let Some(unknown) = given
+        .keys()
+        .find(|key| !declared.iter().any(|param| &param.name == *key))
+    {
+        return Err(format!(
+            "composition {composition:?} has no parameter {unknown:?}"
+        ));
+    }
+    let params: BTreeMap<String, String> = given
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    let missing: Vec<&str> = declared
+        .iter()
+        .filter(|param| param.default.is_none() && !params.contains_key(&param.name))
+        .map(|param| param.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "composition {composition:?} requires {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(params)
 }
 
 /// What a rerun request may say: the step to rerun from (default: the steps that did
@@ -279,7 +384,7 @@ pub async fn rerun(
     Path((namespace, name)): Path<(String, String)>,
     Json(request): Json<RerunRequest>,
 ) -> Answer {
-    let client = app.access.client_for(&headers)?;
+    let client = app.access.client_to_act(&headers)?;
     let run = get_run(client.clone(), &namespace, &name).await?;
     let status = run.status.clone().unwrap_or_default();
     if !status.phase.is_finished() {
@@ -424,5 +529,44 @@ mod tests {
             vec!["release-managers"]
         );
         assert!(groups_to_record(None, &mine).is_empty());
+    }
+
+    #[test]
+    fn the_run_forms_values_become_params_and_required_ones_are_checked() {
+        let declared = vec![
+            ParamSpec {
+                name: "version".into(),
+                default: None,
+                description: None,
+                allowed: Vec::new(),
+                pattern: None,
+            },
+            ParamSpec {
+                name: "env".into(),
+                default: Some("staging".into()),
+                description: None,
+                allowed: vec!["staging".into(), "prod".into()],
+                pattern: None,
+            },
+        ];
+        let form = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            params_for("ship", &declared, form(&[("version", "1.2"), ("env", "")])),
+            Ok(form(&[("version", "1.2")]))
+        );
+        let error = params_for("ship", &declared, form(&[("env", "prod")])).unwrap_err();
+        assert_eq!(error, "composition \"ship\" requires version");
+        let error = params_for(
+            "ship",
+            &declared,
+            form(&[("version", "1"), ("verison", "2")]),
+        )
+        .unwrap_err();
+        assert!(error.contains("no parameter \"verison\""), "{error}");
     }
 }

@@ -7,6 +7,7 @@ mod access;
 mod api;
 mod assets;
 mod error;
+mod login;
 mod logs;
 mod security;
 mod summary;
@@ -14,7 +15,7 @@ mod watch;
 
 use std::sync::Arc;
 
-pub use access::Access;
+pub use access::{Access, Session};
 pub use error::ApiError;
 
 use axum::Router;
@@ -30,13 +31,21 @@ pub struct Settings {
     /// any other is refused, so a web page on a rebound DNS name cannot reach the
     /// server through the browser. Empty: any host.
     pub allowed_hosts: Vec<String>,
+    /// Grafana's address (`https://grafana.example`): the page links to Maestro's
+    /// dashboard there. None: no link.
+    pub grafana_url: Option<String>,
 }
+
+/// The uid of the chart's Grafana dashboard (charts/maestro/dashboards/maestro.json).
+pub const DASHBOARD_UID: &str = "maestro-overview";
 
 /// The server's shared state.
 pub(crate) struct App {
     pub access: Access,
     pub default_namespace: String,
     pub allowed_hosts: Vec<String>,
+    /// The link to the dashboard, if Grafana's address was given.
+    pub dashboard_url: Option<String>,
 }
 
 /// The HTTP routes of the UI.
@@ -45,12 +54,20 @@ pub fn router(settings: Settings) -> Router {
         access: settings.access,
         default_namespace: settings.default_namespace,
         allowed_hosts: settings.allowed_hosts,
+        dashboard_url: settings
+            .grafana_url
+            .map(|url| url.trim().trim_end_matches('/').to_string())
+            .filter(|url| !url.is_empty())
+            .map(|url| format!("{url}/d/{DASHBOARD_UID}")),
     });
     Router::new()
         .route("/", get(assets::index))
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
+        .route("/healthz", get(|| async { "ok" }))
         .route("/api/config", get(api::config))
+        .route("/api/login", post(login::login))
+        .route("/api/logout", post(login::logout))
         .route("/api/whoami", get(api::whoami))
         .route("/api/runs/watch", get(watch::runs))
         .route("/api/runs/{namespace}/{name}", get(api::run))
@@ -62,6 +79,10 @@ pub fn router(settings: Settings) -> Router {
         .route("/api/runs/{namespace}/{name}/again", post(api::run_again))
         .route("/api/runs/{namespace}/{name}/rerun", post(api::rerun))
         .route("/api/compositions", get(api::compositions))
+        .route(
+            "/api/compositions/{namespace}/{name}/run",
+            post(api::run_composition),
+        )
         .route("/api/agents/watch", get(watch::agents))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -15,6 +15,7 @@ fn app() -> axum::Router {
         access: Access::Kubeconfig(client),
         default_namespace: "ci".into(),
         allowed_hosts: vec!["127.0.0.1:7683".into()],
+        grafana_url: None,
     })
 }
 
@@ -93,4 +94,81 @@ async fn refuses_actions_from_other_sites_and_requests_for_other_hosts() {
         .await
         .expect("an answer");
     assert_eq!(config.status(), StatusCode::OK);
+}
+
+/// The in-cluster mode with no token: the page learns it must show the login page, the
+/// API answers 401, and signing in or out is an action like any other (refused from
+/// another site).
+#[tokio::test]
+async fn without_a_token_the_page_gets_the_login_page_and_login_is_an_action() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let in_cluster = || {
+        let config = kube::Config::new("https://127.0.0.1:9".parse().expect("a URL"));
+        router(Settings {
+            access: Access::bearer_token(config),
+            default_namespace: "ci".into(),
+            allowed_hosts: Vec::new(),
+            grafana_url: Some("https://grafana.example/".into()),
+        })
+    };
+    let host = ("host", "ui.example");
+    let config = in_cluster()
+        .oneshot(request("GET", "/api/config", &[host]))
+        .await
+        .expect("an answer");
+    assert_eq!(config.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(config.into_body(), 1 << 16)
+        .await
+        .expect("a body");
+    let config: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(config["session"], "none");
+    assert_eq!(config["login"], true);
+    assert_eq!(
+        config["dashboardUrl"],
+        "https://grafana.example/d/maestro-overview"
+    );
+
+    let whoami = in_cluster()
+        .oneshot(request("GET", "/api/whoami", &[host]))
+        .await
+        .expect("an answer");
+    assert_eq!(whoami.status(), StatusCode::UNAUTHORIZED);
+
+    for path in ["/api/login", "/api/logout"] {
+        let cross = in_cluster()
+            .oneshot(request(
+                "POST",
+                path,
+                &[
+                    host,
+                    ("content-type", "application/json"),
+                    ("x-maestro-ui", "1"),
+                    ("origin", "https://evil.example"),
+                ],
+            ))
+            .await
+            .expect("an answer");
+        assert_eq!(cross.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(!cross.headers().contains_key(header::SET_COOKIE), "{path}");
+    }
+
+    let logout = in_cluster()
+        .oneshot(request(
+            "POST",
+            "/api/logout",
+            &[host, ("x-maestro-ui", "1"), ("origin", "http://ui.example")],
+        ))
+        .await
+        .expect("an answer");
+    assert_eq!(logout.status(), StatusCode::OK);
+    let cookie = logout.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap_or_default();
+    assert!(cookie.starts_with("maestro-token=;"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Max-Age=0"),
+        "{cookie}"
+    );
 }

@@ -20,6 +20,10 @@ pub struct UiArgs {
     /// Only print the URL; do not try to open a browser.
     #[arg(long)]
     pub no_open: bool,
+    /// Grafana's address (https://grafana.example): the page links to Maestro's
+    /// dashboard there.
+    #[arg(long, value_name = "URL")]
+    pub grafana_url: Option<String>,
 }
 
 pub async fn run(target: &Target, args: UiArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +51,7 @@ pub async fn run(target: &Target, args: UiArgs) -> anyhow::Result<ExitCode> {
             access: Access::Kubeconfig(target.client.clone()),
             default_namespace: target.namespace.clone(),
             allowed_hosts: vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+            grafana_url: args.grafana_url,
         },
     )
     .await?;

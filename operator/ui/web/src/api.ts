@@ -61,6 +61,19 @@ export interface ParamSpec {
   name: string;
   default?: string;
   description?: string;
+  enum?: string[];
+  pattern?: string;
+}
+
+// Who the page is served as: 'none' shows the token login page; 'viewer' is the
+// read-only mode (no action buttons); 'cookie' came from the login page (it can sign out).
+export type Session = 'kubeconfig' | 'header' | 'cookie' | 'viewer' | 'none';
+
+export interface Config {
+  defaultNamespace: string;
+  session: Session;
+  login: boolean;
+  dashboardUrl?: string | null;
 }
 
 export interface CompositionSpec {
@@ -190,6 +203,23 @@ export function runAgain(namespace: string, run: string) {
 // Reruns an ended run: its failed steps, or `from` and what follows it.
 export function rerun(namespace: string, run: string, from: string | null) {
   return post<{ run: string; message: string }>(`${runPath(namespace, run)}/rerun`, from ? { from } : {});
+}
+
+// Runs a composition with the Run form's params, as the page's user.
+export function runComposition(namespace: string, composition: string, params: Record<string, string>) {
+  return post<{ run: string; message: string }>(
+    `/api/compositions/${encodeURIComponent(namespace)}/${encodeURIComponent(composition)}/run`,
+    { params },
+  );
+}
+
+// The token goes to the server once; it keeps it in an HttpOnly cookie the page never sees.
+export function login(token: string) {
+  return post<{ username: string; message: string }>('/api/login', { token });
+}
+
+export function logout() {
+  return post<{ message: string }>('/api/logout', {});
 }
 
 export function cancel(namespace: string, run: string) {

@@ -4,6 +4,7 @@ import type { Run as RunObject, StepStatus } from './api';
 import { cancel, decide, follow, rerun, runAgain, runPath, since } from './api';
 import { Graph } from './graph';
 import { Log } from './log';
+import { useCanAct } from './session';
 
 const ENDED = ['Succeeded', 'Failed', 'Cancelled', 'Invalid'];
 
@@ -29,6 +30,7 @@ export function Run(props: { namespace: string; name: string; now: number }) {
   const parent = run.metadata.labels?.['maestro.dev/parent-run'];
   const failedRun = run.metadata.labels?.['maestro.dev/failed-run'];
   const invalid = status.conditions?.find((c) => c.type === 'Invalid' && c.status === 'True');
+  const canAct = useCanAct();
   return (
     <section class="run" data-run={props.name} data-phase={phase}>
       <h1>{props.name} <span class={`phase phase-${phase}`} id="run-phase">{phase}</span></h1>
@@ -47,8 +49,10 @@ export function Run(props: { namespace: string; name: string; now: number }) {
         {Object.keys(run.spec.params ?? {}).length > 0 && <><dt>Params</dt><dd>{Object.entries(run.spec.params ?? {}).map(([k, v]) => <code>{k}={v} </code>)}</dd></>}
       </dl>
       {invalid && <p class="error">{invalid.message}</p>}
-      <Actions key={props.name} run={run} phase={phase} steps={specSteps.map((s) => s.name)} />
-      {steps.filter((s) => s.phase === 'WaitingApproval').map((s) => <Gate key={`${props.name}/${s.name}`} namespace={props.namespace} run={props.name} step={s} />)}
+      {canAct && <Actions key={props.name} run={run} phase={phase} steps={specSteps.map((s) => s.name)} />}
+      {steps.filter((s) => s.phase === 'WaitingApproval').map((s) => canAct
+        ? <Gate key={`${props.name}/${s.name}`} namespace={props.namespace} run={props.name} step={s} />
+        : <p class="gate" data-step={s.name}><strong>{s.name}</strong>: {s.message ?? 'waiting for approval'} (read-only: sign in to decide)</p>)}
       <div class="graph-box"><Graph steps={specSteps} status={steps} namespace={props.namespace} now={props.now} /></div>
       <Steps steps={steps} namespace={props.namespace} now={props.now} />
       <Context run={run} />

@@ -4,6 +4,7 @@
 import { useEffect, useMemo, useState } from 'preact/hooks';
 import type { RunSummary } from './api';
 import { ago, decide, follow, since } from './api';
+import { useCanAct } from './session';
 
 const PAGE = 200;
 const PHASES = ['', 'Pending', 'Queued', 'Running', 'WaitingApproval', 'CleaningUp', 'Succeeded', 'Failed', 'Cancelled', 'Invalid'];
@@ -73,6 +74,7 @@ export function Runs(props: { namespace: string; setNamespace: (ns: string) => v
 
 function Row(props: { run: RunSummary; now: number; showNamespace: boolean }) {
   const r = props.run;
+  const canAct = useCanAct();
   const [said, setSaid] = useState<{ ok: boolean; text: string } | null>(null);
   const approve = (step: string) =>
     decide(r.namespace, r.name, step, 'Approve').then(
@@ -89,7 +91,8 @@ function Row(props: { run: RunSummary; now: number; showNamespace: boolean }) {
       <td>{since(r.startTime, r.completionTime, props.now)}</td>
       <td>{r.startedBy ?? ''}</td>
       <td>
-        {r.waiting.map((w) => (
+        {!canAct && r.waiting.length > 0 && <span class="muted">waiting for approval</span>}
+        {canAct && r.waiting.map((w) => (
           <button type="button" class="approve" title={w.message ?? ''} onClick={() => approve(w.step)}>Approve {w.step}</button>
         ))}
         {said && <span class={said.ok ? 'said' : 'error'}>{said.text}</span>}
