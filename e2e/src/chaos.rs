@@ -1,11 +1,15 @@
 //! The chaos suite (`make chaos`, and its smoke mode in `make test`): a mix of runs (one
 //! step, ten sequential steps, a fan-out and join, a fork of child runs, an approval gate
 //! approved during the chaos), every step with retries, on a node faked by kwok whose pods
-//! take 2 to 4 s, while a fault is injected. Afterwards it checks what users rely on:
+//! take 2 to 4 s, while a fault is injected; and a few runs that provision an EC2 instance
+//! in moto and deprovision it, on the real node with real containers (a fake pod runs
+//! nothing, so it would make no instance). Afterwards it checks what users rely on:
 //! every run reaches a final phase, and the one its composition implies; no pod name (one
 //! run, step and attempt) was ever created twice, nor any child run; every approval made
-//! during the chaos counted exactly once. Creations are counted from watches started before
-//! the first run, so a pod or run created and gone again still counts.
+//! during the chaos counted exactly once; no instance is left running in moto, and every
+//! EC2 run's ledger is empty or its cleanup failure is in its status. Creations are counted
+//! from watches started before the first run, so a pod or run created and gone again still
+//! counts.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,18 +19,24 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Pod, Secret},
+};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, EvictParams, ListParams, ObjectMeta},
+    api::{DeleteParams, EvictParams, ListParams, ObjectMeta, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use maestro_api::{CompositionRun, CompositionRunSpec, RunPhase, StepPhase, labels};
+use maestro_api::{
+    CompositionRun, CompositionRunSpec, CompositionRunStatus, RunPhase, StepPhase, labels,
+};
 use serde_json::json;
 
 use crate::{
     bench::{self, Kwok},
     maestro::{Env, Launch, Operator},
+    world::Moto,
 };
 
 /// The operator's leader Lease (in the namespace it watches, as the harness starts it).
@@ -170,6 +180,26 @@ impl Fault {
         }
     }
 
+    /// The scenario's name on the command line (`maestro-chaos --only pods-deleted`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OperatorKilled { .. } => "operator-killed",
+            Self::LeaderKilled { .. } => "leader-killed",
+            Self::StepPodsDeleted { .. } => "pods-deleted",
+            Self::StepPodsEvicted { .. } => "pods-evicted",
+            Self::ControlPlaneRestarted {
+                part: ControlPlane::ApiServer,
+                ..
+            } => "apiserver-restarted",
+            Self::ControlPlaneRestarted {
+                part: ControlPlane::Etcd,
+                ..
+            } => "etcd-restarted",
+            Self::ApiCut { .. } => "api-cut",
+            Self::EachOnce { .. } => "each-once",
+        }
+    }
+
     fn during(self) -> Duration {
         match self {
             Self::OperatorKilled { during, .. }
@@ -246,43 +276,66 @@ pub struct Mix {
     pub fan_out: usize,
     pub forks: usize,
     pub gated: usize,
+    /// Runs that provision an EC2 instance in moto, on the real node.
+    pub ec2: usize,
 }
 
 impl Mix {
     /// The issue's 200 runs in flight.
     pub fn full() -> Self {
         Self {
-            one_step: 80,
+            one_step: 70,
             sequential: 30,
             fan_out: 30,
             forks: 30,
             gated: 30,
+            ec2: 10,
         }
     }
 
     /// 50 runs, for `make test`.
     pub fn smoke() -> Self {
         Self {
-            one_step: 20,
+            one_step: 18,
             sequential: 8,
             fan_out: 8,
             forks: 7,
             gated: 7,
+            ec2: 2,
         }
     }
 
+    /// Only the EC2 runs (on the real node): no kwok needed, so it can run beside a
+    /// benchmark that holds the fake node.
+    pub fn ec2_only(self) -> Self {
+        Self {
+            one_step: 0,
+            sequential: 0,
+            fan_out: 0,
+            forks: 0,
+            gated: 0,
+            ec2: self.ec2,
+        }
+    }
+
+    /// The runs whose pods land on the fake node.
+    pub fn on_fake_node(self) -> usize {
+        self.runs() - self.ec2
+    }
+
     pub fn runs(self) -> usize {
-        self.one_step + self.sequential + self.fan_out + self.forks + self.gated
+        self.by_composition().iter().map(|(_, n)| n).sum()
     }
 
     /// (composition, how many runs) in creation order.
-    fn by_composition(self) -> [(&'static str, usize); 5] {
+    fn by_composition(self) -> [(&'static str, usize); 6] {
         [
             (ONE_STEP, self.one_step),
             (SEQUENTIAL, self.sequential),
             (FAN_OUT, self.fan_out),
             (FORK, self.forks),
             (GATED, self.gated),
+            (EC2, self.ec2),
         ]
     }
 }
@@ -292,6 +345,10 @@ const SEQUENTIAL: &str = "chaos-sequential";
 const FAN_OUT: &str = "chaos-fan-out";
 const FORK: &str = "chaos-fork";
 const GATED: &str = "chaos-gated";
+/// Provisions an instance, runs a step, deprovisions it: on the real node, against moto.
+const EC2: &str = "chaos-ec2";
+/// The Secret the EC2 steps take their (moto's dummy) credentials from.
+const AWS_SECRET: &str = "aws-credentials";
 /// The fork's children, each a run of ONE_STEP.
 const FORK_WIDTH: usize = 2;
 
@@ -348,6 +405,26 @@ pub fn smoke_suite(mix: Mix, during: Duration) -> Vec<Scenario> {
     }]
 }
 
+/// The scenarios named in `names` (comma-separated, as `Fault::name` spells them), in the
+/// order given; a name that is none of them is an error that lists the names there are.
+pub fn only(scenarios: &[Scenario], names: &str) -> Result<Vec<Scenario>> {
+    let mut chosen = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match scenarios.iter().find(|s| s.fault.name() == name) {
+            Some(scenario) => chosen.push(*scenario),
+            None => {
+                let known: Vec<&str> = scenarios.iter().map(|s| s.fault.name()).collect();
+                bail!(
+                    "no scenario is called {name:?}; there are: {}",
+                    known.join(", ")
+                );
+            }
+        }
+    }
+    anyhow::ensure!(!chosen.is_empty(), "no scenario named in {names:?}");
+    Ok(chosen)
+}
+
 /// What a scenario found.
 #[derive(Debug, Clone)]
 pub struct Findings {
@@ -373,6 +450,14 @@ pub struct Findings {
     pub injected_by_kind: BTreeMap<&'static str, usize>,
     /// Approval gates whose status does not show exactly one counted approval.
     pub approvals_not_once: Vec<String>,
+    /// Instances moto knows of, in any state: those the EC2 runs made (the evidence that
+    /// they really provisioned).
+    pub instances_made: usize,
+    /// Instances moto still has running (not terminated) once every run has ended.
+    pub leaked_instances: Vec<String>,
+    /// EC2 runs whose ledger still holds something while their status records no cleanup
+    /// failure (what would be lost without a trace).
+    pub ledgers_left: Vec<String>,
     /// From the end of the faults until every run had ended.
     pub settle: Duration,
     /// The operator's peak resident memory during the faults, in MiB (the larger replica).
@@ -390,19 +475,21 @@ impl Findings {
             && self.duplicate_pods.is_empty()
             && self.duplicate_children.is_empty()
             && self.approvals_not_once.is_empty()
+            && self.leaked_instances.is_empty()
+            && self.ledgers_left.is_empty()
     }
 }
 
 /// The suite's table, one row per scenario.
 pub fn table(all: &[Findings]) -> String {
     let mut out = String::from(
-        "| fault | runs | injected | final phases (children included) | stuck | not as expected | pods created | duplicate pods | children created | duplicate children | approvals not once | settle | peak RSS | idle reconciles/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | runs | injected | final phases (children included) | stuck | not as expected | pods created | duplicate pods | children created | duplicate children | approvals not once | leaked instances | ledgers left | settle | peak RSS | idle reconciles/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in all {
         let phases: Vec<String> = f.phases.iter().map(|(p, n)| format!("{p} {n}")).collect();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} MiB | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} | {:.1} s | {:.0} MiB | {:.2} |\n",
             f.fault.label(),
             f.runs,
             f.injected,
@@ -414,6 +501,9 @@ pub fn table(all: &[Findings]) -> String {
             f.children_created,
             f.duplicate_children.len(),
             f.approvals_not_once.len(),
+            f.leaked_instances.len(),
+            f.instances_made,
+            f.ledgers_left.len(),
             f.settle.as_secs_f64(),
             f.peak_rss_mib,
             f.idle_reconciles_per_second,
@@ -422,9 +512,10 @@ pub fn table(all: &[Findings]) -> String {
     out
 }
 
-/// The compositions, all on the fake node, every task step retried twice 1 s apart (a
-/// deleted pod fails its attempt; the retry must carry the run to success).
-fn compositions_yaml() -> String {
+/// The compositions, every task step retried twice 1 s apart (a deleted pod fails its
+/// attempt; the retry must carry the run to success); all on the fake node but the EC2
+/// one, which runs on the real node against the EC2 API at `ec2_endpoint` (none: left out).
+fn compositions_yaml(ec2_endpoint: Option<&str>) -> String {
     let (selector, tolerations) = bench::placement_json();
     let retried = |name: &str, depends_on: Option<Vec<String>>| {
         let mut step = json!({
@@ -454,6 +545,36 @@ fn compositions_yaml() -> String {
             .map(|name| retried(name, Some(vec!["first".into()]))),
     );
     fan_out.push(retried("join", Some(fanned.clone())));
+    let retries = json!({"limit": 2, "backoff": "1s"});
+    // The normal use (examples/acceptance-tests): an explicit deprovision step, and the
+    // cleanup for whatever a failure leaves in the ledger.
+    let ec2 = ec2_endpoint.map(|endpoint| {
+        json!({
+            "apiVersion": "maestro.dev/v1alpha1",
+            "kind": "Composition",
+            "metadata": {"name": EC2},
+            "spec": {
+                "context": {"awsRegion": "us-east-1", "awsEndpoint": endpoint},
+                "cleanup": "Always",
+                "steps": [
+                    {
+                        "name": "provision",
+                        "task": "ec2-provision",
+                        "secretEnv": [AWS_SECRET],
+                        "with": {"imageId": "ami-12c6146b", "instanceType": "t3.small"},
+                        "retries": retries,
+                    },
+                    retried("work", None),
+                    {
+                        "name": "deprovision",
+                        "task": "ec2-deprovision",
+                        "secretEnv": [AWS_SECRET],
+                        "retries": retries,
+                    },
+                ],
+            },
+        })
+    });
     let all = [
         composition(ONE_STEP, vec![retried("only", None)]),
         composition(
@@ -477,6 +598,7 @@ fn compositions_yaml() -> String {
         ),
     ];
     all.iter()
+        .chain(ec2.as_ref())
         .map(|c| serde_json::to_string(c).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("\n---\n")
@@ -522,22 +644,34 @@ fn duplicates(seen: &Creations) -> (usize, Vec<String>) {
 /// the fake node; returns what each found.
 pub async fn run_all(scenarios: &[Scenario], settle_limit: Duration) -> Result<Vec<Findings>> {
     let client = crate::client().await?;
+    // Without runs for it, the fake node (one for the whole cluster) is left to others.
+    let faked = scenarios.iter().any(|s| s.mix.on_fake_node() > 0);
+    if !faked {
+        return scenarios_in_turn(scenarios, settle_limit).await;
+    }
     bench::remove_fake_node(&client).await;
     let kwok = Kwok::start_with(&crate::maestro::repo_root().join("e2e/chaos/stages.yaml")).await?;
     let result = async {
         bench::fake_node(&client).await?;
-        let mut all = Vec::new();
-        for (i, scenario) in scenarios.iter().enumerate() {
-            let findings = scenario_once(i, *scenario, settle_limit).await?;
-            eprint!("{}", table(std::slice::from_ref(&findings)));
-            all.push(findings);
-        }
-        Ok(all)
+        scenarios_in_turn(scenarios, settle_limit).await
     }
     .await;
     bench::remove_fake_node(&client).await;
     drop(kwok);
     result
+}
+
+async fn scenarios_in_turn(
+    scenarios: &[Scenario],
+    settle_limit: Duration,
+) -> Result<Vec<Findings>> {
+    let mut all = Vec::new();
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let findings = scenario_once(i, *scenario, settle_limit).await?;
+        eprint!("{}", table(std::slice::from_ref(&findings)));
+        all.push(findings);
+    }
+    Ok(all)
 }
 
 async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> Result<Findings> {
@@ -577,7 +711,22 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
         false => None,
     };
     let ns = env.ns.name.clone();
-    let names = env.apply_yaml(&compositions_yaml()).await?;
+    // One moto for the scenario, so that what it holds afterwards is this scenario's.
+    let moto = match scenario.mix.ec2 > 0 {
+        true => {
+            let moto = Moto::start().await?;
+            let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": AWS_SECRET},
+                "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+            }))?;
+            secrets.create(&PostParams::default(), &secret).await?;
+            Some(moto)
+        }
+        false => None,
+    };
+    let ec2_endpoint = moto.as_ref().map(|m| m.url.as_str());
+    let names = env.apply_yaml(&compositions_yaml(ec2_endpoint)).await?;
     env.wait_compositions_ready(&names).await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
     let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
@@ -678,7 +827,7 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
         stuck = list
             .items
             .iter()
-            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+            .filter(|r| !r.status.as_ref().is_some_and(ended))
             .map(|r| {
                 let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
                 format!("{} ({phase:?})", r.name_any())
@@ -703,8 +852,12 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
     let mut phases: BTreeMap<String, usize> = BTreeMap::new();
     let mut unexpected = Vec::new();
     let mut approvals_not_once = Vec::new();
+    let mut ledgers_left = Vec::new();
     for run in &list {
         let status = run.status.clone().unwrap_or_default();
+        if let Some(left) = ledger_left(&run.name_any(), &status) {
+            ledgers_left.push(left);
+        }
         *phases.entry(format!("{:?}", status.phase)).or_default() += 1;
         if status.phase.is_finished() && status.phase != RunPhase::Succeeded {
             let said: Vec<String> = status
@@ -731,6 +884,13 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
             }
         }
     }
+    let (instances_made, leaked_instances) = match &moto {
+        Some(moto) => (
+            moto.instance_states().await?.len(),
+            moto.live_instances().await?,
+        ),
+        None => (0, Vec::new()),
+    };
     let (pods_created, duplicate_pods) = duplicates(&pod_uids);
     let (children_created, duplicate_children) = duplicates(&child_uids);
     if pods_created == 0 {
@@ -749,6 +909,9 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
         injected,
         injected_by_kind,
         approvals_not_once,
+        instances_made,
+        leaked_instances,
+        ledgers_left,
         settle,
         peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
         idle_reconciles_per_second,
@@ -766,7 +929,38 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
     }
     drop(follower);
     drop(env);
+    drop(moto);
     Ok(findings)
+}
+
+/// Whether a run has ended, its cleanup included (the ledger is checked after it).
+fn ended(status: &CompositionRunStatus) -> bool {
+    status.phase.is_finished()
+        && status
+            .cleanup
+            .as_ref()
+            .is_none_or(|cleanup| cleanup.phase.is_finished())
+}
+
+/// What a run's ledger still holds, when its status records no cleanup failure: what
+/// nobody would know to remove.
+fn ledger_left(run: &str, status: &CompositionRunStatus) -> Option<String> {
+    if status.resources.is_empty() {
+        return None;
+    }
+    let cleanup = status.cleanup.as_ref();
+    let failure_recorded = cleanup.is_some_and(|c| {
+        c.phase == StepPhase::Failed && c.message.as_ref().is_some_and(|m| !m.is_empty())
+    });
+    if failure_recorded {
+        return None;
+    }
+    let ids: Vec<&str> = status.resources.iter().map(|r| r.id.as_str()).collect();
+    Some(format!(
+        "{run}: {} (cleanup: {:?})",
+        ids.join(", "),
+        cleanup.map(|c| (c.phase, c.message.clone()))
+    ))
 }
 
 /// Drops every TCP packet `uid` sends (the operator's user, so the API server hears
@@ -817,28 +1011,33 @@ async fn kill_leader(env: &mut Env, follower: &mut Option<Operator>) -> Result<u
 /// The operator's reconciles a second over `window` (all replicas together), from their
 /// `maestro_reconcile_total`.
 async fn reconcile_rate(replicas: &[&Operator], window: Duration) -> Result<f64> {
-    let mut urls = Vec::new();
-    for op in replicas {
-        let addr = crate::maestro::metrics_addr_from_log(&op.log).map_err(anyhow::Error::msg)?;
-        urls.push(format!("http://{addr}/metrics"));
-    }
+    // The addresses are read anew each time: a replica restarted a moment ago (the last
+    // kill may come as the faults end) serves on a new port once it has logged it.
     let reconciles = || async {
         let mut total = 0.0;
-        for url in &urls {
+        for op in replicas {
+            let addr = crate::maestro::metrics_addr_from_log(&op.log)?;
+            let url = format!("http://{addr}/metrics");
             let out = tokio::process::Command::new("curl")
-                .args(["-fsS", "--max-time", "5", url])
+                .args(["-fsS", "--max-time", "5", &url])
                 .output()
-                .await?;
-            anyhow::ensure!(out.status.success(), "curl {url} failed");
+                .await
+                .map_err(|e| format!("curl {url}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("curl {url} failed"));
+            }
             total += reconcile_total(&String::from_utf8_lossy(&out.stdout));
         }
-        Ok::<f64, anyhow::Error>(total)
+        // The runs were reconciled: pages without the counter would read as idle.
+        match total > 0.0 {
+            true => Ok(total),
+            false => Err("no replica shows maestro_reconcile_total".to_string()),
+        }
     };
-    let before = reconciles().await?;
-    // The runs were reconciled: pages without the counter would read as idle.
-    anyhow::ensure!(before > 0.0, "{urls:?} show no maestro_reconcile_total");
+    let metrics = "every replica's /metrics";
+    let before = crate::wait_for(metrics, Duration::from_secs(30), reconciles).await?;
     tokio::time::sleep(window).await;
-    let after = reconciles().await?;
+    let after = crate::wait_for(metrics, Duration::from_secs(30), reconciles).await?;
     Ok((after - before) / window.as_secs_f64())
 }
 
@@ -933,6 +1132,8 @@ async fn approve_waiting(
 
 #[cfg(test)]
 mod tests {
+    use maestro_api::{CleanupStatus, LedgerEntry};
+
     use super::*;
 
     #[test]
@@ -993,6 +1194,189 @@ mod tests {
                 down: Duration::from_secs(5)
             })
         );
+    }
+
+    #[test]
+    fn the_mixes_hold_the_issues_run_counts_with_ec2_runs_among_them() {
+        assert_eq!(Mix::full().runs(), 200);
+        assert_eq!(Mix::full().ec2, 10);
+        assert_eq!(Mix::smoke().runs(), 50);
+        assert_eq!(Mix::smoke().ec2, 2);
+        let names: Vec<&str> = Mix::smoke()
+            .by_composition()
+            .iter()
+            .map(|(c, _)| *c)
+            .collect();
+        assert!(names.contains(&EC2), "{names:?}");
+        assert_eq!(Mix::smoke().on_fake_node(), 48);
+        let ec2_only = Mix::full().ec2_only();
+        assert_eq!((ec2_only.runs(), ec2_only.on_fake_node()), (10, 0));
+    }
+
+    #[test]
+    fn the_ec2_composition_runs_on_the_real_node_against_the_endpoint_given() {
+        let yaml = compositions_yaml(Some("http://10.0.0.5:5000"));
+        let docs: Vec<serde_json::Value> = yaml
+            .split("\n---\n")
+            .map(|d| serde_json::from_str(d).expect("each document is JSON"))
+            .collect();
+        let ec2 = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == EC2)
+            .expect("the EC2 composition is there");
+        assert_eq!(
+            ec2["spec"]["context"]["awsEndpoint"],
+            "http://10.0.0.5:5000"
+        );
+        assert!(ec2["spec"]["nodeSelector"].is_null(), "{ec2}");
+        assert!(ec2["spec"]["tolerations"].is_null(), "{ec2}");
+        let tasks: Vec<&str> = ec2["spec"]["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter_map(|s| s["task"].as_str())
+            .collect();
+        assert_eq!(tasks, ["ec2-provision", "shell", "ec2-deprovision"]);
+        // The others stay on the fake node.
+        let one = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == ONE_STEP)
+            .expect("chaos-one");
+        assert!(!one["spec"]["nodeSelector"].is_null(), "{one}");
+        // Without moto, no EC2 composition.
+        assert!(!compositions_yaml(None).contains(EC2));
+    }
+
+    #[test]
+    fn only_picks_the_scenarios_named_and_refuses_an_unknown_name() {
+        let mut every = suite(Mix::smoke(), Duration::from_secs(40));
+        every.extend(smoke_suite(Mix::smoke(), Duration::from_secs(40)));
+        let chosen = only(&every, "pods-deleted, operator-killed").expect("both exist");
+        let names: Vec<&str> = chosen.iter().map(|s| s.fault.name()).collect();
+        assert_eq!(names, ["pods-deleted", "operator-killed"]);
+        assert_eq!(chosen[0].mix, Mix::smoke());
+        let all_names: BTreeSet<&str> = every.iter().map(|s| s.fault.name()).collect();
+        assert_eq!(all_names.len(), every.len(), "names are unique");
+        let refused = only(&every, "operator-killed,kubelet-killed")
+            .expect_err("no such scenario")
+            .to_string();
+        assert!(
+            refused.contains("\"kubelet-killed\"") && refused.contains("etcd-restarted"),
+            "{refused}"
+        );
+        assert!(only(&every, " , ").is_err());
+    }
+
+    fn findings() -> Findings {
+        Findings {
+            fault: Fault::OperatorKilled {
+                every: Duration::from_secs(10),
+                during: Duration::from_secs(40),
+            },
+            runs: 50,
+            phases: BTreeMap::from([("Succeeded".to_string(), 64)]),
+            stuck: Vec::new(),
+            unexpected: Vec::new(),
+            duplicate_pods: Vec::new(),
+            duplicate_children: Vec::new(),
+            pods_created: 200,
+            children_created: 14,
+            injected: 4,
+            injected_by_kind: BTreeMap::new(),
+            approvals_not_once: Vec::new(),
+            instances_made: 2,
+            leaked_instances: Vec::new(),
+            ledgers_left: Vec::new(),
+            settle: Duration::from_secs(2),
+            peak_rss_mib: 150.0,
+            idle_reconciles_per_second: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_leaked_instance_or_a_silent_ledger_fails_the_scenario_and_shows_in_the_table() {
+        let clean = findings();
+        assert!(clean.held());
+        let leaked = Findings {
+            leaked_instances: vec!["i-0abc running".into()],
+            ..findings()
+        };
+        assert!(!leaked.held());
+        let silent = Findings {
+            ledgers_left: vec!["ec2-0: i-0abc (cleanup: None)".into()],
+            ..findings()
+        };
+        assert!(!silent.held());
+
+        let table = table(&[clean, leaked]);
+        let lines: Vec<&str> = table.lines().collect();
+        let header: Vec<&str> = lines[0].split('|').map(str::trim).collect();
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .unwrap_or_else(|| panic!("no column {name}: {header:?}"))
+        };
+        let leaked_column = column("leaked instances");
+        let ledgers_column = column("ledgers left");
+        assert_eq!(lines[1].split('|').count(), header.len(), "{table}");
+        let cell = |row: usize, col: usize| lines[row].split('|').nth(col).map(str::trim);
+        assert_eq!(cell(2, leaked_column), Some("0 of 2"), "{table}");
+        assert_eq!(cell(3, leaked_column), Some("1 of 2"), "{table}");
+        assert_eq!(cell(3, ledgers_column), Some("0"), "{table}");
+    }
+
+    #[test]
+    fn a_ledger_left_is_one_whose_cleanup_failure_the_status_does_not_record() {
+        let entry = LedgerEntry {
+            kind: "ec2-instance".into(),
+            id: "i-0abc".into(),
+            region: Some("us-east-1".into()),
+            step: "provision".into(),
+            ..LedgerEntry::default()
+        };
+        let empty = CompositionRunStatus::default();
+        assert_eq!(ledger_left("ec2-0", &empty), None);
+        let held = CompositionRunStatus {
+            resources: vec![entry],
+            ..CompositionRunStatus::default()
+        };
+        let left = ledger_left("ec2-0", &held).expect("nothing says why it is there");
+        assert!(left.contains("ec2-0: i-0abc"), "{left}");
+        let failed = CompositionRunStatus {
+            cleanup: Some(CleanupStatus {
+                phase: StepPhase::Failed,
+                message: Some("cleanup attempt 5 failed: connection refused".into()),
+                ..CleanupStatus::default()
+            }),
+            ..held.clone()
+        };
+        assert_eq!(ledger_left("ec2-0", &failed), None);
+        let succeeded_yet_held = CompositionRunStatus {
+            cleanup: Some(CleanupStatus {
+                phase: StepPhase::Succeeded,
+                ..CleanupStatus::default()
+            }),
+            ..held
+        };
+        assert!(ledger_left("ec2-0", &succeeded_yet_held).is_some());
+    }
+
+    #[test]
+    fn a_run_whose_cleanup_still_runs_has_not_ended() {
+        let mut status = CompositionRunStatus {
+            phase: RunPhase::Failed,
+            ..CompositionRunStatus::default()
+        };
+        assert!(ended(&status));
+        status.cleanup = Some(CleanupStatus {
+            phase: StepPhase::Running,
+            ..CleanupStatus::default()
+        });
+        assert!(!ended(&status));
+        status.phase = RunPhase::Running;
+        status.cleanup = None;
+        assert!(!ended(&status));
     }
 
     #[test]

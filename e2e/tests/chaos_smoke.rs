@@ -1,10 +1,11 @@
-//! The chaos suite's smoke mode: 50 runs on the kwok fake node while each fault kind
-//! strikes once in turn (step pods deleted and evicted, kube-apiserver and etcd killed and
+//! The chaos suite's smoke mode: 50 runs on the kwok fake node (2 of them, which provision
+//! an EC2 instance in moto, on the real node) while each fault kind strikes once in turn (step pods deleted and evicted, kube-apiserver and etcd killed and
 //! started again, the operators cut off from the API server, the leader of two replicas
 //! killed); `make chaos` runs 200 through each kind for longer. It asserts what users rely on after each fault, from
 //! counts the suite takes itself: every run ends, Succeeded as its composition implies; no
 //! pod name (one run, step and attempt) nor child run was ever created twice; every gate
-//! approved during the chaos counted its approval once.
+//! approved during the chaos counted its approval once; no instance is left running in
+//! moto, and no EC2 run's ledger holds anything its status does not explain.
 
 use std::time::Duration;
 
@@ -18,8 +19,13 @@ async fn runs_survive_each_fault_kind_with_nothing_run_twice() -> Result<()> {
     let all = chaos::run_all(&scenarios, Duration::from_secs(240)).await?;
     println!("{}", chaos::table(&all));
     // Pods each mix needs at the least: one, ten, 1+6+1, two children and one after the
-    // fork, one after the gate.
-    let least = mix.one_step + 10 * mix.sequential + 8 * mix.fan_out + 3 * mix.forks + mix.gated;
+    // fork, one after the gate, provision, work and deprovision.
+    let least = mix.one_step
+        + 10 * mix.sequential
+        + 8 * mix.fan_out
+        + 3 * mix.forks
+        + mix.gated
+        + 3 * mix.ec2;
     for findings in &all {
         let fault = findings.fault.label();
         let kinds = [
@@ -61,6 +67,23 @@ async fn runs_survive_each_fault_kind_with_nothing_run_twice() -> Result<()> {
             findings.approvals_not_once.is_empty(),
             "{fault}: gates not approved exactly once {:?}",
             findings.approvals_not_once
+        );
+        // Each EC2 run made one instance at least (a retried provision may make another).
+        assert!(
+            findings.instances_made >= mix.ec2,
+            "{fault}: moto has {} instance(s), the {} EC2 runs make one each",
+            findings.instances_made,
+            mix.ec2
+        );
+        assert!(
+            findings.leaked_instances.is_empty(),
+            "{fault}: instances left running in moto {:?}",
+            findings.leaked_instances
+        );
+        assert!(
+            findings.ledgers_left.is_empty(),
+            "{fault}: ledgers not emptied, no cleanup failure recorded {:?}",
+            findings.ledgers_left
         );
         assert!(
             findings.pods_created >= least,
