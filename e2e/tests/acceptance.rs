@@ -275,6 +275,8 @@ async fn acceptance_cycle_succeeds_and_leaves_no_instance() -> anyhow::Result<()
             .any(|l| l.starts_with("[deploy") && l.contains(DEPLOYED)),
         "log:\n{log}"
     );
+    // Plain text: no terminal escapes (Maven's colour codes) in what `logs` shows.
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log:?}");
 
     // Maven's counts are report values: the operator exports them to Prometheus.
     let metrics_addr = wait_for(

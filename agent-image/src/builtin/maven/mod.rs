@@ -333,6 +333,7 @@ async fn run_mvn(args: &[String], dir: &Path) -> Result<(i32, Option<String>), S
         .args(args)
         .current_dir(dir)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|error| {
             StepResult::failure(
@@ -341,6 +342,18 @@ async fn run_mvn(args: &[String], dir: &Path) -> Result<(i32, Option<String>), S
             )
         })?;
     let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let copy_stderr = tokio::spawn(async move {
+        let Some(stderr) = stderr else {
+            return;
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(line) = without_escapes(&line) {
+                eprintln!("{line}");
+            }
+        }
+    });
     let copy = tokio::spawn(async move {
         let mut first_error = None;
         let Some(stdout) = stdout else {
@@ -348,6 +361,9 @@ async fn run_mvn(args: &[String], dir: &Path) -> Result<(i32, Option<String>), S
         };
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            let Some(line) = without_escapes(&line) else {
+                continue;
+            };
             println!("{line}");
             if first_error.is_none() && line.starts_with("[ERROR]") {
                 let text = line.trim_start_matches("[ERROR]").trim();
@@ -381,6 +397,7 @@ async fn run_mvn(args: &[String], dir: &Path) -> Result<(i32, Option<String>), S
         .ok()
         .and_then(Result::ok)
         .flatten();
+    let _ = tokio::time::timeout(Duration::from_secs(2), copy_stderr).await;
     use std::os::unix::process::ExitStatusExt as _;
     let code = status
         .code()
@@ -389,10 +406,56 @@ async fn run_mvn(args: &[String], dir: &Path) -> Result<(i32, Option<String>), S
     Ok((code, first_error))
 }
 
+/// A line of mvn's output without terminal control sequences (ESC `[` ... final byte),
+/// or `None` when they were all it held. Debian's Maven 3.8 prints colour resets even in
+/// batch mode with its output on a pipe (neither `-Dstyle.color=never` nor jansi's
+/// properties stop it), and the step's log would show them as garbage.
+fn without_escapes(line: &str) -> Option<String> {
+    if !line.contains('\u{1b}') {
+        return Some(line.to_owned());
+    }
+    let mut text = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            text.push(c);
+            continue;
+        }
+        // CSI: parameters and intermediates up to a final byte in @..~; any other
+        // escape drops only its next character.
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    (!text.trim().is_empty()).then_some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::builtin::test_support::inputs;
+
+    #[test]
+    fn terminal_escapes_are_stripped_from_mavens_output() {
+        assert_eq!(
+            without_escapes("\u{1b}[0m[INFO] Scanning for projects...").as_deref(),
+            Some("[INFO] Scanning for projects...")
+        );
+        assert_eq!(
+            without_escapes("[\u{1b}[1;31mERROR\u{1b}[m] Failed").as_deref(),
+            Some("[ERROR] Failed")
+        );
+        assert_eq!(without_escapes("\u{1b}[0m\u{1b}[0m"), None);
+        assert_eq!(
+            without_escapes("[INFO] Tests run: 2").as_deref(),
+            Some("[INFO] Tests run: 2")
+        );
+        assert_eq!(without_escapes("").as_deref(), Some(""));
+    }
 
     fn project() -> anyhow::Result<tempfile::TempDir> {
         let dir = tempfile::tempdir()?;
