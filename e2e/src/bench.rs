@@ -25,7 +25,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams,
+        PostParams,
+    },
     runtime::{WatchStreamExt, watcher},
 };
 use maestro_api::{CompositionRun, CompositionRunSpec, labels};
@@ -184,6 +187,10 @@ pub enum Workload {
     /// W4: runs that wait at an approval gate (Argo: a suspend step) before their one
     /// step; measured until all of them wait, for the memory of many active runs.
     Gated { runs: usize },
+    /// W5: `kept` finished runs in the namespace before the controller starts (copies of
+    /// one real finished run, status included), then `runs` one-step runs: memory and
+    /// latency with history.
+    History { kept: usize, runs: usize },
 }
 
 impl Workload {
@@ -193,12 +200,16 @@ impl Workload {
             Self::Sequential { .. } => "w2",
             Self::FanOut { .. } => "w3",
             Self::Gated { .. } => "w4",
+            Self::History { .. } => "w5",
         }
     }
 
     pub fn runs(self) -> usize {
         match self {
-            Self::OneStep { runs } | Self::Sequential { runs, .. } | Self::Gated { runs } => runs,
+            Self::OneStep { runs }
+            | Self::Sequential { runs, .. }
+            | Self::Gated { runs }
+            | Self::History { runs, .. } => runs,
             Self::FanOut { .. } => 1,
         }
     }
@@ -206,7 +217,7 @@ impl Workload {
     /// The pods the workload runs to its end.
     pub fn steps(self) -> usize {
         match self {
-            Self::OneStep { runs } => runs,
+            Self::OneStep { runs } | Self::History { runs, .. } => runs,
             Self::Sequential { runs, steps } => runs * steps,
             Self::FanOut { width } => width + 2,
             Self::Gated { .. } => 0,
@@ -216,7 +227,9 @@ impl Workload {
     /// The step names, and what each depends on (None: the step before it).
     fn step_graph(self) -> Vec<(String, Option<Vec<String>>)> {
         match self {
-            Self::OneStep { .. } | Self::Gated { .. } => vec![("s0".into(), None)],
+            Self::OneStep { .. } | Self::Gated { .. } | Self::History { .. } => {
+                vec![("s0".into(), None)]
+            }
             Self::Sequential { steps, .. } => (0..steps).map(|i| (format!("s{i}"), None)).collect(),
             Self::FanOut { width } => {
                 let fan: Vec<String> = (0..width).map(|i| format!("f{i}")).collect();
@@ -232,12 +245,48 @@ impl Workload {
     }
 }
 
-/// When each pod of a namespace was first seen, first seen finished, and its run.
+/// Where the workloads' pods run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// The kwok fake node: orchestration alone.
+    Fake,
+    /// The cluster's real node: containerd starts real containers (the agent image).
+    Real,
+}
+
+/// When each pod of a namespace was first seen, first seen finished, its step container
+/// started, and its run.
 #[derive(Default)]
 struct PodTimes {
     created: HashMap<String, Instant>,
     finished: HashMap<String, Instant>,
+    started: HashMap<String, Instant>,
     run: HashMap<String, String>,
+}
+
+/// When a pod's step container started, as the watch sees it at `now`: now if it runs; if
+/// it has already ended, now less its run time (whole seconds: the API's timestamps),
+/// since a short container may go from waiting to terminated between two pod updates.
+fn step_started(pod: &Pod, now: Instant) -> Option<Instant> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == labels::STEP_CONTAINER)?;
+    let state = status.state.as_ref()?;
+    if state.running.is_some() {
+        return Some(now);
+    }
+    let ended = state.terminated.as_ref()?;
+    let ran = match (&ended.started_at, &ended.finished_at) {
+        (Some(start), Some(end)) => {
+            Duration::try_from(end.0.duration_since(start.0)).unwrap_or_default()
+        }
+        _ => Duration::ZERO,
+    };
+    Some(now.checked_sub(ran).unwrap_or(now))
 }
 
 /// Watches the namespace's pods and notes when each appears and finishes.
@@ -259,8 +308,12 @@ fn clock_pods(
             let name = pod.name_any();
             let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
             let run = pod.labels().get(run_label).cloned();
+            let started = step_started(&pod, now);
             if let Ok(mut t) = seen.lock() {
                 t.created.entry(name.clone()).or_insert(now);
+                if let Some(at) = started {
+                    t.started.entry(name.clone()).or_insert(at);
+                }
                 if let Some(run) = run {
                     t.run.entry(name.clone()).or_insert(run);
                 }
@@ -283,20 +336,38 @@ fn handoffs(times: &PodTimes) -> Vec<f64> {
     }
     let mut out = Vec::new();
     for pods in by_run.values() {
-        let finishes: Vec<Instant> = pods
-            .iter()
-            .filter_map(|p| times.finished.get(*p).copied())
-            .collect();
         for pod in pods {
             let Some(created) = times.created.get(*pod) else {
                 continue;
             };
-            let before = finishes.iter().filter(|f| **f <= *created).max();
+            // Another pod's finish: a pod first seen already finished (one made before
+            // the watch began) hands off to nothing.
+            let before = pods
+                .iter()
+                .filter(|p| *p != pod)
+                .filter_map(|p| times.finished.get(*p))
+                .filter(|f| **f <= *created)
+                .max();
             if let Some(done) = before {
                 out.push(created.saturating_duration_since(*done).as_secs_f64() * 1000.0);
             }
         }
     }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+/// Each pod's own start, in milliseconds and sorted: from the pod seen created to its step
+/// container seen started.
+fn pod_starts(times: &PodTimes) -> Vec<f64> {
+    let mut out: Vec<f64> = times
+        .started
+        .iter()
+        .filter_map(|(pod, started)| {
+            let created = times.created.get(pod)?;
+            Some(started.saturating_duration_since(*created).as_secs_f64() * 1000.0)
+        })
+        .collect();
     out.sort_by(f64::total_cmp);
     out
 }
@@ -345,8 +416,12 @@ fn argo_mark(workflow: &DynamicObject) -> Option<Mark> {
 /// When each run object was first seen with each mark.
 type RunMarks = Arc<Mutex<HashMap<String, (Mark, Instant)>>>;
 
-/// Watches the namespace's run objects and notes when each is first seen at an end (or
-/// waiting, for the gated workload).
+/// The label on the runs a workload measures, when others (W5's history) share their
+/// namespace.
+const MEASURED_LABEL: (&str, &str) = ("maestro-bench/measured", "true");
+
+/// Watches the namespace's measured run objects and notes when each is first seen at an
+/// end (or waiting, for the gated workload).
 fn clock_runs(
     client: &Client,
     ns: &str,
@@ -356,8 +431,10 @@ fn clock_runs(
     let marks: RunMarks = Arc::default();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
     let seen = marks.clone();
+    let config =
+        watcher::Config::default().labels(&format!("{}={}", MEASURED_LABEL.0, MEASURED_LABEL.1));
     let task = tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
+        let mut events = watcher(api, config)
             .default_backoff()
             .applied_objects()
             .boxed();
@@ -514,22 +591,75 @@ fn count_writes(metrics: &str) -> f64 {
 pub struct Figures {
     pub system: System,
     pub workload: Workload,
+    pub node: NodeKind,
     pub wall: Duration,
     /// Step handoffs in milliseconds, sorted (empty for one-step runs).
     pub handoffs_ms: Vec<f64>,
+    /// Each pod's own start (seen created to its step container seen started), in
+    /// milliseconds, sorted. Reported for the real node, where containerd starts it.
+    pub pod_starts_ms: Vec<f64>,
     pub peak_rss: u64,
     pub cpu_seconds: f64,
     /// Write requests the API server served during the workload (see [`api_writes`]).
     pub api_writes: f64,
+    /// W5: what the history cost the controller.
+    pub history: Option<HistoryFigures>,
+}
+
+/// What W5's history cost: the controller's memory once it had listed the kept runs, and
+/// how long it took to settle on them.
+#[derive(Debug, Clone)]
+pub struct HistoryFigures {
+    /// Finished runs in the namespace when the controller started.
+    pub kept: usize,
+    /// From the controller's start to its CPU going idle (it has listed and looked at the
+    /// history), before the new runs.
+    pub settle: Duration,
+    /// Its resident memory then.
+    pub settled_rss: u64,
+    /// Finished runs the controller changed (or deleted) while it settled: none if it
+    /// leaves them alone, as it should until their TTL.
+    pub written: usize,
+}
+
+/// The resource version of each object the API lists, by name.
+async fn resource_versions(api: &Api<DynamicObject>) -> Result<HashMap<String, String>> {
+    Ok(api
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|o| (o.name_any(), o.resource_version().unwrap_or_default()))
+        .collect())
+}
+
+/// How many of the objects `before` names have another resource version now, or are gone.
+async fn changed_since(
+    api: &Api<DynamicObject>,
+    before: &HashMap<String, String>,
+) -> Result<usize> {
+    let now = resource_versions(api).await?;
+    Ok(before
+        .iter()
+        .filter(|(name, version)| now.get(*name) != Some(*version))
+        .count())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted.get(rank).copied()
 }
 
 impl Figures {
     pub fn percentile(&self, p: f64) -> Option<f64> {
-        if self.handoffs_ms.is_empty() {
-            return None;
-        }
-        let rank = ((p / 100.0) * (self.handoffs_ms.len() - 1) as f64).round() as usize;
-        self.handoffs_ms.get(rank).copied()
+        percentile(&self.handoffs_ms, p)
+    }
+
+    pub fn pod_start_percentile(&self, p: f64) -> Option<f64> {
+        percentile(&self.pod_starts_ms, p)
     }
 
     pub fn steps_per_second(&self) -> f64 {
@@ -537,13 +667,48 @@ impl Figures {
     }
 }
 
-/// The figures as a Markdown table.
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / 1048576.0)
+}
+
+/// The figures as Markdown tables: the fake node's, the real node's (with the pods' own
+/// start) and W5's history against the same runs without it, each when there are any.
 pub fn table(all: &[Figures]) -> String {
+    let fake: Vec<&Figures> = all.iter().filter(|f| f.node == NodeKind::Fake).collect();
+    let real: Vec<&Figures> = all.iter().filter(|f| f.node == NodeKind::Real).collect();
+    let mut out = String::new();
+    if !fake.is_empty() {
+        out.push_str(&rows(&fake, false));
+    }
+    if !real.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str("Real node (containerd starts the agent image; Argo not measured: its executor image cannot be pulled here, there is no registry):\n\n");
+        out.push_str(&rows(&real, true));
+    }
+    let history = history_table(all);
+    if !history.is_empty() {
+        out.push('\n');
+        out.push_str(&history);
+    }
+    out
+}
+
+fn rows(figures: &[&Figures], pod_starts: bool) -> String {
     let mut out = String::from(
-        "| workload | system | runs | steps | wall s | runs/s | steps/s | handoff p50 ms | handoff p99 ms | peak RSS MiB | CPU s / 1k steps | API writes / step |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| workload | system | runs | steps | wall s | runs/s | steps/s | handoff p50 ms | handoff p99 ms |",
     );
+    if pod_starts {
+        out.push_str(" pod start p50 ms | pod start p99 ms |");
+    }
+    out.push_str(" peak RSS MiB | CPU s / 1k steps | API writes / step |\n|---|---|---|---|---|---|---|---|---|");
+    if pod_starts {
+        out.push_str("---|---|");
+    }
+    out.push_str("---|---|---|\n");
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
-    for f in all {
+    for f in figures {
         let secs = f.wall.as_secs_f64().max(1e-9);
         let controller = f.system != System::Bare;
         let steps = f.workload.steps();
@@ -555,7 +720,7 @@ pub fn table(all: &[Figures]) -> String {
             }
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
             f.workload.label(),
             f.system.name(),
             f.workload.runs(),
@@ -565,8 +730,18 @@ pub fn table(all: &[Figures]) -> String {
             f.steps_per_second(),
             ms(f.percentile(50.0)),
             ms(f.percentile(99.0)),
+        ));
+        if pod_starts {
+            out.push_str(&format!(
+                " {} | {} |",
+                ms(f.pod_start_percentile(50.0)),
+                ms(f.pod_start_percentile(99.0))
+            ));
+        }
+        out.push_str(&format!(
+            " {} | {} | {} |\n",
             if controller {
-                format!("{:.0}", f.peak_rss as f64 / 1048576.0)
+                mib(f.peak_rss)
             } else {
                 "-".into()
             },
@@ -581,6 +756,50 @@ pub fn table(all: &[Figures]) -> String {
     out
 }
 
+/// W5 against the same number of one-step runs without history (W1 at that size, measured
+/// in the same bench run): the controller's memory with and without the kept runs.
+fn history_table(all: &[Figures]) -> String {
+    let mut out = String::new();
+    for f in all {
+        let Some(history) = &f.history else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str("| system | finished runs kept | new runs | settle s | kept runs it wrote | settled RSS MiB | peak RSS MiB | peak RSS without history MiB | RSS vs no history % | wall s vs no history |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        }
+        let baseline = all.iter().find(|b| {
+            b.system == f.system
+                && b.node == f.node
+                && b.workload
+                    == (Workload::OneStep {
+                        runs: f.workload.runs(),
+                    })
+        });
+        let (base_rss, change, base_wall) = match baseline {
+            Some(b) if b.peak_rss > 0 => (
+                mib(b.peak_rss),
+                format!(
+                    "{:+.0}",
+                    (f.peak_rss as f64 / b.peak_rss as f64 - 1.0) * 100.0
+                ),
+                format!("{:.1} vs {:.1}", f.wall.as_secs_f64(), b.wall.as_secs_f64()),
+            ),
+            _ => ("-".into(), "-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {base_rss} | {change} | {base_wall} |\n",
+            f.system.name(),
+            history.kept,
+            f.workload.runs(),
+            history.settle.as_secs_f64(),
+            history.written,
+            mib(history.settled_rss),
+            mib(f.peak_rss),
+        ));
+    }
+    out
+}
+
 /// Maestro against the others, per workload: steps/s and handoff p50 as ratios.
 pub fn ratios(all: &[Figures]) -> String {
     let mut out = String::from(
@@ -588,7 +807,7 @@ pub fn ratios(all: &[Figures]) -> String {
     );
     for maestro in all.iter().filter(|f| f.system == System::Maestro) {
         for other in all.iter().filter(|f| {
-            f.system != System::Maestro && f.workload.label() == maestro.workload.label()
+            f.system != System::Maestro && f.workload == maestro.workload && f.node == maestro.node
         }) {
             let steps = if maestro.workload.steps() == 0 {
                 "-".to_string()
@@ -602,8 +821,12 @@ pub fn ratios(all: &[Figures]) -> String {
                 (Some(m), Some(o)) if o > 0.0 => format!("{:.2}", m / o),
                 _ => "-".into(),
             };
+            let node = match maestro.node {
+                NodeKind::Fake => "",
+                NodeKind::Real => " (real node)",
+            };
             out.push_str(&format!(
-                "| {} | {} | {steps} | {handoff} |\n",
+                "| {}{node} | {} | {steps} | {handoff} |\n",
                 maestro.workload.label(),
                 other.system.name()
             ));
@@ -612,9 +835,8 @@ pub fn ratios(all: &[Figures]) -> String {
     out
 }
 
-/// A composition of the workload's steps that run on the fake node.
-fn composition_yaml(name: &str, workload: Workload) -> String {
-    let (selector, tolerations) = placement_json();
+/// A composition of the workload's steps, on the fake node or the real one.
+fn composition_yaml(name: &str, workload: Workload, node: NodeKind) -> String {
     let mut steps: Vec<serde_json::Value> = Vec::new();
     if let Workload::Gated { .. } = workload {
         steps.push(json!({"name": "gate", "approval": {"message": "bench"}}));
@@ -626,11 +848,17 @@ fn composition_yaml(name: &str, workload: Workload) -> String {
         }
         steps.push(step);
     }
+    let mut spec = json!({"steps": steps});
+    if node == NodeKind::Fake {
+        let (selector, tolerations) = placement_json();
+        spec["nodeSelector"] = selector;
+        spec["tolerations"] = tolerations;
+    }
     serde_json::to_string(&json!({
         "apiVersion": "maestro.dev/v1alpha1",
         "kind": "Composition",
         "metadata": {"name": name},
-        "spec": {"nodeSelector": selector, "tolerations": tolerations, "steps": steps},
+        "spec": spec,
     }))
     .unwrap_or_default()
 }
@@ -674,14 +902,233 @@ fn maestro_resource() -> ApiResource {
     ApiResource::erase::<CompositionRun>(&())
 }
 
-/// Maestro: the workload's runs of one composition, all created at once.
-pub async fn maestro(env: &Env, workload: Workload) -> Result<Figures> {
+/// The name of W5's one real run, whose stored object the history copies.
+const MODEL_RUN: &str = "w5-model";
+
+/// `kept - 1` copies of a finished run object (`model`, as stored): its spec, labels,
+/// annotations and finalizers, named `w5-kept-<i>`, with its status when `with_status`
+/// (for a kind without a status subresource, which takes the status at creation).
+fn history_copies(
+    model: &DynamicObject,
+    resource: &ApiResource,
+    kept: usize,
+    with_status: bool,
+) -> Vec<DynamicObject> {
+    let mut annotations = model.annotations().clone();
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    (1..kept.max(1))
+        .map(|i| {
+            let mut copy = DynamicObject::new(&format!("w5-kept-{i}"), resource);
+            copy.metadata.labels = Some(model.labels().clone());
+            copy.metadata.annotations = Some(annotations.clone());
+            copy.metadata.finalizers = model.metadata.finalizers.clone();
+            copy.data = json!({"spec": model.data.get("spec").cloned().unwrap_or_default()});
+            if with_status {
+                copy.data["status"] = model.data.get("status").cloned().unwrap_or_default();
+            }
+            copy
+        })
+        .collect()
+}
+
+/// Creates the objects 32 at a time, each followed by its status (through the status
+/// subresource) when `status` is given.
+async fn create_with_status(
+    api: &Api<DynamicObject>,
+    objects: Vec<DynamicObject>,
+    status: Option<&serde_json::Value>,
+) -> Result<()> {
+    let creates = objects.into_iter().map(|object| {
+        let api = api.clone();
+        async move {
+            let name = object.name_any();
+            api.create(&PostParams::default(), &object)
+                .await
+                .with_context(|| format!("creating {name}"))?;
+            if let Some(status) = status {
+                api.patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
+                .await
+                .with_context(|| format!("writing the status of {name}"))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+    });
+    for created in futures::stream::iter(creates)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+    {
+        created?;
+    }
+    Ok(())
+}
+
+/// Waits until the process has used under 2% of a core in each of two seconds in a row
+/// (it has listed what it watches and looked at it), for at most `limit`; returns how long
+/// that took.
+async fn settle(pid: Option<u32>, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let Some(pid) = pid else {
+        return Duration::ZERO;
+    };
+    let cpu = || process_usage(pid).map(|(c, _)| c).unwrap_or_default();
+    let mut last = cpu();
+    let mut idle_seconds = 0;
+    while idle_seconds < 2 && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu();
+        idle_seconds = if now - last < 0.02 {
+            idle_seconds + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    start.elapsed()
+}
+
+/// How long a controller may take to settle on W5's history.
+const SETTLE_LIMIT: Duration = Duration::from_secs(600);
+
+/// W5's history in Maestro's namespace: one real run of the composition to its end, the
+/// operator stopped, `kept - 1` copies of the stored run (status through the status
+/// subresource, finalizer and labels as the operator left them: a finished run is only
+/// looked at, never written, until its TTL), and a fresh operator started on them.
+/// Returns the sampler of the new operator's whole life and the history's figures once
+/// it has settled.
+async fn maestro_history(
+    env: &mut Env,
+    composition: &str,
+    kept: usize,
+) -> Result<(Sampler, HistoryFigures)> {
+    let ns = env.ns.name.clone();
+    let resource = maestro_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &ns, &resource);
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
+    runs.create(
+        &PostParams::default(),
+        &new_run(MODEL_RUN, composition, false),
+    )
+    .await?;
+    env.wait_finished(MODEL_RUN, Duration::from_secs(120))
+        .await?;
+    let model = api.get(MODEL_RUN).await?;
+    if maestro_mark(&model) != Some(Mark::Succeeded) {
+        bail!("the model run of the history did not succeed");
+    }
+    env.operator.kill().await?;
+    let status = model.data.get("status").cloned();
+    create_with_status(
+        &api,
+        history_copies(&model, &resource, kept, false),
+        status.as_ref(),
+    )
+    .await?;
+    let versions = resource_versions(&api).await?;
+    env.operator.restart().await?;
+    let pid = env.operator.pid();
+    let sampler = Sampler::start(pid);
+    let settled = settle(pid, SETTLE_LIMIT).await;
+    let written = changed_since(&api, &versions).await?;
+    let settled_rss = pid
+        .and_then(process_usage)
+        .map(|(_, rss)| rss)
+        .unwrap_or_default();
+    Ok((
+        sampler,
+        HistoryFigures {
+            kept,
+            settle: settled,
+            settled_rss,
+            written,
+        },
+    ))
+}
+
+/// Removes W5's history quickly: the operator stopped (its cleanup of a finished run only
+/// removes its finalizer), every run deleted in one request and its finalizer dropped, 64
+/// at a time, so that the namespace can go.
+async fn remove_maestro_history(env: &mut Env) -> Result<()> {
+    env.operator.kill().await?;
+    let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
+    runs.delete_collection(&DeleteParams::background(), &ListParams::default())
+        .await?;
+    let names: Vec<String> = runs
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
+    let unblock = json!({"metadata": {"finalizers": null}});
+    let patches = names.iter().map(|name| {
+        let (runs, unblock) = (runs.clone(), &unblock);
+        async move {
+            match runs
+                .patch(name, &PatchParams::default(), &Patch::Merge(unblock))
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
+    });
+    for patched in futures::stream::iter(patches)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+    {
+        patched?;
+    }
+    wait_for("W5's runs to be gone", Duration::from_secs(300), || async {
+        match runs.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(list) if list.items.is_empty() => Ok(()),
+            Ok(_) => Err("some are left".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// A run of `composition`; `measured` runs carry the label the run clock watches.
+fn new_run(name: &str, composition: &str, measured: bool) -> CompositionRun {
+    CompositionRun {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: measured.then(|| {
+                BTreeMap::from([(MEASURED_LABEL.0.to_string(), MEASURED_LABEL.1.to_string())])
+            }),
+            ..ObjectMeta::default()
+        },
+        spec: CompositionRunSpec {
+            composition: composition.to_string(),
+            params: BTreeMap::new(),
+            cancel: false,
+            priority: 0,
+            started_by: None,
+            rerun_of: None,
+        },
+        status: None,
+    }
+}
+
+/// Maestro: the workload's runs of one composition, all created at once (for W5, against
+/// an operator started on the history).
+pub async fn maestro(env: &mut Env, workload: Workload, node: NodeKind) -> Result<Figures> {
     let ns = env.ns.name.clone();
     let composition = format!("bench-{}", workload.label());
-    env.apply_yaml(&composition_yaml(&composition, workload))
+    env.apply_yaml(&composition_yaml(&composition, workload, node))
         .await?;
     env.wait_compositions_ready(std::slice::from_ref(&composition))
         .await?;
+    let history = match workload {
+        Workload::History { kept, .. } => Some(maestro_history(env, &composition, kept).await?),
+        _ => None,
+    };
     let (times, clock) = clock_pods(&env.client, &ns, System::Maestro.run_label());
     let (marks, run_clock) = clock_runs(&env.client, &ns, &maestro_resource(), maestro_mark);
     let writes_before = api_writes(&env.client).await?;
@@ -689,26 +1136,12 @@ pub async fn maestro(env: &Env, workload: Workload) -> Result<Figures> {
     let api: Api<CompositionRun> = Api::namespaced(env.client.clone(), &ns);
     let started = Instant::now();
     let runs: Vec<CompositionRun> = (0..workload.runs())
-        .map(|i| CompositionRun {
-            metadata: ObjectMeta {
-                name: Some(format!("{}-{i}", workload.label())),
-                ..ObjectMeta::default()
-            },
-            spec: CompositionRunSpec {
-                composition: composition.clone(),
-                params: BTreeMap::new(),
-                cancel: false,
-                priority: 0,
-                started_by: None,
-                rerun_of: None,
-            },
-            status: None,
-        })
+        .map(|i| new_run(&format!("{}-{i}", workload.label()), &composition, true))
         .collect();
     create_all(&api, runs).await?;
     let (goal, timeout) = goal(workload);
     let last = wait_marks(&marks, workload.runs(), goal, timeout).await?;
-    finish(
+    let mut figures = finish(
         System::Maestro,
         workload,
         &env.client,
@@ -718,7 +1151,15 @@ pub async fn maestro(env: &Env, workload: Workload) -> Result<Figures> {
         sampler,
         writes_before,
     )
-    .await
+    .await?;
+    figures.node = node;
+    if let Some((life, history)) = history {
+        // The peak over the operator's whole life on the history, its listing included.
+        let (peak, _) = life.finish().await;
+        figures.peak_rss = figures.peak_rss.max(peak);
+        figures.history = Some(history);
+    }
+    Ok(figures)
 }
 
 /// Stops the clocks and the sampler and gathers the figures.
@@ -744,22 +1185,66 @@ async fn finish(
     // Let the watch catch the last events before reading the clock.
     tokio::time::sleep(Duration::from_millis(500)).await;
     clock.abort();
-    let handoffs_ms = times.lock().map(|t| handoffs(&t)).unwrap_or_default();
+    let (handoffs_ms, pod_starts_ms) = times
+        .lock()
+        .map(|t| (handoffs(&t), pod_starts(&t)))
+        .unwrap_or_default();
     Ok(Figures {
         system,
         workload,
+        node: NodeKind::Fake,
         wall,
         handoffs_ms,
+        pod_starts_ms,
         peak_rss,
         cpu_seconds,
         api_writes: writes,
+        history: None,
     })
+}
+
+/// The bare client's pod for one step: on the fake node, or on the real one the agent
+/// image running a no-op (`true`) as a restricted step pod runs.
+fn bare_pod(name: &str, run: &str, node: NodeKind) -> Result<Pod> {
+    let mut pod = json!({
+        "metadata": {"name": name, "labels": {BARE_RUN_LABEL: run}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": labels::STEP_CONTAINER, "image": "localhost/maestro/agent:dev"}],
+        },
+    });
+    match node {
+        NodeKind::Fake => {
+            let (selector, tolerations) = placement_json();
+            pod["spec"]["nodeSelector"] = selector;
+            pod["spec"]["tolerations"] = tolerations;
+        }
+        NodeKind::Real => {
+            pod["spec"]["automountServiceAccountToken"] = json!(false);
+            pod["spec"]["securityContext"] = json!({
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            });
+            pod["spec"]["containers"][0]["command"] = json!(["true"]);
+            pod["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+            pod["spec"]["containers"][0]["securityContext"] = json!({
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+            });
+        }
+    }
+    Ok(serde_json::from_value(pod)?)
 }
 
 /// The bare client: each run's pods in the workload's order, each created once the pods
 /// it depends on are seen finished, all runs at once.
-pub async fn bare(client: &Client, ns: &str, workload: Workload) -> Result<Figures> {
-    let (selector, tolerations) = placement_json();
+pub async fn bare(
+    client: &Client,
+    ns: &str,
+    workload: Workload,
+    node: NodeKind,
+) -> Result<Figures> {
     let (times, clock) = clock_pods(client, ns, BARE_RUN_LABEL);
     let writes_before = api_writes(client).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -767,7 +1252,6 @@ pub async fn bare(client: &Client, ns: &str, workload: Workload) -> Result<Figur
     let graph = workload.step_graph();
     let run_one = |run: String| {
         let (pods, times, graph) = (pods.clone(), times.clone(), graph.clone());
-        let (selector, tolerations) = (selector.clone(), tolerations.clone());
         async move {
             let pod_name = |step: &str| format!("{run}-{step}");
             // Waves: each step starts once everything it depends on has finished.
@@ -795,15 +1279,7 @@ pub async fn bare(client: &Client, ns: &str, workload: Workload) -> Result<Figur
                     bail!("the workload's graph has a cycle");
                 }
                 for (step, _) in &wave {
-                    let pod: Pod = serde_json::from_value(json!({
-                        "metadata": {"name": pod_name(step), "labels": {BARE_RUN_LABEL: run}},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "nodeSelector": selector,
-                            "tolerations": tolerations,
-                            "containers": [{"name": "step", "image": "localhost/maestro/agent:dev"}],
-                        },
-                    }))?;
+                    let pod = bare_pod(&pod_name(step), &run, node)?;
                     pods.create(&PostParams::default(), &pod).await?;
                 }
                 // As fast as a client can react: the pod watch's clock, read every 2 ms.
@@ -837,15 +1313,21 @@ pub async fn bare(client: &Client, ns: &str, workload: Workload) -> Result<Figur
     let writes = api_writes(client).await? - writes_before;
     tokio::time::sleep(Duration::from_millis(500)).await;
     clock.abort();
-    let handoffs_ms = times.lock().map(|t| handoffs(&t)).unwrap_or_default();
+    let (handoffs_ms, pod_starts_ms) = times
+        .lock()
+        .map(|t| (handoffs(&t), pod_starts(&t)))
+        .unwrap_or_default();
     Ok(Figures {
         system: System::Bare,
         workload,
+        node,
         wall: last.saturating_duration_since(started),
         handoffs_ms,
+        pod_starts_ms,
         peak_rss: 0,
         cpu_seconds: 0.0,
         api_writes: writes,
+        history: None,
     })
 }
 
@@ -866,7 +1348,7 @@ fn workflow(name: &str, workload: Workload) -> Result<DynamicObject> {
     let (selector, tolerations) = placement_json();
     let step = json!({"name": "step", "container": {"image": "localhost/maestro/agent:dev", "command": ["true"]}});
     let main = match workload {
-        Workload::OneStep { .. } => {
+        Workload::OneStep { .. } | Workload::History { .. } => {
             json!({"name": "main", "steps": [[{"name": "s0", "template": "step"}]]})
         }
         Workload::Sequential { .. } => {
@@ -894,6 +1376,10 @@ fn workflow(name: &str, workload: Workload) -> Result<DynamicObject> {
     };
     let templates = json!([main, step, {"name": "gate", "suspend": {}}]);
     let mut object = DynamicObject::new(name, &workflow_resource());
+    object.metadata.labels = Some(BTreeMap::from([(
+        MEASURED_LABEL.0.to_string(),
+        MEASURED_LABEL.1.to_string(),
+    )]));
     object.data = json!({"spec": {
         "entrypoint": "main",
         "nodeSelector": selector,
@@ -957,9 +1443,11 @@ async fn install_argo_crds(client: &Client) -> Result<()> {
 /// Argo's workflow-controller, out of cluster, managing one namespace; killed when dropped.
 struct ArgoController {
     child: tokio::process::Child,
+    log: PathBuf,
 }
 
 impl ArgoController {
+    /// Starts the controller; [`Self::ready`] waits until it serves.
     async fn start(client: &Client, ns: &str, tuned: bool) -> Result<Self> {
         let bin = bench_path("ARGO_BIN")?;
         let kubeconfig = std::env::var("KUBECONFIG").context("KUBECONFIG is not set")?;
@@ -967,10 +1455,19 @@ impl ArgoController {
         // ports are turned off (9090 may be taken by the cluster's Prometheus).
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let config: ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
             "metadata": {"name": "workflow-controller-configmap"},
             "data": {"metricsConfig": "enabled: false\n", "telemetryConfig": "enabled: false\n"},
         }))?;
-        configmaps.create(&PostParams::default(), &config).await?;
+        // Applied: W5 starts a second controller in the namespace.
+        configmaps
+            .patch(
+                "workflow-controller-configmap",
+                &PatchParams::apply("maestro-bench").force(),
+                &Patch::Apply(&config),
+            )
+            .await?;
         let log = std::env::temp_dir().join(format!("maestro-bench-argo-{ns}.log"));
         let file = std::fs::File::create(&log)?;
         let mut command = tokio::process::Command::new(&bin);
@@ -1006,16 +1503,23 @@ impl ArgoController {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let controller = Self { child };
-        // Ready once its health endpoint answers (its informers have synced by then).
+        Ok(Self { child, log })
+    }
+
+    /// Waits until its health endpoint answers (its informers have synced by then).
+    async fn ready(&self) -> Result<()> {
         wait_for(
             "Argo's controller to be healthy",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || async { http_ok("127.0.0.1:6060", "/healthz").await },
         )
         .await
-        .with_context(|| format!("see {}", log.display()))?;
-        Ok(controller)
+        .with_context(|| format!("see {}", self.log.display()))
+    }
+
+    /// Stops it and waits until it has exited (and freed its port).
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
     }
 
     fn pid(&self) -> Option<u32> {
@@ -1053,13 +1557,43 @@ async fn argo(client: &Client, ns: &str, workload: Workload, tuned: bool) -> Res
     } else {
         System::ArgoDefault
     };
-    let controller = ArgoController::start(client, ns, tuned).await?;
     let resource = workflow_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let history = match workload {
+        Workload::History { kept, .. } => {
+            Some(argo_history(client, ns, workload, tuned, kept).await?)
+        }
+        _ => None,
+    };
+    let versions = match history {
+        Some(_) => resource_versions(&api).await?,
+        None => HashMap::new(),
+    };
+    let controller = ArgoController::start(client, ns, tuned).await?;
+    let life = Sampler::start(controller.pid());
+    controller.ready().await?;
+    let history = match history {
+        Some(kept) => {
+            let settled = settle(controller.pid(), SETTLE_LIMIT).await;
+            let written = changed_since(&api, &versions).await?;
+            let settled_rss = controller
+                .pid()
+                .and_then(process_usage)
+                .map(|(_, rss)| rss)
+                .unwrap_or_default();
+            Some(HistoryFigures {
+                kept,
+                settle: settled,
+                settled_rss,
+                written,
+            })
+        }
+        None => None,
+    };
     let (times, clock) = clock_pods(client, ns, system.run_label());
     let (marks, run_clock) = clock_runs(client, ns, &resource, argo_mark);
     let writes_before = api_writes(client).await?;
     let sampler = Sampler::start(controller.pid());
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     let started = Instant::now();
     let workflows = (0..workload.runs())
         .map(|i| workflow(&format!("{}-{i}", workload.label()), workload))
@@ -1078,8 +1612,54 @@ async fn argo(client: &Client, ns: &str, workload: Workload, tuned: bool) -> Res
         writes_before,
     )
     .await;
-    drop(controller);
-    figures
+    let (life_peak, _) = life.finish().await;
+    controller.stop().await;
+    let mut figures = figures?;
+    if history.is_some() {
+        // The peak over the controller's whole life on the history, its listing included.
+        figures.peak_rss = figures.peak_rss.max(life_peak);
+        figures.history = history;
+    }
+    Ok(figures)
+}
+
+/// W5's history in Argo's namespace: one real Workflow run to its end by a controller
+/// that is then stopped, and `kept - 1` copies of the stored Workflow, status and labels
+/// included (`workflows.argoproj.io/completed: "true"` keeps a completed Workflow out of
+/// the controller's queue; its informer still lists it). Returns the number kept.
+async fn argo_history(
+    client: &Client,
+    ns: &str,
+    workload: Workload,
+    tuned: bool,
+    kept: usize,
+) -> Result<usize> {
+    let resource = workflow_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let controller = ArgoController::start(client, ns, tuned).await?;
+    controller.ready().await?;
+    let mut model = workflow(MODEL_RUN, workload)?;
+    model.metadata.labels = None;
+    api.create(&PostParams::default(), &model).await?;
+    let model = wait_for(
+        "the model Workflow of the history to complete",
+        Duration::from_secs(120),
+        || async {
+            let found = api.get(MODEL_RUN).await.map_err(|e| e.to_string())?;
+            let completed = found
+                .labels()
+                .get("workflows.argoproj.io/completed")
+                .is_some_and(|v| v == "true");
+            match argo_mark(&found) {
+                Some(Mark::Succeeded) if completed => Ok(found),
+                mark => Err(format!("{mark:?}, completed label {completed}")),
+            }
+        },
+    )
+    .await?;
+    controller.stop().await;
+    create_all(&api, history_copies(&model, &resource, kept, true)).await?;
+    Ok(kept)
 }
 
 /// A path e2e/bench/versions.sh names (built by e2e/bench/build.sh).
@@ -1102,10 +1682,22 @@ fn bench_path(variable: &str) -> Result<PathBuf> {
 /// The workloads and how often each is repeated.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// On the kwok fake node.
     pub workloads: Vec<Workload>,
+    /// On the real node, for Maestro and the bare client (Argo's executor image cannot be
+    /// pulled here: there is no registry).
+    pub real_workloads: Vec<Workload>,
     pub systems: Vec<System>,
     /// Each (system, workload) runs this often; the run with the median wall time counts.
     pub repeat: usize,
+}
+
+/// The real node's workloads: small, since containerd starts every pod.
+fn real_workloads() -> Vec<Workload> {
+    vec![
+        Workload::OneStep { runs: 20 },
+        Workload::Sequential { runs: 5, steps: 5 },
+    ]
 }
 
 impl Plan {
@@ -1120,7 +1712,12 @@ impl Plan {
                 // A composition holds at most 64 steps: a first one, 62 fanned out, a join.
                 Workload::FanOut { width: 62 },
                 Workload::Gated { runs: 1000 },
+                Workload::History {
+                    kept: 10_000,
+                    runs: 100,
+                },
             ],
+            real_workloads: real_workloads(),
             systems: vec![
                 System::Bare,
                 System::Maestro,
@@ -1142,6 +1739,10 @@ impl Plan {
                 },
                 Workload::FanOut { width: 62 },
                 Workload::Gated { runs: 200 },
+                Workload::History {
+                    kept: 2_000,
+                    runs: 100,
+                },
             ],
             ..Self::full(repeat)
         }
@@ -1155,26 +1756,51 @@ impl Plan {
                 Workload::Sequential { runs: 2, steps: 3 },
                 Workload::FanOut { width: 4 },
                 Workload::Gated { runs: 3 },
+                Workload::History { kept: 50, runs: 5 },
             ],
+            real_workloads: SMOKE_REAL.to_vec(),
             systems: vec![System::Bare, System::Maestro],
             repeat: 1,
         }
     }
+
+    /// Whether `system` runs `workload`: a bare client has no gates to wait at, and no
+    /// controller to hold a history.
+    pub fn runs(system: System, workload: Workload) -> bool {
+        system != System::Bare
+            || !matches!(workload, Workload::Gated { .. } | Workload::History { .. })
+    }
 }
 
-/// Runs the plan, each system alone in a fresh namespace with the fake node up; returns
-/// the figures (one per system and workload).
+/// The smoke mode's real-node case.
+const SMOKE_REAL: [Workload; 1] = [Workload::OneStep { runs: 1 }];
+
+/// Runs the plan, each system alone in a fresh namespace: the fake node's workloads with
+/// kwok up, then the real node's; returns the figures (one per system, workload and node,
+/// and for W5 the same runs without history if the plan has no such W1).
 pub async fn run_all(plan: &Plan) -> Result<Vec<Figures>> {
     let client = crate::client().await?;
-    // A node lease left by an earlier kwok keeps a new one from managing the node (and
-    // pods scheduled before it holds the lease are never played): start clean.
-    remove_fake_node(&client).await;
-    let kwok = Kwok::start().await?;
-    let measured = measure(&client, plan).await;
-    // The fake node goes with kwok: without its kubelet it would turn NotReady and linger.
-    remove_fake_node(&client).await;
-    drop(kwok);
-    measured
+    let mut all = Vec::new();
+    if !plan.workloads.is_empty() {
+        // A node lease left by an earlier kwok keeps a new one from managing the node (and
+        // pods scheduled before it holds the lease are never played): start clean.
+        remove_fake_node(&client).await;
+        let kwok = Kwok::start().await?;
+        let measured = measure(&client, plan, &mut all).await;
+        // The fake node goes with kwok: without its kubelet it would turn NotReady and
+        // linger.
+        remove_fake_node(&client).await;
+        drop(kwok);
+        measured?;
+    }
+    for &workload in &plan.real_workloads {
+        for &system in &plan.systems {
+            if matches!(system, System::Bare | System::Maestro) && Plan::runs(system, workload) {
+                all.push(median(&client, system, workload, NodeKind::Real, plan.repeat).await?);
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// Deletes the fake node and its lease, if there.
@@ -1185,7 +1811,7 @@ pub(crate) async fn remove_fake_node(client: &Client) {
     let _ = leases.delete(FAKE_NODE, &DeleteParams::default()).await;
 }
 
-async fn measure(client: &Client, plan: &Plan) -> Result<Vec<Figures>> {
+async fn measure(client: &Client, plan: &Plan, all: &mut Vec<Figures>) -> Result<()> {
     fake_node(client).await?;
     if plan
         .systems
@@ -1194,37 +1820,67 @@ async fn measure(client: &Client, plan: &Plan) -> Result<Vec<Figures>> {
     {
         install_argo_crds(client).await?;
     }
-    let mut all = Vec::new();
     for &workload in &plan.workloads {
         for &system in &plan.systems {
-            if system == System::Bare && matches!(workload, Workload::Gated { .. }) {
-                continue; // a bare client has no gates to wait at
+            if !Plan::runs(system, workload) {
+                continue;
             }
-            let mut repeats = Vec::new();
-            for _ in 0..plan.repeat.max(1) {
-                let figures = once(client, system, workload).await?;
-                eprintln!(
-                    "[bench] {} {}: {:.1} s",
-                    workload.label(),
-                    system.name(),
-                    figures.wall.as_secs_f64()
-                );
-                repeats.push(figures);
+            if let Workload::History { runs, .. } = workload {
+                // The same runs without history, for the memory with it against without.
+                let baseline = Workload::OneStep { runs };
+                let measured = all.iter().any(|f| {
+                    f.system == system && f.workload == baseline && f.node == NodeKind::Fake
+                });
+                if !measured {
+                    all.push(median(client, system, baseline, NodeKind::Fake, plan.repeat).await?);
+                }
             }
-            repeats.sort_by_key(|f| f.wall);
-            if let Some(median) = repeats.get(repeats.len() / 2) {
-                // Each row as it is measured, so that a long bench cut short still tells.
-                eprint!("{}", table(std::slice::from_ref(median)));
-                all.push(median.clone());
-            }
+            all.push(median(client, system, workload, NodeKind::Fake, plan.repeat).await?);
         }
     }
-    Ok(all)
+    Ok(())
+}
+
+/// One system and workload `repeat` times; the figures of the run with the median wall
+/// time.
+async fn median(
+    client: &Client,
+    system: System,
+    workload: Workload,
+    node: NodeKind,
+    repeat: usize,
+) -> Result<Figures> {
+    let mut repeats = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let figures = once(client, system, workload, node).await?;
+        eprintln!(
+            "[bench] {} {}{}: {:.1} s",
+            workload.label(),
+            system.name(),
+            if node == NodeKind::Real {
+                " (real node)"
+            } else {
+                ""
+            },
+            figures.wall.as_secs_f64()
+        );
+        repeats.push(figures);
+    }
+    repeats.sort_by_key(|f| f.wall);
+    let median = repeats.swap_remove(repeats.len() / 2);
+    // Each row as it is measured, so that a long bench cut short still tells.
+    eprint!("{}", table(std::slice::from_ref(&median)));
+    Ok(median)
 }
 
 /// One system, one workload, in a namespace of its own, which is gone before this returns
 /// (so that its deletion does not load the next measurement).
-async fn once(client: &Client, system: System, workload: Workload) -> Result<Figures> {
+async fn once(
+    client: &Client,
+    system: System,
+    workload: Workload,
+    node: NodeKind,
+) -> Result<Figures> {
     let prefix = format!("bench-{}-{}", system.name(), workload.label());
     let (figures, ns) = match system {
         System::Maestro => {
@@ -1232,7 +1888,7 @@ async fn once(client: &Client, system: System, workload: Workload) -> Result<Fig
             // on a saturated 2-core machine a Lease renewal can take over 5 s, and a lost
             // Lease stops the operator (in a cluster its container restarts; here the
             // measurement would stall).
-            let env = Env::with_options(
+            let mut env = Env::with_options(
                 &prefix,
                 "restricted",
                 &[
@@ -1242,14 +1898,20 @@ async fn once(client: &Client, system: System, workload: Workload) -> Result<Fig
                 ],
             )
             .await?;
-            (maestro(&env, workload).await, env.ns.name.clone())
+            let figures = maestro(&mut env, workload, node).await;
+            if let Workload::History { .. } = workload
+                && let Err(e) = remove_maestro_history(&mut env).await
+            {
+                eprintln!("[bench] removing W5's history: {e:#}");
+            }
+            (figures, env.ns.name.clone())
         }
         System::Bare | System::ArgoDefault | System::ArgoTuned => {
             // The plainest pods there are, and Argo's, which set no security context.
             let ns =
                 crate::TestNamespace::create_with_security(client, &prefix, "baseline").await?;
             let figures = match system {
-                System::Bare => bare(client, &ns.name, workload).await,
+                System::Bare => bare(client, &ns.name, workload, node).await,
                 _ => argo(client, &ns.name, workload, system == System::ArgoTuned).await,
             };
             (figures, ns.name.clone())

@@ -1,8 +1,10 @@
 //! `make bench`: runs the benchmark's workloads on a kwok fake node against Maestro, Argo
-//! Workflows (at its defaults and tuned) and a bare client, and prints the tables.
+//! Workflows (at its defaults and tuned) and a bare client, then the small real-node
+//! workloads (Maestro and the bare client), and prints the tables.
 //! `--smoke` runs them tiny and without Argo (as `make test` does), to show the bench
-//! still works; `--medium` runs a fifth of the sizes; `--repeat N` runs each measurement N times and keeps the median;
-//! `--only SYSTEMS` and `--workloads W1,..` narrow it.
+//! still works; `--medium` runs a fifth of the sizes; `--repeat N` runs each measurement
+//! N times and keeps the median; `--real` runs the real-node part alone, `--fake` the
+//! fake-node part alone; `--only SYSTEMS` and `--workloads W1,..` narrow it.
 
 use anyhow::{Context, Result};
 use maestro_e2e::bench::{self, Plan};
@@ -39,14 +41,22 @@ async fn main() -> Result<()> {
             "--only names no system (bare, maestro, argo-default, argo-tuned)"
         );
     }
+    if args.iter().any(|a| a == "--real") {
+        plan.workloads.clear();
+    }
+    if args.iter().any(|a| a == "--fake") {
+        plan.real_workloads.clear();
+    }
     if let Some(names) = flag_list(&args, "--workloads")? {
         plan.workloads
             .retain(|w| names.iter().any(|n| n == w.label()));
-        anyhow::ensure!(
-            !plan.workloads.is_empty(),
-            "--workloads names no workload (w1, w2, w3, w4)"
-        );
+        plan.real_workloads
+            .retain(|w| names.iter().any(|n| n == w.label()));
     }
+    anyhow::ensure!(
+        !plan.workloads.is_empty() || !plan.real_workloads.is_empty(),
+        "nothing to run: --workloads names none of w1..w5 (the real node runs w1 and w2)"
+    );
     let figures = bench::run_all(&plan).await?;
     println!("{}", bench::table(&figures));
     println!("{}", bench::ratios(&figures));
