@@ -1968,4 +1968,83 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="",res
         // b and c follow a (10 and 30 ms); the join follows c, the last to finish (20 ms).
         assert_eq!(handoffs(&times), vec![10.0, 20.0, 30.0]);
     }
+
+    #[test]
+    fn a_pod_first_seen_finished_hands_off_to_nothing() {
+        let t0 = Instant::now();
+        let mut times = PodTimes::default();
+        // W5's model run: its one pod was made before the watch began.
+        times.created.insert("model".into(), t0);
+        times.finished.insert("model".into(), t0);
+        times.run.insert("model".into(), "w5-model".into());
+        assert!(handoffs(&times).is_empty());
+    }
+
+    #[test]
+    fn a_step_seen_already_ended_started_its_run_time_earlier() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{
+                "name": labels::STEP_CONTAINER, "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {
+                    "exitCode": 0,
+                    "startedAt": "2026-12-04T10:00:00Z",
+                    "finishedAt": "2026-12-04T10:00:02Z",
+                }},
+            }]},
+        }))
+        .expect("a pod");
+        let now = Instant::now() + Duration::from_secs(10);
+        assert_eq!(step_started(&pod, now), Some(now - Duration::from_secs(2)));
+        let mut times = PodTimes::default();
+        times
+            .created
+            .insert("p".into(), now - Duration::from_secs(3));
+        times
+            .started
+            .insert("p".into(), now - Duration::from_secs(2));
+        assert_eq!(pod_starts(&times), vec![1000.0]);
+    }
+
+    #[test]
+    fn history_copies_carry_what_the_controller_left_on_the_finished_run() {
+        let resource = maestro_resource();
+        let model: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "maestro.dev/v1alpha1",
+            "kind": "CompositionRun",
+            "metadata": {
+                "name": MODEL_RUN,
+                "uid": "u1",
+                "resourceVersion": "7",
+                "labels": {"maestro.dev/phase": "Succeeded"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "a": "b"},
+                "finalizers": ["maestro.dev/cleanup"],
+            },
+            "spec": {"composition": "bench-w5"},
+            "status": {"phase": "Succeeded"},
+        }))
+        .expect("a run");
+        let copies = history_copies(&model, &resource, 3, true);
+        assert_eq!(copies.len(), 2, "the model itself is the third");
+        let copy = &copies[0];
+        assert_eq!(copy.name_any(), "w5-kept-1");
+        assert_eq!(copy.labels(), model.labels());
+        assert_eq!(copy.annotations().get("a").map(String::as_str), Some("b"));
+        assert!(
+            !copy
+                .annotations()
+                .contains_key("kubectl.kubernetes.io/last-applied-configuration")
+        );
+        assert_eq!(copy.metadata.finalizers, model.metadata.finalizers);
+        assert_eq!(copy.metadata.uid, None);
+        assert_eq!(copy.metadata.resource_version, None);
+        assert_eq!(copy.data["spec"], model.data["spec"]);
+        assert_eq!(copy.data["status"], model.data["status"]);
+        let without = history_copies(&model, &resource, 3, false);
+        assert!(
+            without[0].data.get("status").is_none(),
+            "written after create"
+        );
+    }
 }
