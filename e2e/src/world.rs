@@ -115,13 +115,17 @@ impl Moto {
     }
 
     /// The state of every instance, by id, asked through the same EC2 API (boto3 from
-    /// moto's own virtualenv).
+    /// moto's own virtualenv): its state name, then the `maestro.dev/run=` and
+    /// `maestro.dev/step=` tags it carries, space-separated.
     pub async fn instance_states(&self) -> Result<Vec<(String, String)>> {
         let python = moto_python();
         let script = "import boto3,json,sys\n\
             ec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
                 aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-            out = [(i['InstanceId'], i['State']['Name'])\n\
+            keys = ('maestro.dev/run', 'maestro.dev/step')\n\
+            said = lambda i: ' '.join([i['State']['Name']] + [t['Key'] + '=' + t['Value']\n\
+                for t in i.get('Tags', []) if t['Key'] in keys])\n\
+            out = [(i['InstanceId'], said(i))\n\
                    for r in ec2.describe_instances()['Reservations'] for i in r['Instances']]\n\
             print(json.dumps(out))\n";
         let out = tokio::process::Command::new(python)
@@ -137,13 +141,17 @@ impl Moto {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
-    /// The instances that are not terminated.
+    /// The instances that are not terminated, each as `id state`, then the run and step
+    /// that made it (its `maestro.dev/run` and `maestro.dev/step` tags), when tagged.
     pub async fn live_instances(&self) -> Result<Vec<String>> {
         Ok(self
             .instance_states()
             .await?
             .into_iter()
-            .filter(|(_, state)| state != "terminated" && state != "shutting-down")
+            .filter(|(_, state)| {
+                let state = state.split(' ').next().unwrap_or_default();
+                state != "terminated" && state != "shutting-down"
+            })
             .map(|(id, state)| format!("{id} {state}"))
             .collect())
     }
