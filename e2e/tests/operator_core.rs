@@ -80,14 +80,20 @@ async fn hello_passes_an_output_along() -> anyhow::Result<()> {
         .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
         .filter_map(|e| e.reason)
         .collect();
-    for want in ["RunStarted", "StepStarted", "StepSucceeded", "RunSucceeded"] {
+    for want in ["RunStarted", "RunSucceeded"] {
         assert!(
             reasons.iter().any(|r| r == want),
             "no {want} event in {reasons:?}"
         );
     }
-    // (The event recorder folds repeats of one reason on one object into a series, so
-    // the three StepStarted events may arrive as one.)
+    // A step's routine progress is in the status, with times, not in Events (unless the
+    // operator runs with --step-events): two Events per step were most of its writes.
+    for routine in ["StepStarted", "StepSucceeded"] {
+        assert!(
+            !reasons.iter().any(|r| r == routine),
+            "a routine {routine} event was recorded: {reasons:?}"
+        );
+    }
 
     // Nothing changes once the run has ended, so nothing is written: the object's
     // resourceVersion stays put across several resyncs of the operator.

@@ -81,6 +81,12 @@ struct Args {
     /// for, so an Agent with one stays NotReady and gets no runs.
     #[arg(long, env = "MAESTRO_ALLOW_HOST_PATH_CACHES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     allow_host_path_caches: bool,
+    /// Also record a step's routine progress (StepStarted, StepSucceeded) as Events. Off by
+    /// default: the run's status holds each step's start and finish with their times, and
+    /// two Events per step were most of the operator's writes to the API server. Runs,
+    /// failures, retries, approvals and cleanups are always recorded.
+    #[arg(long, env = "MAESTRO_STEP_EVENTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    step_events: bool,
     /// How long finished runs are kept before they (and their pods) are deleted.
     #[arg(long, env = "MAESTRO_FINISHED_RUN_TTL", default_value = "24h", value_parser = ttl)]
     finished_run_ttl: Duration,
@@ -157,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         finished_run_ttl: args.finished_run_ttl,
         watch_namespace: args.namespace.clone(),
         allow_host_path_caches: args.allow_host_path_caches,
+        step_events: args.step_events,
     };
     let leader = args.leader_elect.then(|| LeaseSettings {
         name: args.lease_name.clone(),

@@ -30,6 +30,30 @@ pub use maestro_protocol::{ExternalResource, ReportValue, StepResult};
 
 pub use plan::{after_end_work, plan};
 
+/// How long a status change that only adds the nodes step pods landed on may wait for the
+/// next write that has to happen anyway (a step ending, the next one starting).
+pub const NODE_ONLY_WRITE_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `new` differs from `old` only in the nodes of step pods (`steps[].nodeName`).
+/// Such a change is worth recording, but not a write of its own at once: a step's pod is
+/// bound to a node a moment after it is created, so writing it at once cost one status
+/// write per step; it joins the next write instead, or is written alone after
+/// [`NODE_ONLY_WRITE_DELAY`].
+pub fn only_nodes_changed(
+    old: &maestro_api::CompositionRunStatus,
+    new: &maestro_api::CompositionRunStatus,
+) -> bool {
+    if old == new || old.steps.len() != new.steps.len() {
+        return false;
+    }
+    let mut without_nodes = new.clone();
+    for (step, before) in without_nodes.steps.iter_mut().zip(&old.steps) {
+        step.node_name.clone_from(&before.node_name);
+    }
+    &without_nodes == old
+}
+
+
 /// Everything the engine plans from.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
@@ -309,4 +333,45 @@ pub struct EventNote {
     pub reason: &'static str,
     pub message: String,
     pub warning: bool,
+    /// A step's routine progress (it started, it succeeded): the run's status records the
+    /// same, with times, so the operator publishes these only when asked to. At two
+    /// Events per step they were the largest share of its API writes.
+    pub routine: bool,
+}
+
+#[cfg(test)]
+mod node_only_tests {
+    use super::only_nodes_changed;
+    use maestro_api::{CompositionRunStatus, StepPhase, StepStatus};
+
+    fn status(node: Option<&str>, phase: StepPhase) -> CompositionRunStatus {
+        CompositionRunStatus {
+            steps: vec![StepStatus {
+                name: "build".into(),
+                phase,
+                node_name: node.map(str::to_string),
+                ..StepStatus::default()
+            }],
+            ..CompositionRunStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_bound_to_a_node_is_a_node_only_change() {
+        let before = status(None, StepPhase::Running);
+        assert!(only_nodes_changed(
+            &before,
+            &status(Some("node-a"), StepPhase::Running)
+        ));
+    }
+
+    #[test]
+    fn a_step_that_ends_is_not_a_node_only_change_and_no_change_is_none() {
+        let before = status(None, StepPhase::Running);
+        assert!(!only_nodes_changed(
+            &before,
+            &status(Some("node-a"), StepPhase::Succeeded)
+        ));
+        assert!(!only_nodes_changed(&before, &before.clone()));
+    }
 }

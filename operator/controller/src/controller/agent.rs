@@ -303,9 +303,9 @@ fn agent_status(
     let pool = agents::pool(agent);
     let mut queued = 0;
     for run in runs.iter().filter(|r| agents::top_level(r)) {
-        let status = run.status.clone().unwrap_or_default();
-        let Some(assigned) = status.agent.clone() else {
-            if status.phase == RunPhase::Queued {
+        let phase = run.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        let Some(assigned) = run.status.as_ref().and_then(|s| s.agent.as_ref()) else {
+            if phase == RunPhase::Queued {
                 let requires = agents::run_requirements(run, ns, ctx);
                 if requires
                     .iter()
@@ -322,7 +322,7 @@ fn agent_status(
         let Some(slot) = slots.iter_mut().find(|s| s.index == assigned.slot) else {
             continue;
         };
-        if !status.phase.is_finished() {
+        if !phase.is_finished() {
             slot.run = Some(run.name_any());
         }
         let newer = match (&slot.last_used, &assigned.assigned_time) {
@@ -370,6 +370,7 @@ fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<
         .iter()
         .map(|claim| EventNote {
             warning: false,
+            routine: false,
             reason: "ClaimCreated",
             message: format!("created slot cache claim {claim}"),
         })
@@ -383,11 +384,13 @@ fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<
         match (before, &slot.run) {
             (before, Some(run)) if before != Some(run) => notes.push(EventNote {
                 warning: false,
+                routine: false,
                 reason: "SlotTaken",
                 message: format!("slot {} runs {run}", slot.index),
             }),
             (Some(run), None) => notes.push(EventNote {
                 warning: false,
+                routine: false,
                 reason: "SlotFreed",
                 message: format!("slot {} is free ({run} ended)", slot.index),
             }),
@@ -405,6 +408,7 @@ fn changes(old: &AgentStatus, new: &AgentStatus, claims_made: &[String]) -> Vec<
     {
         notes.push(EventNote {
             warning: status != "True",
+            routine: false,
             reason: if status == "True" {
                 "Ready"
             } else {

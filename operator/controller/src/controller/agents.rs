@@ -97,10 +97,10 @@ fn assignment(run: &CompositionRun, ns: &str, admissions: &Admissions) -> Option
 
 /// Whether a run still waits for a slot: top-level, not ended, not stopping, unassigned.
 fn waiting(run: &CompositionRun, ns: &str, admissions: &Admissions) -> bool {
-    let status = run.status.clone().unwrap_or_default();
+    let status = run.status.as_ref();
     top_level(run)
-        && !status.phase.is_finished()
-        && status.start_time.is_none()
+        && !status.is_some_and(|s| s.phase.is_finished())
+        && status.is_none_or(|s| s.start_time.is_none())
         && !run.spec.cancel
         && run.meta().deletion_timestamp.is_none()
         && assignment(run, ns, admissions).is_none()
@@ -158,7 +158,7 @@ pub fn routing_input(
     }
     let mut queue = Vec::new();
     for run in runs.iter().filter(|r| top_level(r)) {
-        let status = run.status.clone().unwrap_or_default();
+        let finished = run.status.as_ref().is_some_and(|s| s.phase.is_finished());
         if let Some(agent) = assignment(run, ns, admissions) {
             let slot = slot_of(&agent);
             remember(
@@ -166,7 +166,7 @@ pub fn routing_input(
                 &run.spec.composition,
                 agent.assigned_time.as_ref().map(|t| t.0),
             );
-            if !status.phase.is_finished() {
+            if !finished {
                 busy.insert(slot, run.name_any());
             }
         } else if waiting(run, ns, admissions) {

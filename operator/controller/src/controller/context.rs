@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -13,9 +13,13 @@ use std::{
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::{
-    Client, Resource,
+    Client, Resource, ResourceExt,
     core::DeserializeGuard,
-    runtime::{controller::Action, events::Recorder, reflector::Store},
+    runtime::{
+        controller::Action,
+        events::Recorder,
+        reflector::{ObjectRef, Store},
+    },
 };
 
 use super::{admission, agent::AssignmentCounts, pods::PodSettings};
@@ -51,6 +55,8 @@ pub struct Settings {
     /// Whether Agents may keep their caches in hostPath volumes (off by default: a
     /// hostPath reaches the node's disk).
     pub allow_host_path_caches: bool,
+    /// Publish the engine's routine step Events too (see `EventNote::routine`).
+    pub step_events: bool,
 }
 
 /// Errors of a reconcile, one variant per operation, each naming the object it was
@@ -143,6 +149,16 @@ pub struct Context {
     /// watch event arrives; without this, that reconcile asks for the pod again (a 409
     /// per step, measured in the bench).
     pub(super) created: Mutex<HashMap<String, Vec<(Instant, maestro_engine::ObservedPod)>>>,
+    /// Per run (namespace/name): the object as this replica's last status write returned
+    /// it, until the run cache shows that write. The write wakes the run's next reconcile
+    /// before the cache has it, and a pass planned from the older status would start its
+    /// steps again; reading the written object instead lets the reconcile end as soon as
+    /// the write is answered, rather than wait for the watch (which held every step
+    /// handoff behind the previous write's round trip through the watch).
+    pub(super) written: Mutex<HashMap<String, Arc<CompositionRun>>>,
+    /// Per run (namespace/name): since when its status has differed from the cache only in
+    /// the nodes of its step pods (see `maestro_engine::only_nodes_changed`).
+    pub(super) nodes_unwritten: Mutex<HashMap<String, Instant>>,
     /// Which runs' slot assignments the Agents' cache hit and miss counters include.
     pub(super) agent_counts: AssignmentCounts,
 }
@@ -270,6 +286,74 @@ impl Context {
             .collect()
     }
 
+    /// Notes the run as this replica's status write returned it.
+    pub(super) fn status_written(&self, run: CompositionRun) {
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(key(&run), Arc::new(run));
+        }
+    }
+
+    /// The run as this replica last wrote it, when the cache (`cached`) does not show that
+    /// write yet; `None` when the cache is as new (the note is then forgotten).
+    pub(super) fn newer_than_cache(&self, cached: &CompositionRun) -> Option<Arc<CompositionRun>> {
+        let mut written = self.written.lock().ok()?;
+        let run_key = key(cached);
+        let ours = written.get(&run_key)?;
+        let shown = match (cached.resource_version(), ours.resource_version()) {
+            (Some(c), Some(w)) => shows_write(&c, &w),
+            _ => true,
+        };
+        if shown {
+            written.remove(&run_key);
+            return None;
+        }
+        Some(ours.clone())
+    }
+
+    /// How long the run `run_key` may still wait before writing a status that differs
+    /// only in its pods' nodes (`node_only`); `None`: write now (the change is more than
+    /// that, or it has waited long enough).
+    pub(super) fn node_only_wait(&self, run_key: &str, node_only: bool) -> Option<Duration> {
+        let mut unwritten = self.nodes_unwritten.lock().ok()?;
+        if !node_only {
+            unwritten.remove(run_key);
+            return None;
+        }
+        let since = *unwritten
+            .entry(run_key.to_string())
+            .or_insert_with(Instant::now);
+        let waited = since.elapsed();
+        if waited >= maestro_engine::NODE_ONLY_WRITE_DELAY {
+            unwritten.remove(run_key);
+            return None;
+        }
+        Some(maestro_engine::NODE_ONLY_WRITE_DELAY - waited)
+    }
+
+    /// Forgets written runs that the cache shows by now or no longer holds (deleted), and
+    /// node-only changes of runs that went away while they waited.
+    pub(super) fn forget_shown_writes(&self) {
+        if let Ok(mut unwritten) = self.nodes_unwritten.lock() {
+            unwritten
+                .retain(|_, since| since.elapsed() < maestro_engine::NODE_ONLY_WRITE_DELAY * 10);
+        }
+        let Ok(mut written) = self.written.lock() else {
+            return;
+        };
+        written.retain(|_, ours| {
+            let reference = ObjectRef::<DeserializeGuard<CompositionRun>>::new(&ours.name_any())
+                .within(&ours.namespace().unwrap_or_default());
+            let cached = self.runs.get(&reference);
+            match (
+                cached.as_ref().and_then(|c| c.resource_version()),
+                ours.resource_version(),
+            ) {
+                (Some(c), Some(w)) => !shows_write(&c, &w),
+                _ => false,
+            }
+        });
+    }
+
     pub(super) fn succeeded(&self, key: &str) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(key);
@@ -287,6 +371,10 @@ pub(super) fn publish(
     action: &str,
     notes: Vec<maestro_engine::EventNote>,
 ) {
+    let notes: Vec<_> = notes
+        .into_iter()
+        .filter(|n| !n.routine || ctx.settings.step_events)
+        .collect();
     if notes.is_empty() {
         return;
     }
@@ -311,6 +399,16 @@ pub(super) fn publish(
             }
         }
     });
+}
+
+/// Whether a cached resourceVersion `cached` includes the write that returned `written`.
+/// resourceVersions are opaque to clients, but the API server's are etcd revisions, which
+/// only grow; when either does not parse, only the very version counts.
+pub(super) fn shows_write(cached: &str, written: &str) -> bool {
+    match (cached.parse::<u64>(), written.parse::<u64>()) {
+        (Ok(c), Ok(w)) => c >= w,
+        _ => cached == written,
+    }
 }
 
 /// A key for per-object bookkeeping.
@@ -340,4 +438,22 @@ pub(super) fn backoff_action<K: Resource>(
     let wait = ctx.backoff(key(obj));
     tracing::warn!(object = %key(obj), error = %error, kind = error.metric_label(), retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::shows_write;
+
+    #[test]
+    fn a_cache_shows_a_write_at_its_version_or_later_never_earlier() {
+        assert!(shows_write("120", "120"));
+        assert!(shows_write("121", "120"), "a later write includes ours");
+        assert!(
+            !shows_write("119", "120"),
+            "an update before ours is not ours"
+        );
+        // Versions that are not numbers: only the very one.
+        assert!(shows_write("a7", "a7"));
+        assert!(!shows_write("a8", "a7"));
+    }
 }

@@ -242,6 +242,7 @@ async fn record(ctx: &Context, composition: &Composition, reason: &'static str, 
         reason,
         message: note,
         warning: false,
+        routine: false,
     };
     publish(ctx, &composition.object_ref(&()), "Schedule", vec![note]);
 }
@@ -252,6 +253,7 @@ async fn warn(ctx: &Context, composition: &Composition, reason: &'static str, no
         reason,
         message: note,
         warning: true,
+        routine: false,
     };
     publish(ctx, &composition.object_ref(&()), "Schedule", vec![note]);
 }

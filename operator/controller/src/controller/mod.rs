@@ -236,6 +236,8 @@ pub async fn run(
         taken: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
         created: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
+        nodes_unwritten: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(false),
         agent_counts: agent::AssignmentCounts::default(),
     });
@@ -519,6 +521,7 @@ async fn gauges(ctx: Arc<Context>) {
                 .with_label_values(&[node.as_str()])
                 .set(n);
         }
+        ctx.forget_shown_writes();
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

@@ -15,7 +15,6 @@ use kube::{
     runtime::{
         controller::Action as Requeue,
         finalizer::{Event as Finalizer, finalizer},
-        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -41,8 +40,6 @@ const WAITING_RESYNC: Duration = Duration::from_secs(5);
 /// and approvals wake it, and the plan asks for its own deadlines; this is only a safety
 /// net. At 5 s, 500 active runs cost 100 idle reconciles a second (the bench's W1).
 const ACTIVE_RESYNC: Duration = Duration::from_secs(30);
-/// How long a reconcile waits for the run cache to show its own status write.
-const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
 /// How often a run queued for an Agent slot looks again (slots free when runs end).
 const QUEUED_RESYNC: Duration = Duration::from_secs(2);
 
@@ -72,7 +69,10 @@ pub async fn reconcile(
         .with_label_values(&["compositionrun"])
         .start_timer();
     let run = match &guard.0 {
-        Ok(run) => Arc::new(run.clone()),
+        // This replica's own last status write, when the cache does not show it yet.
+        Ok(run) => ctx
+            .newer_than_cache(run)
+            .unwrap_or_else(|| Arc::new(run.clone())),
         Err(invalid) => {
             // A malformed object is reported and skipped, never retried in a loop.
             tracing::warn!(object = %key(guard.as_ref()), error = %invalid.error, "malformed CompositionRun");
@@ -204,9 +204,15 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         return Ok(Requeue::requeue(Duration::from_millis(100)));
     }
 
-    // Status, only when it changed.
+    // Status, only when it changed; a change of nothing but the pods' nodes waits (a
+    // little) for the next write.
+    let mut node_only_wait = None;
     if plan.status != status {
-        write_status(run, &ns, &plan.status, ctx).await?;
+        let node_only = engine::only_nodes_changed(&status, &plan.status);
+        node_only_wait = ctx.node_only_wait(&key(run), node_only);
+        if node_only_wait.is_none() {
+            write_status(run, &ns, &plan.status, ctx).await?;
+        }
     }
     record_transitions(&ctx.metrics, &run.spec.composition, &status, &plan.status);
     record_reports(&ctx.metrics, &run.spec.composition, &observed);
@@ -245,9 +251,11 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     } else {
         ACTIVE_RESYNC
     };
-    Ok(Requeue::requeue(
-        plan.requeue_after.map_or(resync, |d| d.min(resync)),
-    ))
+    let wait = [plan.requeue_after, node_only_wait]
+        .into_iter()
+        .flatten()
+        .fold(resync, Duration::min);
+    Ok(Requeue::requeue(wait))
 }
 
 /// What routing decided for one planning pass.
@@ -368,41 +376,21 @@ async fn write_status(
 ) -> Result<(), Error> {
     let api: Api<CompositionRun> = Api::namespaced(ctx.client.clone(), ns);
     let name = run.name_any();
-    let written = k8s::apply_status(&api, &name, status)
+    let mut written = k8s::apply_status(&api, &name, status)
         .await
         .map_err(|source| Error::PatchStatus {
             kind: "CompositionRun",
             name: name.clone(),
             source,
         })?;
-    // The write wakes this run's next reconcile at once, and the controller never runs
-    // two of one run together: wait (briefly) until the cache shows this write, or that
-    // next pass plans from the old status and starts its steps again (the bench saw a 409
-    // and a repeated StepStarted per step; a metric counted a run started twice). Another
-    // write may land in between, so "moved past the object read" is not enough.
-    let Some(written) = written.resource_version() else {
-        return Ok(());
-    };
-    let key = ObjectRef::<DeserializeGuard<CompositionRun>>::new(&name).within(ns);
-    let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
-    while tokio::time::Instant::now() < deadline {
-        let cached = ctx.runs.get(&key).and_then(|c| c.resource_version());
-        if cached.is_none_or(|c| shows_write(&c, &written)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Kept as the cache keeps runs: without managed fields, half an object's size.
+    written.metadata.managed_fields = None;
+    // The write wakes this run's next reconcile at once, often before the cache shows
+    // it: that pass reads the written object instead (`Context::newer_than_cache`), or it
+    // would plan from the old status and start its steps again (the bench saw a 409 and a
+    // repeated StepStarted per step; a metric counted a run started twice).
+    ctx.status_written(written);
     Ok(())
-}
-
-/// Whether a cached resourceVersion `cached` includes the write that returned `written`.
-/// resourceVersions are opaque to clients, but the API server's are etcd revisions, which
-/// only grow; when either does not parse, only the very version counts.
-fn shows_write(cached: &str, written: &str) -> bool {
-    match (cached.parse::<u64>(), written.parse::<u64>()) {
-        (Ok(c), Ok(w)) => c >= w,
-        _ => cached == written,
-    }
 }
 
 pub(super) fn observe_world(
@@ -924,23 +912,5 @@ fn record_reports(m: &Metrics, composition: &str, observed: &Observed) {
                     .set(v);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod cache_tests {
-    use super::shows_write;
-
-    #[test]
-    fn a_cache_shows_a_write_at_its_version_or_later_never_earlier() {
-        assert!(shows_write("120", "120"));
-        assert!(shows_write("121", "120"), "a later write includes ours");
-        assert!(
-            !shows_write("119", "120"),
-            "an update before ours is not ours"
-        );
-        // Versions that are not numbers: only the very one.
-        assert!(shows_write("a7", "a7"));
-        assert!(!shows_write("a8", "a7"));
     }
 }

@@ -106,6 +106,7 @@ fn world(client: Client) -> World {
             watch_namespace: None,
             library: None,
             allow_host_path_caches: true,
+            step_events: true,
         },
         recorder: Recorder::new(client, reporter),
         runs: runs.as_reader(),
@@ -121,6 +122,8 @@ fn world(client: Client) -> World {
         taken: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
         created: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
+        nodes_unwritten: Mutex::new(HashMap::new()),
         writing: AtomicBool::new(true),
         agent_counts: agent::AssignmentCounts::default(),
     };

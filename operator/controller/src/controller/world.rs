@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Resource, ResourceExt, core::DeserializeGuard, runtime::reflector::ObjectRef};
 
 use super::context::Context;
 use k8s_openapi::api::core::v1::Pod;
@@ -21,15 +21,26 @@ pub fn run(ctx: &Context, ns: &str, name: &str) -> Option<CompositionRun> {
     guard.0.as_ref().ok().cloned()
 }
 
-/// The well-formed runs of a namespace.
-pub fn runs_in(ctx: &Context, ns: &str) -> Vec<CompositionRun> {
-    ctx.runs
-        .state()
-        .iter()
-        .filter_map(|r| r.0.as_ref().ok())
-        .filter(|r| r.namespace().as_deref() == Some(ns))
-        .cloned()
-        .collect()
+/// The well-formed runs of a namespace, as the cache holds them: shared, never copied.
+/// Every reconcile looks through its namespace's runs, so a copy of each (snapshots
+/// included) made that O(runs) deep clones per reconcile: with 500 runs in flight, most of
+/// the operator's CPU.
+pub struct NamespaceRuns(Vec<Arc<DeserializeGuard<CompositionRun>>>);
+
+impl NamespaceRuns {
+    pub fn iter(&self) -> impl Iterator<Item = &CompositionRun> {
+        self.0.iter().filter_map(|r| r.0.as_ref().ok())
+    }
+}
+
+pub fn runs_in(ctx: &Context, ns: &str) -> NamespaceRuns {
+    NamespaceRuns(
+        ctx.runs
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace().as_deref() == Some(ns))
+            .collect(),
+    )
 }
 
 /// The status of the run a rerun names, if that very run (by UID) is in the cache.
@@ -42,8 +53,9 @@ pub fn rerun_source(ctx: &Context, ns: &str, of: &RerunOf) -> Option<Composition
 /// The runs that rerun the run of UID `uid` and have not started, oldest first (by
 /// creation, then name): the first takes over its ledger and workspace.
 pub fn reruns_of(ctx: &Context, ns: &str, uid: &str) -> Vec<ObservedRerun> {
-    let mut reruns: Vec<CompositionRun> = runs_in(ctx, ns)
-        .into_iter()
+    let runs = runs_in(ctx, ns);
+    let mut reruns: Vec<&CompositionRun> = runs
+        .iter()
         .filter(|r| {
             r.spec.rerun_of.as_ref().is_some_and(|of| of.uid == uid)
                 && r.status

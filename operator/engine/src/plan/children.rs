@@ -5,7 +5,7 @@ use maestro_api::{RunPhase, StepKind, StepPhase};
 
 use super::{
     Planner,
-    conditions::{normal, warning},
+    conditions::{routine, warning},
     inputs::render_params,
 };
 
@@ -73,7 +73,7 @@ impl Planner<'_> {
                 ),
             };
             self.finish_step(i, StepPhase::Succeeded, message);
-            self.plan.events.push(normal(
+            self.plan.events.push(routine(
                 "StepSucceeded",
                 format!("step {} succeeded", step.name),
             ));

@@ -35,6 +35,15 @@ pub(super) fn normal(reason: &'static str, message: String) -> EventNote {
         reason,
         message,
         warning: false,
+        routine: false,
+    }
+}
+
+/// A step's routine progress: see [`EventNote::routine`].
+pub(super) fn routine(reason: &'static str, message: String) -> EventNote {
+    EventNote {
+        routine: true,
+        ..normal(reason, message)
     }
 }
 
@@ -43,5 +52,6 @@ pub(super) fn warning(reason: &'static str, message: String) -> EventNote {
         reason,
         message,
         warning: true,
+        routine: false,
     }
 }

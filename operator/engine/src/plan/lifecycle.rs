@@ -14,7 +14,7 @@ use maestro_api::{
 
 use super::{
     Outcome, Planner,
-    conditions::{normal, set_condition, warning},
+    conditions::{normal, routine, set_condition, warning},
     durations::{add, human},
     inputs::{json_text, render_params},
 };
@@ -194,8 +194,8 @@ impl Planner<'_> {
                         }
                     }
                 }
-                self.plan.events.push(normal(
-                    "StepStarted",
+                self.plan.events.push(routine(
+                "StepStarted",
                     format!("step {} waits for {}", step.name, wait.composition),
                 ));
                 return self.watch_running(i);
@@ -259,7 +259,7 @@ impl Planner<'_> {
                     started_by: self.input.spec.started_by.clone(),
                 }));
             }
-            self.plan.events.push(normal(
+            self.plan.events.push(routine(
                 "StepStarted",
                 format!("step {} started {started}", step.name),
             ));

@@ -7,7 +7,7 @@ use maestro_api::{BuiltinTask, LedgerEntry, StepKind, StepPhase, labels, parse_d
 
 use super::{
     Planner,
-    conditions::{normal, warning},
+    conditions::{routine, warning},
     durations::{add, backoff, human},
     inputs::{container_inputs, resolve_inputs},
 };
@@ -88,8 +88,8 @@ impl Planner<'_> {
         st.next_attempt_time = None;
         st.message = None;
         self.plan.actions.push(Action::CreatePod(Box::new(pod)));
-        self.plan.events.push(normal(
-            "StepStarted",
+        self.plan.events.push(routine(
+                "StepStarted",
             format!("step {} attempt {attempt} started as pod {name}", step.name),
         ));
     }
@@ -239,7 +239,8 @@ impl Planner<'_> {
         self.finish_step(i, StepPhase::Succeeded, String::new());
         self.plan
             .events
-            .push(normal("StepSucceeded", format!("step {name} succeeded")));
+            .push(routine(
+                "StepSucceeded", format!("step {name} succeeded")));
     }
 
     /// The shared context's default project directory: a git step that succeeds puts the
