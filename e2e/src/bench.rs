@@ -612,8 +612,8 @@ pub struct Figures {
 pub struct HistoryFigures {
     /// Finished runs in the namespace when the controller started.
     pub kept: usize,
-    /// From the controller's start to its CPU going idle (it has listed and looked at the
-    /// history), before the new runs.
+    /// From the controller's start to its being ready (its caches filled) and then its CPU
+    /// idle (it has looked at the history), before the new runs.
     pub settle: Duration,
     /// Its resident memory then.
     pub settled_rss: u64,
@@ -1032,7 +1032,16 @@ async fn maestro_history(
     env.operator.restart().await?;
     let pid = env.operator.pid();
     let sampler = Sampler::start(pid);
-    let settled = settle(pid, SETTLE_LIMIT).await;
+    let started = Instant::now();
+    // Ready once its caches hold the history; then idle once it has looked at it.
+    let log = env.operator.log.clone();
+    wait_for("the operator to be ready", SETTLE_LIMIT, || async {
+        let address = crate::maestro::metrics_addr_from_log(&log)?;
+        http_ok(&address, "/readyz").await
+    })
+    .await?;
+    settle(pid, SETTLE_LIMIT).await;
+    let settled = started.elapsed();
     let written = changed_since(&api, &versions).await?;
     let settled_rss = pid
         .and_then(process_usage)
@@ -1569,12 +1578,14 @@ async fn argo(client: &Client, ns: &str, workload: Workload, tuned: bool) -> Res
         Some(_) => resource_versions(&api).await?,
         None => HashMap::new(),
     };
+    let launched = Instant::now();
     let controller = ArgoController::start(client, ns, tuned).await?;
     let life = Sampler::start(controller.pid());
     controller.ready().await?;
     let history = match history {
         Some(kept) => {
-            let settled = settle(controller.pid(), SETTLE_LIMIT).await;
+            settle(controller.pid(), SETTLE_LIMIT).await;
+            let settled = launched.elapsed();
             let written = changed_since(&api, &versions).await?;
             let settled_rss = controller
                 .pid()
