@@ -833,7 +833,12 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
             .filter(|r| !r.status.as_ref().is_some_and(ended))
             .map(|r| {
                 let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
-                format!("{} ({phase:?})", r.name_any())
+                // A run that has ended may still wait for its cleanup.
+                let cleanup = r.status.as_ref().and_then(|s| s.cleanup.as_ref());
+                match cleanup {
+                    Some(c) => format!("{} ({phase:?}, cleanup {:?})", r.name_any(), c.phase),
+                    None => format!("{} ({phase:?})", r.name_any()),
+                }
             })
             .collect::<Vec<_>>();
         let all_there = list.items.len() >= started.len();
