@@ -58,6 +58,13 @@ where
     }
 }
 
+/// How long one watch request lasts before it is made again from the last version seen
+/// (kube's default is 290 s). After etcd restarted, the chaos suite's runs took 407 s to
+/// end: a watch the API server keeps open can go silent until it times out, and every
+/// run waited on its pods' changes meanwhile. A shorter watch bounds that wait; making
+/// one again from a known version costs a request, not a list.
+const WATCH_TIMEOUT_SECONDS: u32 = 60;
+
 /// How many changes a shared watch holds for its slowest controller before its reflector
 /// waits. Every controller runs from start-up, on followers too, so each one drains its
 /// subscription and none can stall the caches.
@@ -193,10 +200,8 @@ pub async fn run(
 
     // One watch per kind, each shared by the controllers that react to it. Only Maestro's
     // own pods and claims are watched, never every pod or claim in the cluster.
-    let managed = || {
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER))
-    };
-    let all = watcher::Config::default;
+    let all = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
+    let managed = || all().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     // Runs: the run controller's own, its parents' (child -> parent) and the Agents'.
     let mut runs = shared_watch(
         scoped::<DeserializeGuard<CompositionRun>>(&client, ns),
