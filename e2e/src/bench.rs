@@ -1059,13 +1059,12 @@ async fn maestro_history(
 }
 
 /// Removes W5's history quickly: the operator stopped (its cleanup of a finished run only
-/// removes its finalizer), every run deleted in one request and its finalizer dropped, 64
-/// at a time, so that the namespace can go.
+/// removes its finalizer), the finalizers dropped 64 at a time, then every run deleted by
+/// `deletecollection` (again if one call runs out of time on 10,000), so that the
+/// namespace can go.
 async fn remove_maestro_history(env: &mut Env) -> Result<()> {
     env.operator.kill().await?;
     let runs: Api<CompositionRun> = Api::namespaced(env.client.clone(), &env.ns.name);
-    runs.delete_collection(&DeleteParams::background(), &ListParams::default())
-        .await?;
     let names: Vec<String> = runs
         .list_metadata(&ListParams::default())
         .await?
@@ -1094,6 +1093,10 @@ async fn remove_maestro_history(env: &mut Env) -> Result<()> {
         patched?;
     }
     wait_for("W5's runs to be gone", Duration::from_secs(300), || async {
+        // The API server may end one call before it has deleted them all.
+        let _ = runs
+            .delete_collection(&DeleteParams::background(), &ListParams::default())
+            .await;
         match runs.list_metadata(&ListParams::default().limit(1)).await {
             Ok(list) if list.items.is_empty() => Ok(()),
             Ok(_) => Err("some are left".to_string()),
