@@ -821,10 +821,16 @@ pub fn ratios(all: &[Figures]) -> String {
                 (Some(m), Some(o)) if o > 0.0 => format!("{:.2}", m / o),
                 _ => "-".into(),
             };
-            let node = match maestro.node {
-                NodeKind::Fake => "",
-                NodeKind::Real => " (real node)",
+            let mut node = match maestro.node {
+                NodeKind::Fake => String::new(),
+                NodeKind::Real => " (real node)".to_string(),
             };
+            // W5's baseline is a second W1 of another size: say which.
+            if all.iter().any(|f| {
+                f.workload.label() == maestro.workload.label() && f.workload != maestro.workload
+            }) {
+                node.push_str(&format!(" ({} runs)", maestro.workload.runs()));
+            }
             out.push_str(&format!(
                 "| {}{node} | {} | {steps} | {handoff} |\n",
                 maestro.workload.label(),
@@ -1981,6 +1987,38 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="",res
         }
         // b and c follow a (10 and 30 ms); the join follows c, the last to finish (20 ms).
         assert_eq!(handoffs(&times), vec![10.0, 20.0, 30.0]);
+    }
+
+    #[test]
+    fn ratios_tell_w5_s_baseline_from_the_other_w1() {
+        let figures = |system, runs| Figures {
+            system,
+            workload: Workload::OneStep { runs },
+            node: NodeKind::Fake,
+            wall: Duration::from_secs(10),
+            handoffs_ms: vec![],
+            pod_starts_ms: vec![],
+            peak_rss: 1,
+            cpu_seconds: 1.0,
+            api_writes: 1.0,
+            history: None,
+        };
+        let all = [
+            figures(System::Maestro, 500),
+            figures(System::ArgoTuned, 500),
+            figures(System::Maestro, 100),
+            figures(System::ArgoTuned, 100),
+        ];
+        let table = ratios(&all);
+        assert!(
+            table.contains("| w1 (500 runs) | argo-tuned | 1.00 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| w1 (100 runs) | argo-tuned | 1.00 |"),
+            "{table}"
+        );
+        assert_eq!(table.matches("argo-tuned").count(), 2, "{table}");
     }
 
     #[test]
