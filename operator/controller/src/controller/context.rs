@@ -115,6 +115,58 @@ impl Error {
     }
 }
 
+/// How long the last state of a deleted step pod is kept for its run's next pass.
+const DELETED_POD_MEMORY: Duration = Duration::from_secs(300);
+
+/// Step pods seen deleted after their step's container had ended, as their last state
+/// showed them, for a few minutes: see `observe::ended_before_deletion`.
+#[derive(Default)]
+pub struct DeletedPods(Mutex<HashMap<String, (Instant, Arc<Pod>)>>);
+
+impl DeletedPods {
+    /// Keeps `pod`'s last state if its step container had ended.
+    pub fn note(&self, pod: &Pod) {
+        let ended = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c.name == maestro_api::labels::STEP_CONTAINER
+                    && c.state.as_ref().is_some_and(|s| s.terminated.is_some())
+            });
+        if !ended {
+            return;
+        }
+        if let Ok(mut deleted) = self.0.lock() {
+            deleted.insert(key(pod), (Instant::now(), Arc::new(pod.clone())));
+        }
+    }
+
+    /// The kept pods of the run `run` in `ns`.
+    pub fn of_run(&self, ns: &str, run: &str) -> Vec<Arc<Pod>> {
+        let Ok(deleted) = self.0.lock() else {
+            return Vec::new();
+        };
+        deleted
+            .values()
+            .filter(|(_, p)| {
+                p.namespace().as_deref() == Some(ns)
+                    && p.labels().get(maestro_api::labels::RUN).map(String::as_str) == Some(run)
+            })
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Forgets pods kept longer than [`DELETED_POD_MEMORY`].
+    pub fn forget_old(&self) {
+        if let Ok(mut deleted) = self.0.lock() {
+            deleted.retain(|_, (at, _)| at.elapsed() < DELETED_POD_MEMORY);
+        }
+    }
+}
+
 /// What every reconcile shares: the client, the caches, the event recorder.
 pub struct Context {
     pub client: Client,
@@ -159,6 +211,8 @@ pub struct Context {
     /// Per run (namespace/name): since when its status has differed from the cache only in
     /// the nodes of its step pods (see `maestro_engine::only_nodes_changed`).
     pub(super) nodes_unwritten: Mutex<HashMap<String, Instant>>,
+    /// Step pods deleted after their step's container ended (filled by the pod watch).
+    pub(super) deleted_pods: Arc<DeletedPods>,
     /// Which runs' slot assignments the Agents' cache hit and miss counters include.
     pub(super) agent_counts: AssignmentCounts,
 }

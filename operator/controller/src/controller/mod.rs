@@ -113,6 +113,22 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + std::hash::Hash + Eq + Clone + Send + Sync,
 {
+    shared_watch_noting_deletes(api, config, subscriptions, |_: &K| {})
+}
+
+/// [`shared_watch`], calling `deleted` with the last state of each object the watch sees
+/// deleted (the store forgets it).
+fn shared_watch_noting_deletes<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    subscriptions: usize,
+    deleted: impl Fn(&K) + Send + Sync + 'static,
+) -> anyhow::Result<SharedWatch<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let deleted = Arc::new(deleted);
     let (store, writer) = reflector::store();
     let (mut sender, receiver) = async_broadcast::broadcast(SHARED_WATCH_BUFFER);
     // Full: the watch waits for its slowest controller rather than drop a change.
@@ -128,7 +144,16 @@ where
             .default_backoff()
             .modify(|o| o.managed_fields_mut().clear()),
     )
-    .filter_map(|event| async move { event.ok().and_then(changed) })
+    .filter_map(move |event| {
+        let deleted = deleted.clone();
+        async move {
+            let event = event.ok()?;
+            if let watcher::Event::Delete(object) = &event {
+                deleted(object);
+            }
+            changed(event)
+        }
+    })
     .then(move |object| {
         let sender = sender.clone();
         // Closed: every controller has stopped (the process is shutting down).
@@ -219,7 +244,11 @@ pub async fn run(
     }
     // Tasks come from every namespace: the library's are found in its own.
     let mut tasks = shared_watch(Api::<Task>::all(client.clone()), all(), 1)?;
-    let mut pods = shared_watch(scoped::<Pod>(&client, ns), managed(), 1)?;
+    let deleted_pods = Arc::new(context::DeletedPods::default());
+    let mut pods = shared_watch_noting_deletes(scoped::<Pod>(&client, ns), managed(), 1, {
+        let deleted_pods = deleted_pods.clone();
+        move |pod: &Pod| deleted_pods.note(pod)
+    })?;
     let mut approvals = shared_watch(scoped::<Approval>(&client, ns), all(), 1)?;
     let mut agents = shared_watch(scoped::<Agent>(&client, ns), all(), 1)?;
     let mut claims = shared_watch(scoped::<PersistentVolumeClaim>(&client, ns), managed(), 1)?;
@@ -243,6 +272,7 @@ pub async fn run(
         created: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         nodes_unwritten: Mutex::new(HashMap::new()),
+        deleted_pods: deleted_pods.clone(),
         writing: AtomicBool::new(false),
         agent_counts: agent::AssignmentCounts::default(),
     });
@@ -527,6 +557,7 @@ async fn gauges(ctx: Arc<Context>) {
                 .set(n);
         }
         ctx.forget_shown_writes();
+        ctx.deleted_pods.forget_old();
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

@@ -156,6 +156,37 @@ pub fn approval(a: &Approval, run: &CompositionRun) -> Option<ObservedApproval> 
 
 /// Whether `object` names `run` as an owner by UID. Names and labels can be set by anyone
 /// who may create the object; the UID is the run's own.
+/// The run's step pods that were deleted after their step's container had ended, as their
+/// last state showed them (`deleted`), when the cache no longer has them (`seen`). A pod
+/// deleted mid-step gets SIGTERM, its agent writes what it has done so far (an EC2
+/// instance it launched) and exits, and the pod goes a moment later: the pass after the
+/// deletion found no pod and never read that result, and the instance was left running
+/// (the chaos suite's pods-deleted scenario, with EC2 runs). A pod whose container never
+/// ended before it went is not here: the engine takes it as deleted mid-step.
+pub fn ended_before_deletion(
+    deleted: &[std::sync::Arc<Pod>],
+    run: &CompositionRun,
+    seen: &[ObservedPod],
+) -> Vec<ObservedPod> {
+    deleted
+        .iter()
+        .filter(|p| owned_by(p.as_ref(), run))
+        .filter_map(|p| pod(p))
+        .filter(|gone| !seen.iter().any(|s| s.name == gone.name))
+        .filter_map(|mut gone| {
+            let result = gone.result.as_ref()?;
+            if !matches!(gone.phase, PodPhase::Succeeded | PodPhase::Failed) {
+                gone.phase = if result.exit_code == 0 && result.error.is_none() {
+                    PodPhase::Succeeded
+                } else {
+                    PodPhase::Failed
+                };
+            }
+            Some(gone)
+        })
+        .collect()
+}
+
 pub fn owned_by(object: &impl ResourceExt, run: &CompositionRun) -> bool {
     let Some(uid) = run.uid() else { return false };
     object
@@ -178,6 +209,64 @@ mod tests {
 
     fn pod_from(yaml: &str) -> Pod {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    /// A provision step's pod of run `r` (uid u-1), deleted mid-step: `state` is its step
+    /// container's last state.
+    fn deleted_provision_pod(phase: &str, state: &str) -> std::sync::Arc<Pod> {
+        std::sync::Arc::new(pod_from(&format!(
+            r#"
+metadata:
+  name: r-provision-1
+  namespace: ns
+  labels: {{maestro.dev/run: r, maestro.dev/step: provision, maestro.dev/attempt: "1"}}
+  ownerReferences: [{{apiVersion: maestro.dev/v1alpha1, kind: CompositionRun, name: r, uid: u-1}}]
+status:
+  phase: {phase}
+  containerStatuses:
+    - {{name: step, image: agent, imageID: "", ready: false, restartCount: 0, state: {state}}}
+"#
+        )))
+    }
+
+    #[test]
+    fn a_pod_deleted_after_its_step_wrote_its_result_is_seen_failed_with_what_it_made() {
+        let message = r#"{"exitCode":143,"error":"SIGTERM received while waiting","resources":[{"kind":"ec2-instance","id":"i-1","region":"eu-west-1"}]}"#;
+        let state = format!(
+            "{{terminated: {{exitCode: 143, message: '{message}', startedAt: '2026-12-01T10:00:00Z', finishedAt: '2026-12-01T10:00:05Z'}}}}"
+        );
+        let run = waiting_run();
+        let gone = ended_before_deletion(&[deleted_provision_pod("Running", &state)], &run, &[]);
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert_eq!(gone[0].phase, PodPhase::Failed);
+        let result = gone[0].result.as_ref().expect("the result the agent wrote");
+        assert_eq!(
+            result.resources[0].id, "i-1",
+            "the instance reaches the ledger"
+        );
+
+        // Seen in the cache still: the cache's state counts, not the memory's.
+        let seen = pod(&deleted_provision_pod("Running", &state)).expect("a step pod");
+        let gone = ended_before_deletion(&[deleted_provision_pod("Failed", &state)], &run, &[seen]);
+        assert!(gone.is_empty(), "{gone:?}");
+    }
+
+    #[test]
+    fn a_pod_deleted_before_its_step_ended_or_not_the_runs_is_not_seen() {
+        let running = "{running: {startedAt: '2026-12-01T10:00:00Z'}}";
+        let run = waiting_run();
+        assert!(
+            ended_before_deletion(&[deleted_provision_pod("Running", running)], &run, &[])
+                .is_empty()
+        );
+        let ended = "{terminated: {exitCode: 0, startedAt: '2026-12-01T10:00:00Z', finishedAt: '2026-12-01T10:00:05Z'}}";
+        let mut other: CompositionRun = waiting_run();
+        other.metadata.uid = Some("u-2".into());
+        assert!(
+            ended_before_deletion(&[deleted_provision_pod("Succeeded", ended)], &other, &[])
+                .is_empty(),
+            "a pod another run of that name owned"
+        );
     }
 
     /// A run `r` (uid u-1) whose gate `sign-off` started waiting at 10:00:00.

@@ -406,6 +406,8 @@ pub(super) fn observe_world(
         .filter(|p| observe::owned_by(&***p, run))
         .filter_map(|p| observe::pod(p))
         .collect();
+    let ended = observe::ended_before_deletion(&ctx.deleted_pods.of_run(ns, &name), run, &pods);
+    pods.extend(ended);
     if let Some(uid) = run.uid() {
         let unseen = ctx.created_unseen(&uid, &pods);
         pods.extend(unseen);

@@ -124,6 +124,7 @@ fn world(client: Client) -> World {
         created: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         nodes_unwritten: Mutex::new(HashMap::new()),
+        deleted_pods: Default::default(),
         writing: AtomicBool::new(true),
         agent_counts: agent::AssignmentCounts::default(),
     };
