@@ -53,7 +53,6 @@ pub fn only_nodes_changed(
     &without_nodes == old
 }
 
-
 /// Everything the engine plans from.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {

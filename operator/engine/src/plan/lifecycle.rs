@@ -195,7 +195,7 @@ impl Planner<'_> {
                     }
                 }
                 self.plan.events.push(routine(
-                "StepStarted",
+                    "StepStarted",
                     format!("step {} waits for {}", step.name, wait.composition),
                 ));
                 return self.watch_running(i);

@@ -89,7 +89,7 @@ impl Planner<'_> {
         st.message = None;
         self.plan.actions.push(Action::CreatePod(Box::new(pod)));
         self.plan.events.push(routine(
-                "StepStarted",
+            "StepStarted",
             format!("step {} attempt {attempt} started as pod {name}", step.name),
         ));
     }
@@ -239,8 +239,7 @@ impl Planner<'_> {
         self.finish_step(i, StepPhase::Succeeded, String::new());
         self.plan
             .events
-            .push(routine(
-                "StepSucceeded", format!("step {name} succeeded")));
+            .push(routine("StepSucceeded", format!("step {name} succeeded")));
     }
 
     /// The shared context's default project directory: a git step that succeeds puts the
