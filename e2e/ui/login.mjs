@@ -35,7 +35,9 @@ await withPage(screenshot, async (page) => {
     return shown && shown.getAttribute('data-run') !== old;
   }, run);
   const started = await page.locator('section.run').getAttribute('data-run');
-  const shownParams = await page.locator('.facts').innerText();
+  // The run's facts (its params among them) are the first list; the graph's step labels
+  // carry the class too once a step runs.
+  const shownParams = await page.locator('dl.facts').first().innerText();
 
   await page.locator('#logout').click();
   await page.locator('form#login').waitFor();
