@@ -353,11 +353,7 @@ impl Context {
         let mut written = self.written.lock().ok()?;
         let run_key = key(cached);
         let ours = written.get(&run_key)?;
-        let shown = match (cached.resource_version(), ours.resource_version()) {
-            (Some(c), Some(w)) => shows_write(&c, &w),
-            _ => true,
-        };
-        if shown {
+        if cache_shows(cached.resource_version(), ours) {
             written.remove(&run_key);
             return None;
         }
@@ -386,7 +382,7 @@ impl Context {
 
     /// Forgets written runs that the cache shows by now or no longer holds (deleted), and
     /// node-only changes of runs that went away while they waited.
-    pub(super) fn forget_shown_writes(&self) {
+    pub(super) fn forget_stale_notes(&self) {
         if let Ok(mut unwritten) = self.nodes_unwritten.lock() {
             unwritten
                 .retain(|_, since| since.elapsed() < maestro_engine::NODE_ONLY_WRITE_DELAY * 10);
@@ -398,13 +394,7 @@ impl Context {
             let reference = ObjectRef::<DeserializeGuard<CompositionRun>>::new(&ours.name_any())
                 .within(&ours.namespace().unwrap_or_default());
             let cached = self.runs.get(&reference);
-            match (
-                cached.as_ref().and_then(|c| c.resource_version()),
-                ours.resource_version(),
-            ) {
-                (Some(c), Some(w)) => !shows_write(&c, &w),
-                _ => false,
-            }
+            !cache_shows(cached.and_then(|c| c.resource_version()), ours)
         });
     }
 
@@ -462,6 +452,16 @@ pub(super) fn shows_write(cached: &str, written: &str) -> bool {
     match (cached.parse::<u64>(), written.parse::<u64>()) {
         (Ok(c), Ok(w)) => c >= w,
         _ => cached == written,
+    }
+}
+
+/// Whether the cache's version of a run (`cached`; `None`: it has none, or no such run)
+/// includes this replica's write that returned `ours`. Unknown counts as shown, so the
+/// note of the write is forgotten rather than kept against a cache that cannot show it.
+fn cache_shows(cached: Option<String>, ours: &CompositionRun) -> bool {
+    match (cached, ours.resource_version()) {
+        (Some(c), Some(w)) => shows_write(&c, &w),
+        _ => true,
     }
 }
 

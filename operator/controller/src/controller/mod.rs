@@ -556,7 +556,7 @@ async fn gauges(ctx: Arc<Context>) {
                 .with_label_values(&[node.as_str()])
                 .set(n);
         }
-        ctx.forget_shown_writes();
+        ctx.forget_stale_notes();
         ctx.deleted_pods.forget_old();
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
