@@ -95,11 +95,14 @@ async fn runs_survive_each_fault_kind_with_nothing_run_twice() -> Result<()> {
             2 * mix.forks,
             "{fault}: child runs"
         );
-        // Idle: nothing left to do but resyncs. A hot loop reconciles hundreds a second.
+        // Idle: nothing left to do but resyncs. A hot loop reconciles hundreds a second,
+        // and never stops.
         assert!(
-            findings.idle_reconciles_per_second < 5.0,
-            "{fault}: the operator still reconciles {:.1} times a second after every run ended",
-            findings.idle_reconciles_per_second
+            findings.idle_after.is_some(),
+            "{fault}: the operator still reconciles {:.1} times a second {} s after every run \
+             ended",
+            findings.idle_reconciles_per_second,
+            chaos::IDLE_WAIT_LIMIT.as_secs()
         );
     }
     Ok(())

@@ -115,6 +115,13 @@ pub struct Observed {
     /// will not change (Pod Security, a quota, a webhook): the engine fails their steps.
     #[serde(default)]
     pub refused: Vec<RefusedCreate>,
+    /// Pods the run's status names whose create has not gone through in this process:
+    /// the controller writes the status that names a new pod before it creates the pod
+    /// (so that a pod can never exist unnamed), and a create that failed after that write
+    /// is asked for again. A named pod that is neither observed nor listed here was
+    /// created and is gone, or was never created because the operator stopped in between.
+    #[serde(default)]
+    pub uncreated: Vec<String>,
     /// For a rerun: the status of the run `spec.rerunOf` names, found under that name with
     /// that UID; `None` when it is gone.
     #[serde(default)]
@@ -142,6 +149,11 @@ impl Observed {
     /// Who holds `name`, if an object the run does not own holds it.
     pub fn taken(&self, name: &str) -> Option<&TakenName> {
         self.taken.iter().find(|t| t.name == name)
+    }
+
+    /// Whether the status names pod `name` and its create has not gone through yet.
+    pub fn uncreated(&self, name: &str) -> bool {
+        self.uncreated.iter().any(|n| n == name)
     }
 
     /// Why the API server keeps refusing to create pod `name`, if it does.

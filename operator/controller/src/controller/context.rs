@@ -201,6 +201,10 @@ pub struct Context {
     /// watch event arrives; without this, that reconcile asks for the pod again (a 409
     /// per step, measured in the bench).
     pub(super) created: Mutex<HashMap<String, Vec<(Instant, maestro_engine::ObservedPod)>>>,
+    /// Per run UID: step pods its status names (written before their creates) whose
+    /// create has not gone through here yet. Only this process knows that such a pod was
+    /// never made; any other replica takes a named pod it cannot see for one that is gone.
+    pub(super) uncreated: Mutex<HashMap<String, Vec<String>>>,
     /// Per run (namespace/name): the object as this replica's last status write returned
     /// it, until the run cache shows that write. The write wakes the run's next reconcile
     /// before the cache has it, and a pass planned from the older status would start its
@@ -288,10 +292,45 @@ impl Context {
         unseen
     }
 
+    /// Notes that the run with `run_uid` names pod `name` in the status about to be
+    /// written, ahead of the pod's create (`pod_created` or `create_done` ends it).
+    pub(super) fn create_pending(&self, run_uid: &str, name: &str) {
+        if let Ok(mut uncreated) = self.uncreated.lock() {
+            let names = uncreated.entry(run_uid.to_string()).or_default();
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+
+    /// Notes that the create of pod `name` went through (it was created, or it existed).
+    pub(super) fn create_done(&self, run_uid: &str, name: &str) {
+        if let Ok(mut uncreated) = self.uncreated.lock()
+            && let Some(names) = uncreated.get_mut(run_uid)
+        {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                uncreated.remove(run_uid);
+            }
+        }
+    }
+
+    /// The pods the run with `run_uid` names whose creates are still to be done here.
+    pub(super) fn uncreated_pods(&self, run_uid: &str) -> Vec<String> {
+        self.uncreated
+            .lock()
+            .ok()
+            .and_then(|uncreated| uncreated.get(run_uid).cloned())
+            .unwrap_or_default()
+    }
+
     /// Forgets a run's taken names and refused creates (it is going away).
     pub(super) fn forget_taken(&self, run_uid: &str) {
         if let Ok(mut created) = self.created.lock() {
             created.remove(run_uid);
+        }
+        if let Ok(mut uncreated) = self.uncreated.lock() {
+            uncreated.remove(run_uid);
         }
         if let Ok(mut taken) = self.taken.lock() {
             taken.remove(run_uid);

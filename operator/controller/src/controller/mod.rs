@@ -270,6 +270,7 @@ pub async fn run(
         taken: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
         created: Mutex::new(HashMap::new()),
+        uncreated: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         nodes_unwritten: Mutex::new(HashMap::new()),
         deleted_pods: deleted_pods.clone(),

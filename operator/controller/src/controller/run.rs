@@ -183,8 +183,37 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
         actions = plan.actions.len(),
         "planned"
     );
-    // Act: every action is idempotent, so a crash between here and the status write
-    // only repeats work that AlreadyExists.
+    // A plan that starts pods writes its status first: it names the new pods, so that no
+    // pod of this run ever exists that its status does not name. Written after the
+    // creates, a leader killed in between left a pod only the cluster knew; deleted before
+    // the next leader looked (the chaos smoke: the leader killed, then pods deleted), it
+    // was created again under the same attempt. Named first, a pod the next leader cannot
+    // see is taken for gone, and its attempt fails rather than run twice (a leader killed
+    // between the write and the create costs that attempt). A plan that starts the
+    // onFailure run is written after acting, as before: a taken handler name must leave
+    // its status unwritten (below).
+    let starts_pods = plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreatePod(_)));
+    let starts_handler = plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateRun(new) if new.step.is_none()));
+    let mut written_ahead = false;
+    if starts_pods && !starts_handler && plan.status != status {
+        for action in &plan.actions {
+            if let Action::CreatePod(pod) = action {
+                ctx.create_pending(&uid, &pod.name);
+            }
+        }
+        write_status(run, &ns, &plan.status, ctx).await?;
+        written_ahead = true;
+    }
+
+    // Act: every action is idempotent (a pod whose create failed is asked for again, as
+    // `Context::uncreated` tells the next pass), so a crash here repeats only work that
+    // AlreadyExists.
     for action in &plan.actions {
         act(run, &ns, action, route.placement.as_ref(), ctx).await?;
         if let (Action::CreatePod(pod), Some(placement), Some(admissions)) =
@@ -207,7 +236,7 @@ async fn apply(run: &CompositionRun, ctx: &Context, deleting: bool) -> Result<Re
     // Status, only when it changed; a change of nothing but the pods' nodes waits (a
     // little) for the next write.
     let mut node_only_wait = None;
-    if plan.status != status {
+    if plan.status != status && !written_ahead {
         let node_only = engine::only_nodes_changed(&status, &plan.status);
         node_only_wait = ctx.node_only_wait(&key(run), node_only);
         if node_only_wait.is_none() {
@@ -441,6 +470,10 @@ pub(super) fn observe_world(
             .uid()
             .map(|uid| ctx.refused_creates(&uid))
             .unwrap_or_default(),
+        uncreated: run
+            .uid()
+            .map(|uid| ctx.uncreated_pods(&uid))
+            .unwrap_or_default(),
         // Only until the rerun has taken its snapshots: from then on it needs no source.
         source: run
             .spec
@@ -520,6 +553,7 @@ pub(super) async fn act(
             let run_uid = run.uid().unwrap_or_default();
             let created = match k8s::create_or_existing(&api, &pod).await {
                 Ok(created) => {
+                    ctx.create_done(&run_uid, &step.name);
                     ctx.create_refused(&run_uid, &step.name, None);
                     created
                 }

@@ -75,6 +75,7 @@ fn already_exists() -> (u16, serde_json::Value) {
 struct World {
     ctx: Context,
     runs: Writer<DeserializeGuard<CompositionRun>>,
+    compositions: Writer<DeserializeGuard<maestro_api::Composition>>,
     pods: Writer<Pod>,
     agents: Writer<Agent>,
     tasks: Writer<Task>,
@@ -122,6 +123,7 @@ fn world(client: Client) -> World {
         taken: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
         created: Mutex::new(HashMap::new()),
+        uncreated: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         nodes_unwritten: Mutex::new(HashMap::new()),
         deleted_pods: Default::default(),
@@ -131,6 +133,7 @@ fn world(client: Client) -> World {
     World {
         ctx,
         runs,
+        compositions,
         pods,
         agents,
         tasks,
@@ -927,4 +930,176 @@ async fn a_pod_refused_three_times_in_a_row_is_reported_and_a_success_forgets_it
     assert!(ctx.refused_creates("uid-other").is_empty());
     ctx.create_refused("uid-r", "r-a-1", None);
     assert!(ctx.refused_creates("uid-r").is_empty());
+}
+
+/// A one-step run of composition `build` (its `greet` step runs the shell Task), with
+/// its finalizer, cached as the operator would find it, and the mocked API server's
+/// answers: every status write is answered with the run as written (and kept, for the
+/// next pass), a pod create as `pod_answer(number of pod creates so far)` says.
+fn one_step_world(
+    pod_answer: impl Fn(usize) -> u16 + Send + 'static,
+) -> (World, Seen, Arc<Mutex<CompositionRun>>) {
+    let mut run = queued_run("r", "2026-01-01T00:00:00Z");
+    run.metadata.finalizers = Some(vec![super::context::RUN_FINALIZER.into()]);
+    run.metadata.resource_version = Some("1".into());
+    let current = Arc::new(Mutex::new(run));
+    let stored = current.clone();
+    let pod_creates = Arc::new(Mutex::new(0usize));
+    let (client, seen) = mocked_client(move |method, path, body| {
+        if method == "PATCH" && path.ends_with("/compositionruns/r/status") {
+            let mut run = stored.lock().expect("run").clone();
+            run.status = serde_json::from_value(body["status"].clone()).ok();
+            // etcd's revision grows with every write: the cache's older copy is told apart.
+            let version = run
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok());
+            run.metadata.resource_version = Some((version.unwrap_or(1) + 1).to_string());
+            *stored.lock().expect("run") = run.clone();
+            return (200, serde_json::to_value(run).expect("json"));
+        }
+        if method == "POST" && path.ends_with("/pods") {
+            let mut n = pod_creates.lock().expect("count");
+            let code = pod_answer(*n);
+            *n += 1;
+            return match code {
+                201 => (201, body.clone()),
+                code => (
+                    code,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "ServiceUnavailable", "message": "the API server is restarting",
+                           "code": code}),
+                ),
+            };
+        }
+        // Events, and anything else the pass asks for on the way.
+        (201, body.clone())
+    });
+    let mut w = world(client);
+    let composition: maestro_api::Composition = serde_json::from_value(json!({
+        "apiVersion": "maestro.dev/v1alpha1", "kind": "Composition",
+        "metadata": {"name": "build", "namespace": NS, "uid": "uid-build"},
+        "spec": {"steps": [{"name": "greet", "task": "shell",
+                            "retries": {"limit": 1, "backoff": "1s"}}]},
+    }))
+    .expect("composition");
+    apply(&mut w.compositions, DeserializeGuard(Ok(composition)));
+    apply(&mut w.tasks, task("shell", NS, "the namespace's"));
+    apply(
+        &mut w.runs,
+        DeserializeGuard(Ok(current.lock().expect("run").clone())),
+    );
+    (w, seen, current)
+}
+
+/// The run's status writes and pod creates, in order, as `status` and `pod NAME`.
+fn writes(seen: &Seen) -> Vec<String> {
+    seen.lock()
+        .expect("seen")
+        .iter()
+        .filter_map(|s| {
+            if s.ends_with("/compositionruns/r/status") {
+                Some("status".to_string())
+            } else if s.starts_with("POST") && s.ends_with("/pods") {
+                Some("pod".to_string())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+async fn reconcile_once(w: &Arc<Context>, run: &CompositionRun) -> Result<(), Error> {
+    run::reconcile(Arc::new(DeserializeGuard(Ok(run.clone()))), w.clone())
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_new_pod_is_named_in_the_status_before_it_is_created() {
+    // The first create fails (the API server went away after the status write); the next
+    // pass asks for the same pod again, as the same attempt.
+    let (w, seen, current) = one_step_world(|n| if n == 0 { 503 } else { 201 });
+    let cached = current.lock().expect("run").clone();
+    let ctx = Arc::new(w.ctx);
+    let first = reconcile_once(&ctx, &cached).await;
+    assert!(first.is_err(), "the failed create fails the pass");
+    assert_eq!(
+        writes(&seen),
+        ["status", "pod"],
+        "the status write comes first"
+    );
+    let written = current.lock().expect("run").clone();
+    let step = &written.status.as_ref().expect("status").steps[0];
+    assert_eq!(step.pod_name.as_deref(), Some("r-greet-1"));
+    assert_eq!(step.phase, maestro_api::StepPhase::Running);
+
+    // The cache still shows the run without status: the pass reads what it wrote.
+    reconcile_once(&ctx, &cached).await.expect("second pass");
+    assert_eq!(
+        writes(&seen),
+        ["status", "pod", "pod"],
+        "the same pod is asked for again, and nothing else is written"
+    );
+    let creates: Vec<String> = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|s| s.starts_with("POST") && s.ends_with("/pods"))
+        .cloned()
+        .collect();
+    assert_eq!(creates.len(), 2);
+    let step = &current
+        .lock()
+        .expect("run")
+        .clone()
+        .status
+        .expect("status")
+        .steps[0];
+    assert_eq!(
+        (step.attempts, step.phase),
+        (1, maestro_api::StepPhase::Running)
+    );
+}
+
+#[tokio::test]
+async fn a_named_pod_another_replica_cannot_see_is_not_created_again_as_its_attempt() {
+    // One replica named the pod and created it; it died, and the pod was deleted before
+    // the next leader looked. The next leader (a fresh process) finds the status naming
+    // r-greet-1 and no such pod.
+    let (first, _, current) = one_step_world(|_| 201);
+    let cached = current.lock().expect("run").clone();
+    reconcile_once(&Arc::new(first.ctx), &cached)
+        .await
+        .expect("the first leader's pass");
+    let named = current.lock().expect("run").clone();
+    assert_eq!(
+        named.status.as_ref().expect("status").steps[0]
+            .pod_name
+            .as_deref(),
+        Some("r-greet-1")
+    );
+
+    let (mut next, seen, next_current) = one_step_world(|_| 201);
+    *next_current.lock().expect("run") = named.clone();
+    apply(&mut next.runs, DeserializeGuard(Ok(named.clone())));
+    reconcile_once(&Arc::new(next.ctx), &named)
+        .await
+        .expect("the next leader's pass");
+    assert_eq!(writes(&seen), ["status"], "no pod is created again");
+    let status = next_current
+        .lock()
+        .expect("run")
+        .clone()
+        .status
+        .expect("status");
+    let step = &status.steps[0];
+    assert_eq!(step.phase, maestro_api::StepPhase::Retrying, "{step:?}");
+    let message = step.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("pod r-greet-1 was deleted before the step ended")
+            && message.contains("or the operator stopped before creating it"),
+        "{message}"
+    );
 }

@@ -52,9 +52,9 @@ impl Planner<'_> {
         };
         let name = labels::step_pod_name(self.input.run_name, &step.name, attempt);
         if let Some(refused) = self.input.observed.refused(&name).cloned() {
-            // While the create is refused, the status that shows this step Running is
-            // never written (the controller writes status after acting), so a run's first
-            // pod meets its refusals here, on a step still Pending, not in watch_pod.
+            // A plan that starts the onFailure run writes its status after acting (see the
+            // controller), so a step can still be Pending while its pod's creates are
+            // refused; every other refusal is met in watch_pod, on a step named Running.
             let st = &mut self.plan.status.steps[i];
             st.attempts = attempt;
             st.pod_name = Some(name.clone());
@@ -159,24 +159,27 @@ impl Planner<'_> {
             if planned {
                 return;
             }
-            let created_before = self.input.status.steps.get(i).is_some_and(|s| {
+            let named_before = self.input.status.steps.get(i).is_some_and(|s| {
                 s.phase == StepPhase::Running && s.pod_name.as_deref() == Some(name.as_str())
             });
-            if created_before {
-                // The status names this attempt's pod, so its create was done in an
-                // earlier pass; a pod this process created and its cache has not shown
-                // yet is observed (as Pending) all the same, and after a restart the caches
-                // are complete before any plan. So it was deleted before it ended (by a
-                // user, an eviction through the API, the loss of its node). Creating it
-                // again under this attempt's name would run the step twice as one
-                // attempt; the attempt fails instead, and the step's retries decide.
+            if named_before && !self.input.observed.uncreated(&name) {
+                // The status named this attempt's pod before its create (the controller
+                // writes it first), and this process has no create of it still to do: a
+                // pod it created and its cache has not shown yet is observed (as Pending)
+                // all the same, and after a restart the caches are complete before any
+                // plan. So the pod was created and is gone (deleted by a user, evicted
+                // through the API, lost with its node), or the operator stopped between
+                // naming it and creating it. Creating it now under this attempt's name
+                // could run the step twice as one attempt; the attempt fails instead, and
+                // the step's retries decide.
                 let message = format!(
                     "pod {name} was deleted before the step ended (by a user, an eviction \
-                     or the loss of its node)"
+                     or the loss of its node), or the operator stopped before creating it"
                 );
                 return self.attempt_failed(i, message, None);
             }
-            // Not seen yet (the cache lags): creating again is harmless.
+            // Its create here failed after the status named it (or a status written
+            // before the pod's name was, by an older operator, does not name it): ask again.
             return self.recreate_attempt(i, task, attempt);
         };
         if pod.node.is_some() {
