@@ -81,6 +81,8 @@ pub enum Fault {
 pub enum ControlPlane {
     ApiServer,
     Etcd,
+    /// The real node's kubelet (the EC2 runs' pods are there; kwok plays the fake node).
+    Kubelet,
 }
 
 impl ControlPlane {
@@ -88,6 +90,7 @@ impl ControlPlane {
         match self {
             Self::ApiServer => "kube-apiserver",
             Self::Etcd => "etcd",
+            Self::Kubelet => "kubelet",
         }
     }
 }
@@ -119,6 +122,10 @@ impl Injection {
                 part: ControlPlane::Etcd,
                 ..
             } => "etcd restarted",
+            Self::Restart {
+                part: ControlPlane::Kubelet,
+                ..
+            } => "kubelet restarted",
         }
     }
 }
@@ -195,6 +202,10 @@ impl Fault {
                 part: ControlPlane::Etcd,
                 ..
             } => "etcd-restarted",
+            Self::ControlPlaneRestarted {
+                part: ControlPlane::Kubelet,
+                ..
+            } => "kubelet-restarted",
             Self::ApiCut { .. } => "api-cut",
             Self::EachOnce { .. } => "each-once",
         }
@@ -388,6 +399,14 @@ pub fn suite(mix: Mix, during: Duration) -> Vec<Scenario> {
         },
         restarted(ControlPlane::ApiServer),
         restarted(ControlPlane::Etcd),
+        // The real node's kubelet away 30 s at a time: its running step pods go on under
+        // containerd and are reported when it is back; new ones wait for it.
+        Fault::ControlPlaneRestarted {
+            part: ControlPlane::Kubelet,
+            every: Duration::from_secs(60),
+            down: Duration::from_secs(30),
+            during,
+        },
         Fault::ApiCut {
             every: Duration::from_secs(45),
             cut: Duration::from_secs(30),
