@@ -1,7 +1,9 @@
 //! The chaos suite's smoke mode: 50 runs on the kwok fake node (2 of them, which provision
-//! an EC2 instance in moto, on the real node) while each fault kind strikes once in turn (step pods deleted and evicted, kube-apiserver and etcd killed and
-//! started again, the operators cut off from the API server, the leader of two replicas
-//! killed); `make chaos` runs 200 through each kind for longer. It asserts what users rely on after each fault, from
+//! an EC2 instance in moto, on the real node) while each fault kind strikes once in turn
+//! (the leader of two replicas killed, step pods deleted and evicted, the provision pods
+//! among them, kube-apiserver and etcd killed and started again, the operators cut off
+//! from the API server); `make chaos` runs 200 through each kind for longer. It asserts
+//! what users rely on after each fault, from
 //! counts the suite takes itself: every run ends, Succeeded as its composition implies; no
 //! pod name (one run, step and attempt) nor child run was ever created twice; every gate
 //! approved during the chaos counted its approval once; no instance is left running in
