@@ -16,12 +16,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{ConfigMap, Namespace, Node, Pod},
-    },
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{ConfigMap, Namespace, Node, Pod},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -1423,8 +1420,7 @@ fn workflow(name: &str, workload: Workload) -> Result<DynamicObject> {
 /// Installs Argo's CRDs (built beside its controller by e2e/bench/build.sh).
 async fn install_argo_crds(client: &Client) -> Result<()> {
     let dir = bench_path("ARGO_CRDS")?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut names = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
         // The folder holds a kustomization.yaml beside the CRDs.
@@ -1432,43 +1428,11 @@ async fn install_argo_crds(client: &Client) -> Result<()> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("argoproj.io_") && n.ends_with(".yaml"));
-        if !is_crd {
-            continue;
+        if is_crd {
+            files.push(path);
         }
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("maestro-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying {name}"))?;
-        names.push(name);
     }
-    for name in names {
-        wait_for(
-            &format!("CRD {name} to be Established"),
-            Duration::from_secs(60),
-            || async {
-                let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    Ok(())
-                } else {
-                    Err("not yet".to_string())
-                }
-            },
-        )
-        .await?;
-    }
-    Ok(())
+    crate::maestro::apply_crds(client, &files, "maestro-bench", Duration::from_secs(60)).await
 }
 
 /// Argo's workflow-controller, out of cluster, managing one namespace; killed when dropped.

@@ -68,24 +68,43 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
 
 /// Installs (server-side applies) the CRDs from crds/ and waits until they are served.
 pub async fn install_crds(client: &Client) -> Result<()> {
+    apply_crds(
+        client,
+        &yaml_files(&repo_root().join("crds"))?,
+        MANAGER,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// Server-side applies the CRDs in `files` as `manager`, then waits up to `timeout` for
+/// each to be Established (served).
+pub(crate) async fn apply_crds(
+    client: &Client,
+    files: &[std::path::PathBuf],
+    manager: &str,
+    timeout: Duration,
+) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
-    for path in yaml_files(&repo_root().join("crds"))? {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("parsing {}", path.display()))?;
+    for path in files {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(path)?)
+                .with_context(|| format!("parsing {}", path.display()))?;
         let name = crd.name_any();
         api.patch(
             &name,
-            &PatchParams::apply(MANAGER).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(&crd),
         )
-        .await?;
+        .await
+        .with_context(|| format!("applying {name}"))?;
         names.push(name);
     }
     for name in names {
         wait_for(
             &format!("CRD {name} to be established"),
-            Duration::from_secs(30),
+            timeout,
             || async {
                 let crd = api.get(&name).await.map_err(|e| e.to_string())?;
                 let established = crd
