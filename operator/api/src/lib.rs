@@ -13,6 +13,7 @@ mod run;
 mod task;
 
 pub mod labels;
+pub mod step_pods;
 
 pub use agent::*;
 pub use approval::*;

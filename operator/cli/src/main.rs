@@ -8,7 +8,6 @@ mod identity;
 mod loglines;
 mod lookup;
 mod params;
-mod pods;
 mod table;
 mod timefmt;
 

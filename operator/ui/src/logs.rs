@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, LogParams};
 use kube::{Api, Client};
+use maestro_api::step_pods::{ContainerProgress, StepPod, container_progress, execution_order};
 use maestro_api::{CompositionRun, labels};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -127,89 +128,6 @@ pub async fn download(
     Ok(response)
 }
 
-/// A step pod, as the log needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct StepPod {
-    name: String,
-    step: String,
-    attempt: u32,
-    began: Option<Timestamp>,
-    progress: Progress,
-}
-
-/// How far a pod's step container has come, which decides whether it has a log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
-    Waiting,
-    Running,
-    Terminated,
-    NeverStarted,
-}
-
-impl Progress {
-    fn has_log(self) -> bool {
-        matches!(self, Self::Running | Self::Terminated)
-    }
-}
-
-fn progress(pod: &Pod) -> Progress {
-    let status = pod.status.as_ref();
-    let state = status
-        .and_then(|status| status.container_statuses.as_ref())
-        .and_then(|containers| {
-            containers
-                .iter()
-                .find(|container| container.name == labels::STEP_CONTAINER)
-        })
-        .and_then(|container| container.state.as_ref());
-    if state.is_some_and(|state| state.terminated.is_some()) {
-        return Progress::Terminated;
-    }
-    if state.is_some_and(|state| state.running.is_some()) {
-        return Progress::Running;
-    }
-    let ended = status
-        .and_then(|status| status.phase.as_deref())
-        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
-    if ended {
-        Progress::NeverStarted
-    } else {
-        Progress::Waiting
-    }
-}
-
-fn step_pod(pod: &Pod) -> StepPod {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let pod_labels = pod.metadata.labels.as_ref();
-    let label = |key: &str| pod_labels.and_then(|labels| labels.get(key));
-    StepPod {
-        step: label(labels::STEP).cloned().unwrap_or_else(|| name.clone()),
-        attempt: label(labels::ATTEMPT)
-            .and_then(|attempt| attempt.parse().ok())
-            .unwrap_or(1),
-        began: pod
-            .status
-            .as_ref()
-            .and_then(|status| status.start_time.as_ref())
-            .or(pod.metadata.creation_timestamp.as_ref())
-            .map(|time| time.0),
-        progress: progress(pod),
-        name,
-    }
-}
-
-/// The order pods ran in: by start, then attempt, then step name.
-fn execution_order(pods: &mut [StepPod]) {
-    pods.sort_by(|a, b| {
-        let began = |pod: &StepPod| (pod.began.is_none(), pod.began);
-        began(a)
-            .cmp(&began(b))
-            .then(a.attempt.cmp(&b.attempt))
-            .then_with(|| a.step.cmp(&b.step))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-}
-
 /// The steps whose latest pod the run's status names but that no longer exists (a
 /// rerun's reused steps aside: their pods are the source run's).
 fn gone_pods(run: &CompositionRun, pods: &[StepPod]) -> Vec<(String, String)> {
@@ -297,7 +215,7 @@ impl RunLog {
             .pods
             .list(&ListParams::default().labels(&selector))
             .await?;
-        let mut pods: Vec<StepPod> = list.items.iter().map(step_pod).collect();
+        let mut pods: Vec<StepPod> = list.items.iter().map(StepPod::from_pod).collect();
         execution_order(&mut pods);
         Ok(pods)
     }
@@ -368,7 +286,9 @@ impl RunLog {
             }
             let waiting: Vec<&StepPod> = pods
                 .iter()
-                .filter(|pod| !printed.contains(&pod.name) && pod.progress == Progress::Waiting)
+                .filter(|pod| {
+                    !printed.contains(&pod.name) && pod.progress == ContainerProgress::Waiting
+                })
                 .collect();
             let ended = run
                 .status
@@ -426,7 +346,7 @@ impl RunLog {
         let mut last: Option<Timestamp> = None;
         let mut current = pod.progress;
         loop {
-            let keep_open = follow && current == Progress::Running;
+            let keep_open = follow && current == ContainerProgress::Running;
             let params = LogParams {
                 container: Some(labels::STEP_CONTAINER.to_string()),
                 follow: keep_open,
@@ -495,14 +415,14 @@ impl RunLog {
             }
             sleep(Duration::from_millis(300)).await;
             current = match self.pods.get_opt(&pod.name).await {
-                Ok(Some(found)) => progress(&found),
+                Ok(Some(found)) => container_progress(&found),
                 Ok(None) => return Ok(()),
                 Err(_) => current,
             };
-            if current == Progress::NeverStarted {
+            if current == ContainerProgress::NeverStarted {
                 return Ok(());
             }
-            if current == Progress::Waiting {
+            if current == ContainerProgress::Waiting {
                 sleep(POLL_INTERVAL).await;
             }
         }
@@ -524,21 +444,8 @@ mod tests {
             step: step.into(),
             attempt,
             began,
-            progress: Progress::Terminated,
+            progress: ContainerProgress::Terminated,
         }
-    }
-
-    #[test]
-    fn pods_are_read_in_the_order_they_ran() {
-        let mut pods = vec![
-            pod("deploy", 1, at(30)),
-            pod("build", 2, at(20)),
-            pod("build", 1, at(10)),
-            pod("notify", 1, None),
-        ];
-        execution_order(&mut pods);
-        let order: Vec<String> = pods.iter().map(|p| tag(&p.step, p.attempt)).collect();
-        assert_eq!(order, ["build", "build#2", "deploy", "notify"]);
     }
 
     #[test]

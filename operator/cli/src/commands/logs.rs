@@ -17,7 +17,7 @@ use tokio::time::{Duration, Instant, sleep};
 use crate::Target;
 use crate::loglines::{ResumePoint, split_timestamp, tag_line, tag_width};
 use crate::lookup::{OUTAGE_TOLERANCE, POLL_INTERVAL, api_error, get_run, is_transient, retrying};
-use crate::pods::{ContainerProgress, StepPod, container_progress, execution_order};
+use maestro_api::step_pods::{ContainerProgress, StepPod, container_progress, execution_order};
 
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {

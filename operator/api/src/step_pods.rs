@@ -1,9 +1,10 @@
-//! A run's step pods as `logs` needs them: which step and attempt each runs, in what
-//! order they ran, and whether their step container has a log yet.
+//! A run's step pods as a reader of their logs needs them (`kubectl maestro logs` and the
+//! UI's aggregated log): which step and attempt each runs, in what order they ran, and
+//! whether their step container has a log yet.
 
+use crate::labels;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use maestro_api::labels;
 
 /// What `logs` needs to know of one step pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
