@@ -12,6 +12,7 @@ mod composition;
 mod run;
 mod task;
 
+pub mod decisions;
 pub mod labels;
 pub mod step_pods;
 

@@ -9,13 +9,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Resource, ResourceExt};
-use maestro_api::{
-    Approval, ApprovalGate, ApprovalSpec, Composition, CompositionRun, CompositionSpec, Decision,
-    ParamSpec, StepPhase,
-};
+use kube::{Api, Client, ResourceExt};
+use maestro_api::decisions::{Decider, Refusal, approval_for};
+use maestro_api::{Approval, Composition, CompositionRun, CompositionSpec, Decision, ParamSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -130,52 +127,28 @@ pub async fn decide(
 ) -> Answer {
     let client = app.access.client_to_act(&headers)?;
     let run = get_run(client.clone(), &namespace, &name).await?;
-    check_waiting(&run, &request.step).map_err(|why| ApiError::new(StatusCode::CONFLICT, why))?;
     let caller = ask_who(&client).await?;
-    let gate = gate_of(&run, &request.step);
-    // The operator would ignore this decision (and say why in the run's status); saying
-    // so now spares the approver a decision that silently changes nothing.
-    if let Some(gate) = &gate
-        && let Some(why) = gate.ineligible(
-            &caller.username,
-            &caller.groups,
-            run.spec.started_by.as_deref(),
-        )
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{name}/{}: {why}; the gate would not count this decision",
-                request.step
-            ),
-        ));
-    }
-    let comment = request.comment.filter(|text| !text.trim().is_empty());
-    let mut approval = Approval::new(
-        "",
-        ApprovalSpec {
-            run: name.clone(),
-            step: request.step.clone(),
-            decision: request.decision,
-            approved_by: caller.username.clone(),
-            approver_groups: groups_to_record(gate.as_ref(), &caller.groups),
-            comment,
-        },
-    );
-    approval.metadata.name = None;
-    approval.metadata.generate_name = Some(format!("{name}-{}-", request.step));
-    // Owned by this very run (its UID): the operator counts no approval owned by another
-    // run of the same name, and the approval goes when its run goes.
-    let uid = run
-        .uid()
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, format!("run {name} has no uid")))?;
-    approval.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: CompositionRun::api_version(&()).into_owned(),
-        kind: CompositionRun::kind(&()).into_owned(),
-        name: name.clone(),
-        uid,
-        ..OwnerReference::default()
-    }]);
+    let decider = Decider {
+        username: &caller.username,
+        groups: &caller.groups,
+    };
+    let (approval, _) = approval_for(
+        &run,
+        &request.step,
+        request.decision,
+        &decider,
+        request.comment,
+    )
+    .map_err(|refused| {
+        let status = match refused {
+            Refusal::NotWaiting(_) => StatusCode::CONFLICT,
+            // The operator would ignore this decision (and say why in the run's status);
+            // saying so now spares the approver a decision that silently changes nothing.
+            Refusal::Ineligible(_) => StatusCode::FORBIDDEN,
+            Refusal::NoUid(_) => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, refused.to_string())
+    })?;
     let approvals: Api<Approval> = Api::namespaced(client, &namespace);
     let created = approvals
         .create(&PostParams::default(), &approval)
@@ -430,106 +403,9 @@ fn snapshot_of(run: &CompositionRun) -> Option<CompositionSpec> {
     serde_json::from_value(snapshot).ok()
 }
 
-/// The approval gate of `step`, from the composition snapshot the run follows.
-fn gate_of(run: &CompositionRun, step: &str) -> Option<ApprovalGate> {
-    snapshot_of(run)?
-        .steps
-        .into_iter()
-        .find(|candidate| candidate.name == step)?
-        .approval
-}
-
-/// The caller's groups an Approval records: those the gate names (the admission policy
-/// checks each against the request's groups).
-fn groups_to_record(gate: Option<&ApprovalGate>, groups: &[String]) -> Vec<String> {
-    let Some(gate) = gate else {
-        return Vec::new();
-    };
-    groups
-        .iter()
-        .filter(|group| gate.groups.contains(group))
-        .cloned()
-        .collect()
-}
-
-/// Whether the run has a step of that name waiting for approval; if not, why not.
-fn check_waiting(run: &CompositionRun, step: &str) -> Result<(), String> {
-    let run_name = run.name_any();
-    let steps = run
-        .status
-        .as_ref()
-        .map(|status| status.steps.as_slice())
-        .unwrap_or_default();
-    match steps.iter().find(|candidate| candidate.name == step) {
-        Some(found) if found.phase == StepPhase::WaitingApproval => Ok(()),
-        Some(found) => Err(format!(
-            "step {step:?} of run {run_name:?} is not waiting for approval (phase {})",
-            wire_name(&found.phase)
-        )),
-        None => Err(format!("run {run_name:?} has no step {step:?}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maestro_api::{CompositionRunSpec, CompositionRunStatus, StepStatus};
-
-    fn gated_run(phase: StepPhase) -> CompositionRun {
-        let mut run = CompositionRun::new(
-            "r",
-            CompositionRunSpec {
-                composition: "c".into(),
-                params: Default::default(),
-                cancel: false,
-                priority: 0,
-                started_by: Some("dave".into()),
-                rerun_of: None,
-            },
-        );
-        run.status = Some(CompositionRunStatus {
-            steps: vec![StepStatus {
-                name: "sign-off".into(),
-                phase,
-                ..Default::default()
-            }],
-            composition_spec: Some(json!({
-                "steps": [{"name": "sign-off", "approval": {"groups": ["release-managers"]}}]
-            })),
-            ..Default::default()
-        });
-        run
-    }
-
-    #[test]
-    fn only_a_waiting_gate_can_be_decided() {
-        assert_eq!(
-            check_waiting(&gated_run(StepPhase::WaitingApproval), "sign-off"),
-            Ok(())
-        );
-        let error = check_waiting(&gated_run(StepPhase::Succeeded), "sign-off").unwrap_err();
-        assert!(
-            error.contains("not waiting for approval (phase Succeeded)"),
-            "{error}"
-        );
-        let error = check_waiting(&gated_run(StepPhase::WaitingApproval), "ship").unwrap_err();
-        assert!(error.contains("no step \"ship\""), "{error}");
-    }
-
-    #[test]
-    fn records_only_the_groups_the_gate_names() {
-        let run = gated_run(StepPhase::WaitingApproval);
-        let gate = gate_of(&run, "sign-off");
-        let mine = vec![
-            "system:authenticated".to_string(),
-            "release-managers".to_string(),
-        ];
-        assert_eq!(
-            groups_to_record(gate.as_ref(), &mine),
-            vec!["release-managers"]
-        );
-        assert!(groups_to_record(None, &mine).is_empty());
-    }
 
     #[test]
     fn the_run_forms_values_become_params_and_required_ones_are_checked() {
