@@ -40,8 +40,7 @@ const FAKE_TAINT: &str = "kwok.x-k8s.io/node";
 
 /// kwok, running out of cluster against the test cluster; killed when dropped.
 pub struct Kwok {
-    child: tokio::process::Child,
-    stages: std::path::PathBuf,
+    _child: tokio::process::Child,
 }
 
 impl Kwok {
@@ -70,19 +69,7 @@ impl Kwok {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self {
-            child,
-            stages: stages.to_path_buf(),
-        })
-    }
-
-    /// Stops kwok and starts it again with the same stages (it takes the node's lease
-    /// again within seconds).
-    pub async fn restart(&mut self) -> Result<()> {
-        // Killed and waited for, so the new one is the only one playing the node.
-        let _ = self.child.kill().await;
-        *self = Self::start_with(&self.stages.clone()).await?;
-        Ok(())
+        Ok(Self { _child: child })
     }
 }
 

@@ -694,14 +694,13 @@ pub async fn run_all(scenarios: &[Scenario], settle_limit: Duration) -> Result<V
     // Without runs for it, the fake node (one for the whole cluster) is left to others.
     let faked = scenarios.iter().any(|s| s.mix.on_fake_node() > 0);
     if !faked {
-        return scenarios_in_turn(scenarios, settle_limit, None).await;
+        return scenarios_in_turn(scenarios, settle_limit).await;
     }
     bench::remove_fake_node(&client).await;
-    let mut kwok =
-        Kwok::start_with(&crate::maestro::repo_root().join("e2e/chaos/stages.yaml")).await?;
+    let kwok = Kwok::start_with(&crate::maestro::repo_root().join("e2e/chaos/stages.yaml")).await?;
     let result = async {
         bench::fake_node(&client).await?;
-        scenarios_in_turn(scenarios, settle_limit, Some(&mut kwok)).await
+        scenarios_in_turn(scenarios, settle_limit).await
     }
     .await;
     bench::remove_fake_node(&client).await;
@@ -712,23 +711,17 @@ pub async fn run_all(scenarios: &[Scenario], settle_limit: Duration) -> Result<V
 async fn scenarios_in_turn(
     scenarios: &[Scenario],
     settle_limit: Duration,
-    mut kwok: Option<&mut Kwok>,
 ) -> Result<Vec<Findings>> {
     let mut all = Vec::new();
     for (i, scenario) in scenarios.iter().enumerate() {
-        let findings = scenario_once(i, *scenario, settle_limit, kwok.as_deref_mut()).await?;
+        let findings = scenario_once(i, *scenario, settle_limit).await?;
         eprint!("{}", table(std::slice::from_ref(&findings)));
         all.push(findings);
     }
     Ok(all)
 }
 
-async fn scenario_once(
-    i: usize,
-    scenario: Scenario,
-    settle_limit: Duration,
-    mut kwok: Option<&mut Kwok>,
-) -> Result<Findings> {
+async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> Result<Findings> {
     // One operator without election (a SIGKILLed leader keeps its Lease until it expires),
     // unless the fault is the leader's: then two replicas elect one.
     let elected = matches!(
@@ -855,13 +848,6 @@ async fn scenario_once(
                 let mut process = crate::cluster::Component::running(part.process())?;
                 process.kill_and_restart(down).await?;
                 crate::cluster::wait_api_ready(&env.client, Duration::from_secs(90)).await?;
-                // kwok (the fake node's kubelet) stops playing pods after etcd comes back:
-                // its watches go silent until they time out, minutes later, while the
-                // operator has nothing to do (docs/reliability.md). Started again, it
-                // plays them at once; the real node's kubelet and the operator carry on.
-                if let (ControlPlane::Etcd, Some(kwok)) = (part, kwok.as_deref_mut()) {
-                    kwok.restart().await?;
-                }
                 1
             }
         };
