@@ -71,6 +71,13 @@ pub enum Fault {
         cut: Duration,
         during: Duration,
     },
+    /// The EC2 API (the scenario's moto) refuses connections for `down`, every `every`,
+    /// for `during`: steps and cleanups that call it meanwhile fail and retry.
+    MotoDown {
+        every: Duration,
+        down: Duration,
+        during: Duration,
+    },
     /// Each of the kinds above once, in turn, spread over `during` (the short version
     /// `make test` runs).
     EachOnce { during: Duration },
@@ -103,6 +110,7 @@ enum Injection {
     RemovePods { evict: bool, count: usize },
     CutOff { cut: Duration },
     Restart { part: ControlPlane, down: Duration },
+    MotoOutage { down: Duration },
 }
 
 impl Injection {
@@ -126,6 +134,7 @@ impl Injection {
                 part: ControlPlane::Kubelet,
                 ..
             } => "kubelet restarted",
+            Self::MotoOutage { .. } => "moto unreachable",
         }
     }
 }
@@ -176,6 +185,16 @@ impl Fault {
                 every.as_secs(),
                 during.as_secs()
             ),
+            Self::MotoDown {
+                every,
+                down,
+                during,
+            } => format!(
+                "moto (EC2) refusing connections for {} s every {} s, for {} s",
+                down.as_secs(),
+                every.as_secs(),
+                during.as_secs()
+            ),
             Self::EachOnce { during } => format!(
                 "each once in {} s: the leader of 2 replicas killed, 2 pods deleted, 2 \
                  evicted, kube-apiserver and etcd killed (down {} s each), the operators \
@@ -207,6 +226,7 @@ impl Fault {
                 ..
             } => "kubelet-restarted",
             Self::ApiCut { .. } => "api-cut",
+            Self::MotoDown { .. } => "moto-down",
             Self::EachOnce { .. } => "each-once",
         }
     }
@@ -219,6 +239,7 @@ impl Fault {
             | Self::StepPodsEvicted { during, .. }
             | Self::ControlPlaneRestarted { during, .. }
             | Self::ApiCut { during, .. }
+            | Self::MotoDown { during, .. }
             | Self::EachOnce { during } => during,
         }
     }
@@ -246,6 +267,9 @@ impl Fault {
             } => (since_last >= every).then_some(Injection::Restart { part, down }),
             Self::ApiCut { every, cut, .. } => {
                 (since_last >= every).then_some(Injection::CutOff { cut })
+            }
+            Self::MotoDown { every, down, .. } => {
+                (since_last >= every).then_some(Injection::MotoOutage { down })
             }
             Self::EachOnce { during } => {
                 // The leader first: the pods deleted next are often ones the old leader
@@ -410,6 +434,14 @@ pub fn suite(mix: Mix, during: Duration) -> Vec<Scenario> {
         Fault::ApiCut {
             every: Duration::from_secs(45),
             cut: Duration::from_secs(30),
+            during,
+        },
+        // The EC2 API away 20 s at a time: a provision or deprovision step caught by it
+        // fails after its retries (its run fails, as a run whose cloud is down does), and
+        // the run's cleanup retries until moto is back and removes what the ledger holds.
+        Fault::MotoDown {
+            every: Duration::from_secs(30),
+            down: Duration::from_secs(20),
             during,
         },
     ]
@@ -844,6 +876,15 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
             Some(Injection::RemovePods { evict, count }) => {
                 remove_running_pods(&pods, evict, count, &mut removed).await?
             }
+            Some(Injection::MotoOutage { down }) => match &moto {
+                Some(moto) => {
+                    let outage = moto.refuse_connections()?;
+                    tokio::time::sleep(down).await;
+                    drop(outage);
+                    1
+                }
+                None => 0,
+            },
             Some(Injection::Restart { part, down }) => {
                 let mut process = crate::cluster::Component::running(part.process())?;
                 process.kill_and_restart(down).await?;
@@ -919,6 +960,36 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
     child_watch.abort();
 
     let list = runs.list(&ListParams::default()).await?.items;
+    if matches!(scenario.fault, Fault::MotoDown { .. }) {
+        // What the outage did to the EC2 runs: which failed, and which cleanups retried.
+        let ec2: Vec<&CompositionRun> = list.iter().filter(|r| r.spec.composition == EC2).collect();
+        let failed = ec2
+            .iter()
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RunPhase::Failed)
+            })
+            .count();
+        let retried: Vec<String> = ec2
+            .iter()
+            .filter_map(|r| {
+                let cleanup = r.status.as_ref()?.cleanup.as_ref()?;
+                (cleanup.attempts > 1).then(|| {
+                    format!(
+                        "{} ({:?} after {} attempts)",
+                        r.name_any(),
+                        cleanup.phase,
+                        cleanup.attempts
+                    )
+                })
+            })
+            .collect();
+        eprintln!(
+            "moto-down: {} EC2 runs, {failed} Failed; cleanups that retried: {retried:?}",
+            ec2.len()
+        );
+    }
     let mut phases: BTreeMap<String, usize> = BTreeMap::new();
     let mut unexpected = Vec::new();
     let mut approvals_not_once = Vec::new();
@@ -929,7 +1000,9 @@ async fn scenario_once(i: usize, scenario: Scenario, settle_limit: Duration) -> 
             ledgers_left.push(left);
         }
         *phases.entry(format!("{:?}", status.phase)).or_default() += 1;
-        if status.phase.is_finished() && status.phase != RunPhase::Succeeded {
+        if status.phase.is_finished()
+            && !as_implied(scenario.fault, &run.spec.composition, status.phase)
+        {
             let said: Vec<String> = status
                 .steps
                 .iter()
@@ -1033,6 +1106,18 @@ fn ledger_left(run: &str, status: &CompositionRunStatus) -> Option<String> {
         ids.join(", "),
         cleanup.map(|c| (c.phase, c.message.clone()))
     ))
+}
+
+/// Whether a run of `composition` that ended in `phase` under `fault` ended as its
+/// composition implies: Succeeded, as every task step retries; with the EC2 API away, an
+/// EC2 run may also fail (a step that met the outage after its retries fails, as a run
+/// whose cloud is down does). Its ledger and instances are checked all the same.
+fn as_implied(fault: Fault, composition: &str, phase: RunPhase) -> bool {
+    match phase {
+        RunPhase::Succeeded => true,
+        RunPhase::Failed => matches!(fault, Fault::MotoDown { .. }) && composition == EC2,
+        _ => false,
+    }
 }
 
 /// Drops every TCP packet `uid` sends (the operator's user, so the API server hears
@@ -1398,6 +1483,24 @@ mod tests {
         assert_eq!(cell(2, leaked_column), Some("0 of 2"), "{table}");
         assert_eq!(cell(3, leaked_column), Some("1 of 2"), "{table}");
         assert_eq!(cell(3, ledgers_column), Some("0"), "{table}");
+    }
+
+    #[test]
+    fn only_an_ec2_run_under_an_ec2_outage_may_fail() {
+        let outage = Fault::MotoDown {
+            every: Duration::from_secs(30),
+            down: Duration::from_secs(20),
+            during: Duration::from_secs(120),
+        };
+        let killed = Fault::OperatorKilled {
+            every: Duration::from_secs(10),
+            during: Duration::from_secs(120),
+        };
+        assert!(as_implied(outage, EC2, RunPhase::Succeeded));
+        assert!(as_implied(outage, EC2, RunPhase::Failed));
+        assert!(!as_implied(outage, ONE_STEP, RunPhase::Failed));
+        assert!(!as_implied(killed, EC2, RunPhase::Failed));
+        assert!(!as_implied(outage, EC2, RunPhase::Cancelled));
     }
 
     #[test]

@@ -114,6 +114,29 @@ impl Moto {
         Ok(Self { url })
     }
 
+    /// Makes moto refuse every connection (as a pod sees an EC2 outage: connection
+    /// refused at once) while the returned rule lives; the pods reach it on the node's
+    /// address.
+    pub fn refuse_connections(&self) -> Result<crate::cluster::IptablesRule> {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .filter(|p| p.parse::<u16>().is_ok())
+            .with_context(|| format!("moto's URL {} has no port", self.url))?;
+        crate::cluster::IptablesRule::insert(&[
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])
+    }
+
     /// The state of every instance, by id, asked through the same EC2 API (boto3 from
     /// moto's own virtualenv): its state name, then the `maestro.dev/run=` and
     /// `maestro.dev/step=` tags it carries, space-separated.

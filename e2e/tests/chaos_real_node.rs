@@ -10,12 +10,7 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{Api, api::PostParams};
 use maestro_api::{CompositionRun, RunPhase, StepPhase};
-use maestro_e2e::{
-    cluster::{Component, IptablesRule},
-    maestro::Env,
-    wait_for,
-    world::Moto,
-};
+use maestro_e2e::{cluster::Component, maestro::Env, wait_for, world::Moto};
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
@@ -66,24 +61,8 @@ spec:
     })
     .await?;
     assert_eq!(moto.live_instances().await?.len(), 1, "the instance runs");
-    let port = moto
-        .url
-        .rsplit(':')
-        .next()
-        .context("moto's URL has no port")?
-        .to_string();
     // Pods reach moto on the node's address: refuse those connections at once.
-    let outage = IptablesRule::insert(&[
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        &port,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-    ])?;
+    let outage = moto.refuse_connections()?;
     let retrying = wait_for("a cleanup attempt to fail", RUN_TIMEOUT, || async {
         let r = runs.get(&run).await.map_err(|e| e.to_string())?;
         let cleanup = r.status.unwrap_or_default().cleanup.unwrap_or_default();

@@ -134,6 +134,9 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, E
         .reconcile_duration
         .with_label_values(&["agent"])
         .start_timer();
+    // This replica's own last status write, when the cache does not show it yet: the
+    // counters and slots grow from it.
+    let agent = ctx.agent_newer_than_cache(&agent).unwrap_or(agent);
     let name = agent.name_any();
     let ns = agent.namespace().ok_or(Error::NoNamespace)?;
     let (made, ready) = ensure_claims(&ctx, &agent).await;
@@ -162,13 +165,15 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, E
         .with_label_values(&[name.as_str()]);
     if agent.status.as_ref() != Some(&status) {
         let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &ns);
-        k8s::apply_status(&api, &name, &status)
+        let mut written = k8s::apply_status(&api, &name, &status)
             .await
             .map_err(|source| Error::PatchStatus {
                 kind: "Agent",
                 name: name.clone(),
                 source,
             })?;
+        written.metadata.managed_fields = None;
+        ctx.agent_status_written(written);
     }
     ctx.agent_counts.counted(new);
     let reference = agent.object_ref(&());

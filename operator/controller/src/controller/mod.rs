@@ -272,6 +272,7 @@ pub async fn run(
         created: Mutex::new(HashMap::new()),
         uncreated: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        agents_written: Mutex::new(HashMap::new()),
         nodes_unwritten: Mutex::new(HashMap::new()),
         deleted_pods: deleted_pods.clone(),
         writing: AtomicBool::new(false),

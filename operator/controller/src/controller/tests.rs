@@ -125,6 +125,7 @@ fn world(client: Client) -> World {
         created: Mutex::new(HashMap::new()),
         uncreated: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        agents_written: Mutex::new(HashMap::new()),
         nodes_unwritten: Mutex::new(HashMap::new()),
         deleted_pods: Default::default(),
         writing: AtomicBool::new(true),
@@ -1102,4 +1103,35 @@ async fn a_named_pod_another_replica_cannot_see_is_not_created_again_as_its_atte
             && message.contains("or the operator stopped before creating it"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn an_agents_own_status_write_counts_until_the_cache_shows_it() {
+    let (client, _) = mocked_client(|_, _, _| (500, json!({})));
+    let w = world(client);
+    let version = |v: &str| {
+        let mut pool = agent("pool", 2, 2);
+        pool.metadata.resource_version = Some(v.into());
+        pool
+    };
+    let mut ours = version("7");
+    ours.status = Some(maestro_api::AgentStatus {
+        cache_misses: 2,
+        ..Default::default()
+    });
+    w.ctx.agent_status_written(ours);
+    // The cache still has the Agent before the write: the written one counts.
+    let newer = w
+        .ctx
+        .agent_newer_than_cache(&version("6"))
+        .expect("ours is newer");
+    assert_eq!(newer.status.as_ref().map(|s| s.cache_misses), Some(2));
+    // Another Agent of the same name (recreated: another UID) is not ours.
+    let mut other = version("6");
+    other.metadata.uid = Some("uid-another-pool".into());
+    assert!(w.ctx.agent_newer_than_cache(&other).is_none());
+    // Once the cache shows the write, the cache counts (and the note is gone).
+    w.ctx.agent_status_written(version("7"));
+    assert!(w.ctx.agent_newer_than_cache(&version("7")).is_none());
+    assert!(w.ctx.agent_newer_than_cache(&version("6")).is_none());
 }
