@@ -436,11 +436,12 @@ pub fn suite(mix: Mix, during: Duration) -> Vec<Scenario> {
             cut: Duration::from_secs(30),
             during,
         },
-        // The EC2 API away 20 s at a time: a provision or deprovision step caught by it
-        // fails after its retries (its run fails, as a run whose cloud is down does), and
-        // the run's cleanup retries until moto is back and removes what the ledger holds.
+        // The EC2 API away 20 s at a time, from 10 s in (the EC2 runs are done within
+        // the first half-minute or so): a provision or deprovision step caught by it fails
+        // after its retries (its run fails, as a run whose cloud is down does), and the
+        // run's cleanup retries until moto is back and removes what the ledger holds.
         Fault::MotoDown {
-            every: Duration::from_secs(30),
+            every: Duration::from_secs(10),
             down: Duration::from_secs(20),
             during,
         },
