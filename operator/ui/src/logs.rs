@@ -129,13 +129,16 @@ pub async fn download(
 }
 
 /// The steps whose latest pod the run's status names but that no longer exists (a
-/// rerun's reused steps aside: their pods are the source run's).
+/// rerun's reused steps aside: their pods are the source run's). A Running step's pod is
+/// not gone: the operator names a pod in the status before it creates it, so it may not
+/// exist yet; were it deleted, the step would not stay Running.
 fn gone_pods(run: &CompositionRun, pods: &[StepPod]) -> Vec<(String, String)> {
     let existing: HashSet<&str> = pods.iter().map(|pod| pod.name.as_str()).collect();
     let reused = reused_steps(run);
     run.status
         .iter()
         .flat_map(|status| &status.steps)
+        .filter(|step| step.phase != maestro_api::StepPhase::Running)
         .filter(|step| !reused.iter().any(|(name, _)| name == &step.name))
         .filter_map(|step| Some((step.name.clone(), step.pod_name.clone()?)))
         .filter(|(_, pod)| !existing.contains(pod.as_str()))
@@ -476,6 +479,14 @@ mod tests {
         });
         let gone = gone_pods(&run, &[pod("deploy", 1, at(1))]);
         assert_eq!(gone, vec![("build".to_string(), "r-build-1".to_string())]);
+        // A Running step's pod, named before its create, is not gone yet.
+        if let Some(status) = run.status.as_mut() {
+            status.steps[0].phase = maestro_api::StepPhase::Running;
+        }
+        assert!(gone_pods(&run, &[pod("deploy", 1, at(1))]).is_empty());
+        if let Some(status) = run.status.as_mut() {
+            status.steps[0].phase = maestro_api::StepPhase::Failed;
+        }
 
         // In a rerun, a reused step's pod is its source's: not gone, reused.
         run.spec.rerun_of = Some(maestro_api::RerunOf {
